@@ -1,0 +1,200 @@
+package snapshot
+
+import (
+	"fmt"
+)
+
+// MExtent is one entry of a chain's merged index: Count blocks from Start
+// are stored in layer Layer at data-stream block DataOff. Blocks not
+// covered by any MExtent read as zeros. 24 bytes.
+type MExtent struct {
+	Start   uint64
+	DataOff uint64
+	Count   uint32
+	Layer   uint16
+}
+
+// End is the block after the extent.
+func (e MExtent) End() uint64 { return e.Start + uint64(e.Count) }
+
+// MaxChainDepth is the most layers one chain may have.
+const MaxChainDepth = 65535
+
+// Chain is a stack of layers (base first) merged into one sorted,
+// non-overlapping index, so that a read costs one binary search whatever
+// the depth (the LSMT idea). Zero extents of upper layers hide lower data
+// and are dropped from the index (they read as zeros, like holes).
+// A Chain is immutable and safe for concurrent use.
+type Chain struct {
+	layers []*Layer
+	idx    []MExtent
+	bs     uint64
+	size   uint64
+	cache  *Cache
+}
+
+// NewChain merges layers (base first) into one index clipped to size
+// bytes. All layers must have the same block size.
+func NewChain(layers []*Layer, size uint64, blockSize uint32, cache *Cache) (*Chain, error) {
+	if len(layers) > MaxChainDepth {
+		return nil, fmt.Errorf("chain of %d layers exceeds %d", len(layers), MaxChainDepth)
+	}
+	bs := uint64(blockSize)
+	var idx, tmp []MExtent
+	for k, l := range layers {
+		if l.t.BlockSize != blockSize {
+			return nil, fmt.Errorf("layer %d has block size %d, chain has %d", k, l.t.BlockSize, blockSize)
+		}
+		tmp = overlay(tmp[:0], idx, l.exts, uint16(k))
+		idx, tmp = tmp, idx
+	}
+	// Clip to the chain's size.
+	limit := size / bs
+	for len(idx) > 0 && idx[len(idx)-1].End() > limit {
+		last := &idx[len(idx)-1]
+		if last.Start >= limit {
+			idx = idx[:len(idx)-1]
+			continue
+		}
+		last.Count = uint32(limit - last.Start)
+	}
+	out := make([]MExtent, len(idx))
+	copy(out, idx)
+	return &Chain{layers: layers, idx: out, bs: bs, size: size, cache: cache}, nil
+}
+
+// overlay writes into dst the merge of lower (a merged index) with upper
+// (one layer's extents, sorted): upper wins where they overlap.
+func overlay(dst, lower []MExtent, upper []Extent, layer uint16) []MExtent {
+	i := 0
+	var cur MExtent
+	have := false
+	next := func() {
+		have = i < len(lower)
+		if have {
+			cur = lower[i]
+			i++
+		}
+	}
+	next()
+	for _, u := range upper {
+		uEnd := u.End()
+		for have && cur.End() <= u.Start {
+			dst = appendMerged(dst, cur)
+			next()
+		}
+		if have && cur.Start < u.Start {
+			head := cur
+			head.Count = uint32(u.Start - cur.Start)
+			dst = appendMerged(dst, head)
+			cur = cutFront(cur, u.Start)
+		}
+		for have && cur.Start < uEnd {
+			if cur.End() <= uEnd {
+				next()
+				continue
+			}
+			cur = cutFront(cur, uEnd)
+			break
+		}
+		if u.Kind == KindData {
+			dst = appendMerged(dst, MExtent{Start: u.Start, DataOff: u.DataOff, Count: u.Count, Layer: layer})
+		}
+	}
+	for have {
+		dst = appendMerged(dst, cur)
+		next()
+	}
+	return dst
+}
+
+func cutFront(e MExtent, at uint64) MExtent {
+	d := at - e.Start
+	e.Start = at
+	e.DataOff += d
+	e.Count -= uint32(d)
+	return e
+}
+
+func appendMerged(dst []MExtent, e MExtent) []MExtent {
+	if n := len(dst); n > 0 {
+		p := &dst[n-1]
+		if p.Layer == e.Layer && p.End() == e.Start && p.DataOff+uint64(p.Count) == e.DataOff &&
+			uint64(p.Count)+uint64(e.Count) <= 1<<31 {
+			p.Count += e.Count
+			return dst
+		}
+	}
+	return append(dst, e)
+}
+
+// Size is the chain's virtual size in bytes.
+func (c *Chain) Size() uint64 { return c.size }
+
+// BlockSize is the chain's block size.
+func (c *Chain) BlockSize() uint32 { return uint32(c.bs) }
+
+// Layers returns the chain's layers, base first.
+func (c *Chain) Layers() []*Layer { return c.layers }
+
+// Index returns the merged index. Callers must not modify it.
+func (c *Chain) Index() []MExtent { return c.idx }
+
+// find returns the index of the first extent whose End is after block.
+func (c *Chain) find(block uint64) int {
+	lo, hi := 0, len(c.idx)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if c.idx[m].End() <= block {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// Lookup reports what backs block: ok is false for a hole (zeros);
+// otherwise e is the merged extent containing it.
+func (c *Chain) Lookup(block uint64) (e MExtent, ok bool) {
+	i := c.find(block)
+	if i < len(c.idx) && c.idx[i].Start <= block {
+		return c.idx[i], true
+	}
+	return MExtent{}, false
+}
+
+// ReadAt fills p from the virtual disk at byte offset off. Holes read as
+// zeros. It reads past nothing: off+len(p) must be within Size.
+func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || uint64(off) > c.size || uint64(len(p)) > c.size-uint64(off) {
+		return 0, fmt.Errorf("read [%d,+%d) beyond size %d", off, len(p), c.size)
+	}
+	total := len(p)
+	pos := uint64(off)
+	i := c.find(pos / c.bs)
+	for len(p) > 0 {
+		if i >= len(c.idx) || c.idx[i].Start*c.bs > pos {
+			// A hole up to the next extent.
+			end := c.size
+			if i < len(c.idx) {
+				end = c.idx[i].Start * c.bs
+			}
+			n := min(uint64(len(p)), end-pos)
+			clear(p[:n])
+			p = p[n:]
+			pos += n
+			continue
+		}
+		e := &c.idx[i]
+		n := min(uint64(len(p)), e.End()*c.bs-pos)
+		dataOff := (e.DataOff+(pos/c.bs-e.Start))*c.bs + pos%c.bs
+		if err := c.layers[e.Layer].ReadData(p[:n], dataOff, c.cache); err != nil {
+			return total - len(p), fmt.Errorf("layer %d: %w", e.Layer, err)
+		}
+		p = p[n:]
+		pos += n
+		i++
+	}
+	return total, nil
+}

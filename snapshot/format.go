@@ -1,0 +1,306 @@
+package snapshot
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// On-disk constants. docs/format.md describes the layout byte by byte.
+const (
+	Version = 1
+
+	HeaderSize   = 32
+	TrailerSize  = 64
+	ExtentSize   = 24 // bytes per extent record in the index
+	ChunkRecSize = 16 // bytes per chunk record in the index
+
+	headerMagic  = "OBDVLAYR"
+	trailerMagic = "OBDVLTRL"
+
+	// Limits checked before any allocation.
+	MinBlockSize   = 512
+	MaxBlockSize   = 64 << 10
+	MinChunkSize   = 4 << 10
+	MaxChunkSize   = 4 << 20
+	MaxVirtualSize = 1 << 60
+	MaxIndexBytes  = 1 << 30
+)
+
+// Codec names the compression of a layer's chunks.
+type Codec uint8
+
+// Codecs.
+const (
+	CodecNone Codec = 0
+	CodecZstd Codec = 1
+	CodecS2   Codec = 2
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecNone:
+		return "none"
+	case CodecZstd:
+		return "zstd"
+	case CodecS2:
+		return "s2"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+// ParseCodec maps "zstd", "s2" or "none" to a Codec.
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "zstd", "":
+		return CodecZstd, nil
+	case "s2":
+		return CodecS2, nil
+	case "none":
+		return CodecNone, nil
+	}
+	return 0, fmt.Errorf("unknown codec %q (want zstd, s2 or none)", s)
+}
+
+// ErrFormat is wrapped by every error about malformed layer bytes.
+var ErrFormat = errors.New("invalid layer")
+
+// ErrChecksum is wrapped when a chunk's or the index's checksum fails.
+var ErrChecksum = errors.New("checksum mismatch")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func crc(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+func formatErr(f string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrFormat, fmt.Sprintf(f, a...))
+}
+
+// Trailer is the fixed-size record at the end of every layer. Everything
+// needed to find and size the index is here, so a reader opens a layer
+// with two reads: the trailer, then the index.
+type Trailer struct {
+	Version     uint32
+	BlockSize   uint32
+	ChunkSize   uint32
+	Codec       Codec
+	VirtualSize uint64 // bytes of the virtual disk when the layer was sealed
+	DataBytes   uint64 // bytes of live data (uncompressed) in the data stream
+	IndexOffset uint64 // where the extent records start
+	ExtentCount uint32
+	ChunkCount  uint32
+	IndexCRC    uint32 // crc32c over extent and chunk records
+}
+
+// IndexLen is the byte length of the index (extent and chunk records).
+func (t *Trailer) IndexLen() uint64 {
+	return uint64(t.ExtentCount)*ExtentSize + uint64(t.ChunkCount)*ChunkRecSize
+}
+
+func (t *Trailer) marshal() []byte {
+	b := make([]byte, TrailerSize)
+	copy(b, trailerMagic)
+	le := binary.LittleEndian
+	le.PutUint32(b[8:], t.Version)
+	le.PutUint32(b[12:], t.BlockSize)
+	le.PutUint32(b[16:], t.ChunkSize)
+	b[20] = byte(t.Codec)
+	le.PutUint64(b[24:], t.VirtualSize)
+	le.PutUint64(b[32:], t.DataBytes)
+	le.PutUint64(b[40:], t.IndexOffset)
+	le.PutUint32(b[48:], t.ExtentCount)
+	le.PutUint32(b[52:], t.ChunkCount)
+	le.PutUint32(b[56:], t.IndexCRC)
+	le.PutUint32(b[60:], crc(b[:60]))
+	return b
+}
+
+// parseTrailer decodes and validates a trailer against the blob size.
+func parseTrailer(b []byte, blobSize int64) (*Trailer, error) {
+	if len(b) != TrailerSize {
+		return nil, formatErr("trailer is %d bytes, want %d", len(b), TrailerSize)
+	}
+	if string(b[:8]) != trailerMagic {
+		return nil, formatErr("bad trailer magic (not an obdvol layer, or truncated)")
+	}
+	le := binary.LittleEndian
+	if got, want := le.Uint32(b[60:]), crc(b[:60]); got != want {
+		return nil, fmt.Errorf("%w: trailer crc %08x, want %08x", ErrChecksum, got, want)
+	}
+	t := &Trailer{
+		Version:     le.Uint32(b[8:]),
+		BlockSize:   le.Uint32(b[12:]),
+		ChunkSize:   le.Uint32(b[16:]),
+		Codec:       Codec(b[20]),
+		VirtualSize: le.Uint64(b[24:]),
+		DataBytes:   le.Uint64(b[32:]),
+		IndexOffset: le.Uint64(b[40:]),
+		ExtentCount: le.Uint32(b[48:]),
+		ChunkCount:  le.Uint32(b[52:]),
+		IndexCRC:    le.Uint32(b[56:]),
+	}
+	if b[21] != 0 || b[22] != 0 || b[23] != 0 {
+		return nil, formatErr("reserved trailer bytes are set")
+	}
+	if err := t.validate(blobSize); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Trailer) validate(blobSize int64) error {
+	if t.Version != Version {
+		return formatErr("version %d not supported (this obdvol reads version %d)", t.Version, Version)
+	}
+	if t.BlockSize < MinBlockSize || t.BlockSize > MaxBlockSize || t.BlockSize&(t.BlockSize-1) != 0 {
+		return formatErr("block size %d", t.BlockSize)
+	}
+	if t.ChunkSize < MinChunkSize || t.ChunkSize > MaxChunkSize || t.ChunkSize%t.BlockSize != 0 {
+		return formatErr("chunk size %d", t.ChunkSize)
+	}
+	if t.Codec > CodecS2 {
+		return formatErr("unknown codec %d", t.Codec)
+	}
+	if t.VirtualSize > MaxVirtualSize || t.VirtualSize%uint64(t.BlockSize) != 0 {
+		return formatErr("virtual size %d", t.VirtualSize)
+	}
+	if t.DataBytes%uint64(t.BlockSize) != 0 || t.DataBytes > t.VirtualSize {
+		return formatErr("data bytes %d", t.DataBytes)
+	}
+	if want := (t.DataBytes + uint64(t.ChunkSize) - 1) / uint64(t.ChunkSize); uint64(t.ChunkCount) != want {
+		return formatErr("chunk count %d, want %d for %d data bytes", t.ChunkCount, want, t.DataBytes)
+	}
+	if uint64(t.ExtentCount) > t.VirtualSize/uint64(t.BlockSize) {
+		return formatErr("extent count %d exceeds blocks", t.ExtentCount)
+	}
+	il := t.IndexLen()
+	if blobSize < 0 { // parameters only (a writer starting a layer)
+		return nil
+	}
+	if il > MaxIndexBytes {
+		return formatErr("index of %d bytes exceeds limit", il)
+	}
+	if blobSize < HeaderSize+TrailerSize || t.IndexOffset < HeaderSize ||
+		t.IndexOffset+il+TrailerSize != uint64(blobSize) {
+		return formatErr("index at %d+%d does not fit a blob of %d bytes", t.IndexOffset, il, blobSize)
+	}
+	return nil
+}
+
+func marshalHeader(blockSize, chunkSize uint32, codec Codec) []byte {
+	b := make([]byte, HeaderSize)
+	copy(b, headerMagic)
+	le := binary.LittleEndian
+	le.PutUint32(b[8:], Version)
+	le.PutUint32(b[12:], blockSize)
+	le.PutUint32(b[16:], chunkSize)
+	b[20] = byte(codec)
+	le.PutUint32(b[28:], crc(b[:28]))
+	return b
+}
+
+// Extent kinds.
+const (
+	KindData = 0 // blocks stored in the layer's data stream
+	KindZero = 1 // blocks that read as zeros and hide lower layers
+)
+
+// Extent is one run of blocks in a layer: Count blocks from Start are
+// either data at block DataOff of the layer's data stream, or zeros.
+type Extent struct {
+	Start   uint64 // first virtual block
+	DataOff uint64 // first block in the data stream (data extents)
+	Count   uint32 // blocks
+	Kind    uint8
+}
+
+// End is the block after the extent.
+func (e Extent) End() uint64 { return e.Start + uint64(e.Count) }
+
+func putExtent(b []byte, e Extent) {
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], e.Start)
+	le.PutUint64(b[8:], e.DataOff)
+	le.PutUint32(b[16:], e.Count)
+	b[20] = e.Kind
+	b[21], b[22], b[23] = 0, 0, 0
+}
+
+// chunkRec locates one stored chunk. A chunk whose stored length equals
+// its raw length is stored uncompressed; a shorter one is compressed with
+// the layer's codec; a longer one is invalid.
+type chunkRec struct {
+	Off uint64
+	Len uint32
+	CRC uint32 // crc32c of the stored bytes
+}
+
+func putChunk(b []byte, c chunkRec) {
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], c.Off)
+	le.PutUint32(b[8:], c.Len)
+	le.PutUint32(b[12:], c.CRC)
+}
+
+// parseIndex decodes and validates the extent and chunk records.
+func parseIndex(b []byte, t *Trailer) ([]Extent, []chunkRec, error) {
+	if uint64(len(b)) != t.IndexLen() {
+		return nil, nil, formatErr("index is %d bytes, want %d", len(b), t.IndexLen())
+	}
+	if got := crc(b); got != t.IndexCRC {
+		return nil, nil, fmt.Errorf("%w: index crc %08x, want %08x", ErrChecksum, got, t.IndexCRC)
+	}
+	le := binary.LittleEndian
+	blocks := t.VirtualSize / uint64(t.BlockSize)
+	dataBlocks := t.DataBytes / uint64(t.BlockSize)
+	exts := make([]Extent, t.ExtentCount)
+	var prevEnd uint64
+	for i := range exts {
+		r := b[i*ExtentSize:]
+		e := Extent{Start: le.Uint64(r[0:]), DataOff: le.Uint64(r[8:]), Count: le.Uint32(r[16:]), Kind: r[20]}
+		if r[21] != 0 || r[22] != 0 || r[23] != 0 {
+			return nil, nil, formatErr("extent %d: reserved bytes set", i)
+		}
+		if e.Count == 0 || e.Start < prevEnd || e.Start > blocks || uint64(e.Count) > blocks-e.Start {
+			return nil, nil, formatErr("extent %d [%d,+%d) out of order or beyond %d blocks", i, e.Start, e.Count, blocks)
+		}
+		switch e.Kind {
+		case KindData:
+			if e.DataOff > dataBlocks || uint64(e.Count) > dataBlocks-e.DataOff {
+				return nil, nil, formatErr("extent %d points past the data stream", i)
+			}
+		case KindZero:
+			if e.DataOff != 0 {
+				return nil, nil, formatErr("zero extent %d has a data offset", i)
+			}
+		default:
+			return nil, nil, formatErr("extent %d has unknown kind %d", i, e.Kind)
+		}
+		prevEnd = e.End()
+		exts[i] = e
+	}
+	cb := b[int(t.ExtentCount)*ExtentSize:]
+	chunks := make([]chunkRec, t.ChunkCount)
+	for i := range chunks {
+		r := cb[i*ChunkRecSize:]
+		c := chunkRec{Off: le.Uint64(r[0:]), Len: le.Uint32(r[8:]), CRC: le.Uint32(r[12:])}
+		raw := rawLen(t, i)
+		if c.Len == 0 || c.Len > raw || c.Off < HeaderSize || c.Off > t.IndexOffset || uint64(c.Len) > t.IndexOffset-c.Off {
+			return nil, nil, formatErr("chunk %d at %d+%d out of bounds", i, c.Off, c.Len)
+		}
+		chunks[i] = c
+	}
+	return exts, chunks, nil
+}
+
+// rawLen is the uncompressed length of chunk i.
+func rawLen(t *Trailer, i int) uint32 {
+	start := uint64(i) * uint64(t.ChunkSize)
+	if rem := t.DataBytes - start; rem < uint64(t.ChunkSize) {
+		return uint32(rem)
+	}
+	return t.ChunkSize
+}
+
+var errShort = errors.New("short read: blob truncated")

@@ -1,0 +1,178 @@
+package snapshot
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// BlobSource is where a layer's bytes come from: a local file, a
+// partially fetched file, or range requests against a registry. ReadAt
+// follows io.ReaderAt; Size is the blob's total length.
+type BlobSource interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Layer is an opened sealed layer. It is safe for concurrent use.
+type Layer struct {
+	src     BlobSource
+	t       Trailer
+	exts    []Extent
+	chunks  []chunkRec
+	id      uint64 // cache key namespace
+	storedP sync.Pool
+}
+
+var layerIDs atomic.Uint64
+
+var zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(false),
+	zstd.WithDecoderMaxMemory(MaxChunkSize*2))
+
+// Open reads a layer's trailer and index from the end of src (two reads)
+// and validates them. Malformed bytes give an error wrapping ErrFormat or
+// ErrChecksum; allocations are bounded by src.Size().
+func Open(src BlobSource) (*Layer, error) {
+	size := src.Size()
+	if size < HeaderSize+TrailerSize {
+		return nil, formatErr("blob of %d bytes is too short", size)
+	}
+	tb := make([]byte, TrailerSize)
+	if _, err := src.ReadAt(tb, size-TrailerSize); err != nil {
+		return nil, fmt.Errorf("read trailer: %w", err)
+	}
+	t, err := parseTrailer(tb, size)
+	if err != nil {
+		return nil, err
+	}
+	ib := make([]byte, t.IndexLen())
+	if len(ib) > 0 {
+		if _, err := src.ReadAt(ib, int64(t.IndexOffset)); err != nil {
+			return nil, fmt.Errorf("read index: %w", err)
+		}
+	}
+	exts, chunks, err := parseIndex(ib, t)
+	if err != nil {
+		return nil, err
+	}
+	l := &Layer{src: src, t: *t, exts: exts, chunks: chunks, id: layerIDs.Add(1)}
+	cs := int(t.ChunkSize)
+	l.storedP.New = func() any { b := make([]byte, cs); return &b }
+	return l, nil
+}
+
+// Trailer returns the layer's trailer.
+func (l *Layer) Trailer() Trailer { return l.t }
+
+// Extents returns the layer's extents in block order. Callers must not
+// modify the slice.
+func (l *Layer) Extents() []Extent { return l.exts }
+
+// Chunks is the number of chunks in the data stream.
+func (l *Layer) Chunks() int { return len(l.chunks) }
+
+// ChunkSpan returns the stored byte range of chunk i in the blob, for a
+// blob source that fetches on demand.
+func (l *Layer) ChunkSpan(i int) (off int64, n int) {
+	c := l.chunks[i]
+	return int64(c.Off), int(c.Len)
+}
+
+// Source returns the layer's blob source.
+func (l *Layer) Source() BlobSource { return l.src }
+
+// ReadData copies len(p) bytes of the data stream from byte offset off
+// into p, verifying and decompressing the chunks it touches. A non-nil
+// cache keeps decompressed chunks for later reads.
+func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
+	if off > l.t.DataBytes || uint64(len(p)) > l.t.DataBytes-off {
+		return fmt.Errorf("%w: read [%d,+%d) beyond %d data bytes", ErrFormat, off, len(p), l.t.DataBytes)
+	}
+	cs := uint64(l.t.ChunkSize)
+	for len(p) > 0 {
+		ci := int(off / cs)
+		in := int(off % cs)
+		if cache != nil && cache.copyOut(l.id, ci, in, &p, &off) {
+			continue
+		}
+		buf := cache.getBuf(int(cs))
+		raw, err := l.loadChunk(ci, buf)
+		if err != nil {
+			cache.putBuf(buf)
+			return err
+		}
+		n := copy(p, raw[in:])
+		p = p[n:]
+		off += uint64(n)
+		if cache != nil {
+			cache.insert(l.id, ci, raw)
+		} else {
+			cache.putBuf(buf)
+		}
+	}
+	return nil
+}
+
+// loadChunk reads, verifies and decompresses chunk i into dst (capacity
+// at least the chunk size), returning the raw bytes.
+func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
+	c := l.chunks[i]
+	raw := int(rawLen(&l.t, i))
+	sp := l.storedP.Get().(*[]byte)
+	defer l.storedP.Put(sp)
+	stored := (*sp)[:c.Len]
+	if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+		return nil, fmt.Errorf("read chunk %d: %w", i, err)
+	}
+	if got := crc(stored); got != c.CRC {
+		return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x", ErrChecksum, i, c.Off, got, c.CRC)
+	}
+	dst = dst[:raw]
+	if int(c.Len) == raw {
+		copy(dst, stored)
+		return dst, nil
+	}
+	var out []byte
+	var err error
+	switch l.t.Codec {
+	case CodecZstd:
+		out, err = zdec.DecodeAll(stored, dst[:0])
+	case CodecS2:
+		var n int
+		n, err = s2.DecodedLen(stored)
+		if err == nil && n != raw {
+			err = fmt.Errorf("decoded length %d, want %d", n, raw)
+		}
+		if err == nil {
+			out, err = s2.Decode(dst, stored)
+		}
+	default:
+		err = fmt.Errorf("stored length %d < raw %d with codec none", c.Len, raw)
+	}
+	if err == nil && len(out) != raw {
+		err = fmt.Errorf("decoded %d bytes, want %d", len(out), raw)
+	}
+	if err == nil && &out[0] != &dst[0] {
+		err = fmt.Errorf("decoder overran the chunk buffer")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: chunk %d: %v", ErrFormat, i, err)
+	}
+	return out, nil
+}
+
+// Verify re-reads every chunk and checks its checksum and decompressed
+// length, returning the first failure.
+func (l *Layer) Verify() error {
+	buf := make([]byte, l.t.ChunkSize)
+	for i := range l.chunks {
+		if _, err := l.loadChunk(i, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
