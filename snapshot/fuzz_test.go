@@ -21,7 +21,7 @@ func FuzzOpenLayer(f *testing.F) {
 		}
 		l.Verify()
 		size := l.Trailer().VirtualSize
-		if size > 64<<20 {
+		if size > 1<<20 {
 			return
 		}
 		ch, err := NewChain([]*Layer{l, l}, size, l.Trailer().BlockSize, NewCache(1<<20))
