@@ -1,0 +1,46 @@
+# obdvol: `make demo` runs the golden-disk story, `make test` runs every test.
+GO        ?= go
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+BIN       := bin/obdvol
+PKGS      := ./...
+FUZZTIME  ?= 10s
+
+.PHONY: all build deps test vet lint unit fuzz demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/obdvol
+
+deps:
+	@scripts/deps.sh
+
+vet:
+	$(GO) vet $(PKGS)
+
+lint: deps
+	$(GOBIN)/staticcheck $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+# Short runs of every fuzz target (the seed corpus also runs in `unit`).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+test: deps vet lint unit
+
+demo: deps build
+	scripts/demo.sh
+
+bench: build
+	@scripts/deps.sh bench
+	$(GO) run ./tests/bench
+
+clean:
+	rm -rf bin demo-out

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/metadata"
+)
+
+func newInfoCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "info VOL",
+		Short: "Show a volume: size, chain of layers, writable layer, snapshots, clones",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runInfo(cmd.Context(), cmd.OutOrStdout(), g, args[0])
+		},
+	}
+}
+
+type layerInfo struct {
+	Digest      string `json:"digest"`
+	VirtualSize uint64 `json:"logical_bytes"`
+	DataBytes   uint64 `json:"data_bytes"`
+	StoredBytes uint64 `json:"stored_bytes"`
+	Extents     uint64 `json:"extents"`
+	State       string `json:"state"`
+}
+
+type snapInfo struct {
+	Name    string    `json:"name"`
+	Layers  int       `json:"layers"`
+	Size    uint64    `json:"size"`
+	Created time.Time `json:"created"`
+}
+
+type volumeInfo struct {
+	Name          string           `json:"name"`
+	Size          uint64           `json:"size"`
+	BlockSize     uint32           `json:"block_size"`
+	Codec         string           `json:"codec"`
+	ChunkSize     uint32           `json:"chunk_size"`
+	Origin        string           `json:"origin,omitempty"`
+	Created       time.Time        `json:"created"`
+	Chain         []layerInfo      `json:"chain"`
+	WritableBytes uint64           `json:"writable_bytes"`
+	Snapshots     []snapInfo       `json:"snapshots"`
+	Clones        []string         `json:"clones"`
+	Device        *metadata.Device `json:"device,omitempty"`
+}
+
+func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) error {
+	name, _, err := parseRef(ref, snapForbidden)
+	if err != nil {
+		return err
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	var vi volumeInfo
+	err = e.cat.View(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(name)
+		if err != nil {
+			return err
+		}
+		vi = volumeInfo{Name: v.Name, Size: v.Size, BlockSize: v.BlockSize, Codec: v.Codec, ChunkSize: v.ChunkSize,
+			Origin: v.Origin, Created: v.Created, Chain: []layerInfo{}, Snapshots: []snapInfo{}, Device: v.Device,
+			WritableBytes: e.mgr.WritableUsage(v)}
+		for _, d := range v.Layers {
+			li := layerInfo{Digest: d, State: "missing"}
+			if l, err := tx.Layer(d); err == nil {
+				li = layerInfo{Digest: d, VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, StoredBytes: l.StoredBytes, Extents: l.Extents, State: l.State}
+			}
+			vi.Chain = append(vi.Chain, li)
+		}
+		snaps, err := tx.Snapshots(name)
+		if err != nil {
+			return err
+		}
+		for _, s := range snaps {
+			vi.Snapshots = append(vi.Snapshots, snapInfo{Name: s.Name, Layers: len(s.Layers), Size: s.Size, Created: s.Created})
+		}
+		vi.Clones, err = tx.ClonesOf(name, "")
+		if vi.Clones == nil {
+			vi.Clones = []string{}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if g.JSON {
+		return printJSON(out, map[string]any{"volume": vi})
+	}
+	fmt.Fprintf(out, "volume:     %s\nsize:       %s (%d bytes)\nblock size: %d\ncodec:      %s, chunks of %s\n",
+		vi.Name, formatSize(vi.Size), vi.Size, vi.BlockSize, vi.Codec, formatSize(uint64(vi.ChunkSize)))
+	if vi.Origin != "" {
+		fmt.Fprintf(out, "origin:     %s\n", vi.Origin)
+	}
+	if vi.Device != nil {
+		fmt.Fprintf(out, "device:     %s (%s, pid %d)\n", vi.Device.Path, vi.Device.Kind, vi.Device.PID)
+	}
+	fmt.Fprintf(out, "writable:   %s on disk\n", formatSize(vi.WritableBytes))
+	fmt.Fprintf(out, "chain:      %d layer(s), base first\n", len(vi.Chain))
+	t := newTable(out)
+	fmt.Fprintln(t, "  #\tDIGEST\tLOGICAL\tDATA\tSTORED\tEXTENTS\tSTATE")
+	for i, l := range vi.Chain {
+		fmt.Fprintf(t, "  %d\t%s\t%s\t%s\t%s\t%d\t%s\n", i, l.Digest, formatSize(l.VirtualSize), formatSize(l.DataBytes), formatSize(l.StoredBytes), l.Extents, l.State)
+	}
+	t.Flush()
+	fmt.Fprintf(out, "snapshots:  %d\n", len(vi.Snapshots))
+	for _, s := range vi.Snapshots {
+		fmt.Fprintf(out, "  %s@%s  %d layer(s)  %s  %s\n", vi.Name, s.Name, s.Layers, formatSize(s.Size), s.Created.Format(time.RFC3339))
+	}
+	if len(vi.Clones) > 0 {
+		fmt.Fprintf(out, "clones:     %v\n", vi.Clones)
+	}
+	return nil
+}

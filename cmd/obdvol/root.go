@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/volume"
+)
+
+// globalOptions are the flags every command has.
+type globalOptions struct {
+	Root       string
+	JSON       bool
+	NoProgress bool
+}
+
+const helpTail = `
+Sizes and offsets accept a number of bytes or a suffix K, M, G, T, P
+(1024-based): 512, 64M, 10G, 1T. Snapshots are addressed VOL@SNAP.
+
+Exit codes: 0 ok, 1 error, 2 usage error.
+With --json, every command prints one JSON object on stdout, errors
+included ({"version":1,"error":{"message":...,"kind":...,"exit_code":N}}).`
+
+func newRootCommand() (*cobra.Command, *globalOptions) {
+	opts := &globalOptions{}
+	def := os.Getenv("OBDVOL_ROOT")
+	if def == "" {
+		def = "/var/lib/obdvol"
+	}
+	cmd := &cobra.Command{
+		Use:           "obdvol",
+		Short:         "Volumes made of compressed, content-addressed snapshot chains",
+		Long:          "obdvol manages block volumes as chains of immutable, compressed, verified layers\nplus one writable layer, and moves snapshots between hosts through OCI registries.\n" + helpTail,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	f := cmd.PersistentFlags()
+	f.StringVar(&opts.Root, "root", def, "state directory (env OBDVOL_ROOT)")
+	f.BoolVar(&opts.JSON, "json", false, "print JSON")
+	f.BoolVar(&opts.NoProgress, "no-progress", false, "do not show progress")
+	cmd.AddCommand(
+		newCreateCommand(opts), newListCommand(opts), newInfoCommand(opts),
+		newImportCommand(opts), newExportCommand(opts), newSnapshotCommand(opts),
+		newRollbackCommand(opts), newDeleteCommand(opts), newResizeCommand(opts),
+		newFlattenCommand(opts), newGCCommand(opts), newVerifyCommand(opts),
+		newVersionCommand(opts),
+	)
+	return cmd, opts
+}
+
+// env is what commands work with: the catalogue, the content store and
+// the volume manager under --root.
+type env struct {
+	root  string
+	cat   *metadata.Catalog
+	store *repo.Store
+	mgr   *volume.Manager
+}
+
+func openEnv(opts *globalOptions) (*env, error) {
+	root, err := filepath.Abs(opts.Root)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	cat, err := metadata.Open(filepath.Join(root, "catalog.db"))
+	if err != nil {
+		return nil, err
+	}
+	store, err := repo.NewStore(root)
+	if err != nil {
+		return nil, err
+	}
+	mgr := volume.NewManager(root, cat, repo.Blobs{Store: store}, volume.Options{})
+	e := &env{root: root, cat: cat, store: store, mgr: mgr}
+	if _, err := mgr.Recover(); err != nil {
+		return nil, fmt.Errorf("recovery: %w", err)
+	}
+	return e, nil
+}
+
+func (e *env) close() { e.mgr.Close() }
+
+// exactArgs is cobra.ExactArgs as a usage error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %d argument(s), got %d (see --help)", cmd.CommandPath(), n, len(args))
+		}
+		return nil
+	}
+}
+
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < lo || len(args) > hi {
+			return usagef("%s takes %d to %d arguments, got %d (see --help)", cmd.CommandPath(), lo, hi, len(args))
+		}
+		return nil
+	}
+}
+
+// parseRef splits VOL[@SNAP]; wantSnap forces/forbids the @SNAP part.
+func parseRef(ref string, wantSnap int) (vol, snap string, err error) {
+	vol, snap, err = metadata.ParseRef(ref)
+	if err != nil {
+		return "", "", usageError{err}
+	}
+	switch {
+	case wantSnap > 0 && snap == "":
+		return "", "", usagef("%q: want VOL@SNAP", ref)
+	case wantSnap < 0 && snap != "":
+		return "", "", usagef("%q: want a volume name, not a snapshot", ref)
+	}
+	return vol, snap, nil
+}
+
+const (
+	snapOptional  = 0
+	snapRequired  = 1
+	snapForbidden = -1
+)

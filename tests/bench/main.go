@@ -1,0 +1,292 @@
+// Command bench measures obdvol's local data path and prints each figure
+// beside a peer's, from one run: `make bench` runs it.
+//
+//	random 4K reads through chains of depth 1, 16, 64 (same content)
+//	seal throughput vs qemu-img convert -c -O qcow2 of the same image
+//	merged-index memory per extent
+//	chunk-size table (-chunks): compression ratio, random 4K, sequential read
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/snapshot"
+	"github.com/obdvol/obdvol/volume"
+)
+
+var (
+	sizeMiB  = flag.Int("size", 256, "image size in MiB")
+	readSecs = flag.Float64("read-seconds", 3, "seconds per read measurement")
+	chunks   = flag.Bool("chunks", false, "print the chunk-size table instead")
+	dir      = flag.String("dir", "", "work directory (default: a temp dir)")
+)
+
+const bs = 4096
+
+func main() {
+	flag.Parse()
+	work := *dir
+	if work == "" {
+		var err error
+		work, err = os.MkdirTemp("", "obdvol-bench-")
+		check(err)
+		defer os.RemoveAll(work)
+	}
+	size := uint64(*sizeMiB) << 20
+	img := filepath.Join(work, "image.raw")
+	check(writeHalfCompressible(img, size))
+	fmt.Printf("obdvol bench: %d MiB half-compressible image, GOMAXPROCS=%d\n\n", *sizeMiB, runtime.GOMAXPROCS(0))
+	if *chunks {
+		chunkTable(work, img, size)
+		return
+	}
+	depthBench(work, img, size)
+	sealBench(work, img, size)
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// writeHalfCompressible writes blocks that are half random, half a
+// repeating pattern: zstd stores them at about half their size.
+func writeHalfCompressible(path string, size uint64) error {
+	if fi, err := os.Stat(path); err == nil && uint64(fi.Size()) == size {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := rand.New(rand.NewSource(42))
+	buf := make([]byte, 1<<20)
+	for off := uint64(0); off < size; off += uint64(len(buf)) {
+		for b := 0; b < len(buf); b += bs {
+			r.Read(buf[b : b+bs/2])
+			for i := bs / 2; i < bs; i++ {
+				buf[b+i] = byte("obdvol half-compressible text "[i%30])
+			}
+		}
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+type env struct {
+	root string
+	mgr  *volume.Manager
+}
+
+func newEnv(root string, cache int) *env {
+	check(os.MkdirAll(root, 0o700))
+	cat, err := metadata.Open(filepath.Join(root, "catalog.db"))
+	check(err)
+	st, err := repo.NewStore(root)
+	check(err)
+	return &env{root: root, mgr: volume.NewManager(root, cat, repo.Blobs{Store: st}, volume.Options{CacheBytes: cache})}
+}
+
+// buildStriped makes a volume whose content is the image, spread over
+// depth layers: block b goes to layer (b/16) % depth. Every depth gives
+// the same disk, so reads compare like with like.
+func buildStriped(e *env, name, img string, size uint64, depth int, chunk uint32) *volume.Volume {
+	_, err := e.mgr.Create(name, size, volume.CreateOptions{ChunkSize: chunk})
+	check(err)
+	v, err := e.mgr.Open(name)
+	check(err)
+	f, err := os.Open(img)
+	check(err)
+	defer f.Close()
+	stripe := uint64(16 * bs)
+	buf := make([]byte, stripe)
+	for k := 0; k < depth; k++ {
+		for off := uint64(k) * stripe; off < size; off += stripe * uint64(depth) {
+			_, err := f.ReadAt(buf, int64(off))
+			check(err)
+			_, err = v.WriteAt(buf, int64(off))
+			check(err)
+		}
+		_, err := v.Snapshot(context.Background(), fmt.Sprintf("l%d", k))
+		check(err)
+	}
+	return v
+}
+
+// randRead4K reads random 4K blocks for the given time and returns IOPS.
+func randRead4K(v *volume.Volume, size uint64, secs float64) float64 {
+	r := rand.New(rand.NewSource(1))
+	p := make([]byte, bs)
+	blocks := int64(size / bs)
+	n := 0
+	start := time.Now()
+	for time.Since(start).Seconds() < secs {
+		for i := 0; i < 256; i++ {
+			if _, err := v.ReadAt(p, r.Int63n(blocks)*bs); err != nil {
+				check(err)
+			}
+		}
+		n += 256
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func seqRead(v *volume.Volume, size uint64) float64 {
+	p := make([]byte, 1<<20)
+	start := time.Now()
+	for off := uint64(0); off < size; off += uint64(len(p)) {
+		_, err := v.ReadAt(p, int64(off))
+		check(err)
+	}
+	return float64(size) / time.Since(start).Seconds() / 1e6
+}
+
+func depthBench(work, img string, size uint64) {
+	fmt.Println("== random 4K reads through chains of depth 1, 16, 64 (same content; chunk cache 32 MiB, cold chunks decompress)")
+	var base float64
+	for _, depth := range []int{1, 16, 64} {
+		e := newEnv(filepath.Join(work, fmt.Sprintf("depth%d", depth)), 32<<20)
+		v := buildStriped(e, "d", img, size, depth, snapshot.DefaultChunkSize)
+		randRead4K(v, size, 0.5) // warm up
+		iops := randRead4K(v, size, *readSecs)
+		if depth == 1 {
+			base = iops
+		}
+		extents, perExtent := indexMemory(e, v)
+		fmt.Printf("depth %3d: %8.0f IOPS  ratio vs depth 1: %.3f  merged index: %d extents, %.1f bytes/extent\n",
+			depth, iops, iops/base, extents, perExtent)
+		v.Close()
+		e.mgr.Close()
+	}
+	fmt.Println("target: depth64/depth1 >= 0.9")
+	fmt.Println()
+}
+
+// indexMemory opens the volume's chain afresh and measures the heap the
+// merged index takes.
+func indexMemory(e *env, v *volume.Volume) (int, float64) {
+	rec := v.Record()
+	// Open the layers first so only the merge is measured.
+	_, err := e.mgr.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	check(err)
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	ch, err := e.mgr.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	check(err)
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	n := len(ch.Index())
+	runtime.KeepAlive(ch)
+	return n, float64(m1.HeapAlloc-m0.HeapAlloc) / float64(max(n, 1))
+}
+
+func sealBench(work, img string, size uint64) {
+	fmt.Println("== seal throughput (half-compressible image) vs qemu-img convert -c -O qcow2")
+	e := newEnv(filepath.Join(work, "seal"), 32<<20)
+	defer e.mgr.Close()
+	_, err := e.mgr.Create("s", size, volume.CreateOptions{})
+	check(err)
+	v, err := e.mgr.Open("s")
+	check(err)
+	f, err := os.Open(img)
+	check(err)
+	buf := make([]byte, 4<<20)
+	for off := uint64(0); off < size; off += uint64(len(buf)) {
+		_, err := f.ReadAt(buf, int64(off))
+		check(err)
+		_, err = v.WriteAt(buf, int64(off))
+		check(err)
+	}
+	f.Close()
+	check(v.Flush())
+	res, err := v.Snapshot(context.Background(), "sealed")
+	check(err)
+	v.Close()
+	mbps := float64(size) / res.Duration.Seconds() / 1e6
+	fmt.Printf("obdvol seal:      %7.1f MB/s  (%.2fs, stored %d of %d bytes, ratio %.2f)\n",
+		mbps, res.Duration.Seconds(), res.Layer.StoredBytes, size, float64(res.Layer.StoredBytes)/float64(size))
+	qimg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		fmt.Println("qemu-img:         not installed (make deps installs qemu-utils): no ratio")
+		return
+	}
+	out := filepath.Join(work, "out.qcow2")
+	start := time.Now()
+	cmd := exec.Command(qimg, "convert", "-c", "-O", "qcow2", img, out)
+	cmd.Stderr = os.Stderr
+	check(cmd.Run())
+	qs := time.Since(start).Seconds()
+	fi, _ := os.Stat(out)
+	qmbps := float64(size) / qs / 1e6
+	fmt.Printf("qemu-img convert: %7.1f MB/s  (%.2fs, stored %d bytes)\n", qmbps, qs, fi.Size())
+	fmt.Printf("ratio obdvol/qemu-img: %.1fx  (target >= 10x)\n\n", mbps/qmbps)
+}
+
+func chunkTable(work, img string, size uint64) {
+	fmt.Println("| chunk size | stored/raw | random 4K read, cold (IOPS) | random 4K read, cached (IOPS) | sequential read (MB/s) | seal (MB/s) |")
+	fmt.Println("|---:|---:|---:|---:|---:|---:|")
+	for _, cs := range []uint32{16 << 10, 64 << 10, 256 << 10, 1 << 20} {
+		e := newEnv(filepath.Join(work, fmt.Sprintf("chunk%d", cs)), 1<<20)
+		start := time.Now()
+		v := buildStriped(e, "c", img, size, 1, cs)
+		_ = start
+		rec := v.Record()
+		var stored uint64
+		var sealSecs float64
+		check(e.mgr.Catalog().View(func(tx *metadata.Tx) error {
+			l, err := tx.Layer(rec.Layers[0])
+			if err == nil {
+				stored = l.StoredBytes
+			}
+			return err
+		}))
+		_ = sealSecs
+		cold := randRead4K(v, size, *readSecs)
+		v.Close()
+		e.mgr.Close()
+		e2 := newEnv(e.root, 2*int(size))
+		v2, err := e2.mgr.Open("c")
+		check(err)
+		seq := seqRead(v2, size)
+		randRead4K(v2, size, 1)
+		warm := randRead4K(v2, size, *readSecs)
+		v2.Close()
+		e2.mgr.Close()
+		seal := sealOnce(filepath.Join(work, fmt.Sprintf("sealc%d", cs)), img, size, cs)
+		fmt.Printf("| %d KiB | %.3f | %.0f | %.0f | %.0f | %.0f |\n", cs>>10, float64(stored)/float64(size), cold, warm, seq, seal)
+	}
+}
+
+func sealOnce(root, img string, size uint64, cs uint32) float64 {
+	e := newEnv(root, 1<<20)
+	defer e.mgr.Close()
+	_, err := e.mgr.Create("s", size, volume.CreateOptions{ChunkSize: cs})
+	check(err)
+	v, err := e.mgr.Open("s")
+	check(err)
+	defer v.Close()
+	data, err := os.ReadFile(img)
+	check(err)
+	_, err = v.WriteAt(data, 0)
+	check(err)
+	check(v.Flush())
+	res, err := v.Snapshot(context.Background(), "x")
+	check(err)
+	return float64(size) / res.Duration.Seconds() / 1e6
+}

@@ -1,0 +1,290 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/snapshot"
+)
+
+// Errors callers test with errors.Is.
+var (
+	ErrRange   = errors.New("out of range")
+	ErrInUse   = errors.New("in use")
+	ErrRefused = errors.New("refused")
+)
+
+// BlobWriter is a blob being written into the content store.
+type BlobWriter interface {
+	io.Writer
+	// Commit makes the blob durable under its digest (checked against
+	// expected when not empty) and returns the digest and size.
+	Commit(expected string) (digest string, size int64, err error)
+	Abort()
+}
+
+// Blobs is the content store as volumes use it: open a layer by digest
+// (from a local file, a partial file or a registry, as the store decides),
+// write new layers, list and remove blobs. Package repo implements it.
+type Blobs interface {
+	OpenLayer(digest string) (snapshot.BlobSource, io.Closer, error)
+	NewBlob() (BlobWriter, error)
+	Remove(digest string) error
+	List() ([]string, error)
+}
+
+// Options tune a Manager.
+type Options struct {
+	CacheBytes  int // decompressed-chunk cache shared by all volumes; default 256 MiB
+	Concurrency int // compression workers when sealing; default GOMAXPROCS
+}
+
+// Manager owns the volumes under one root: it opens them, and performs the
+// catalogue operations that span volumes (create, clone, rollback, delete,
+// gc). Every catalogue change is one transaction; operations with side
+// effects on files record an intent first (see Recover).
+type Manager struct {
+	root  string
+	cat   *metadata.Catalog
+	blobs Blobs
+	opts  Options
+	cache *snapshot.Cache
+
+	mu     sync.Mutex
+	layers map[string]*openLayer
+}
+
+type openLayer struct {
+	l      *snapshot.Layer
+	closer io.Closer
+}
+
+// NewManager returns a manager for the volumes under root.
+func NewManager(root string, cat *metadata.Catalog, blobs Blobs, opts Options) *Manager {
+	if opts.CacheBytes == 0 {
+		opts.CacheBytes = 256 << 20
+	}
+	return &Manager{root: root, cat: cat, blobs: blobs, opts: opts,
+		cache: snapshot.NewCache(opts.CacheBytes), layers: map[string]*openLayer{}}
+}
+
+// Catalog returns the manager's catalogue.
+func (m *Manager) Catalog() *metadata.Catalog { return m.cat }
+
+// Cache returns the shared chunk cache.
+func (m *Manager) Cache() *snapshot.Cache { return m.cache }
+
+func (m *Manager) volDir(name string) string { return filepath.Join(m.root, "volumes", name) }
+
+func (m *Manager) writableDir(name string, gen uint64) string {
+	return filepath.Join(m.volDir(name), fmt.Sprintf("w-%d", gen))
+}
+
+// Layer opens (once per manager) the sealed layer with this digest.
+func (m *Manager) Layer(digest string) (*snapshot.Layer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ol, ok := m.layers[digest]; ok {
+		return ol.l, nil
+	}
+	src, closer, err := m.blobs.OpenLayer(digest)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", digest, err)
+	}
+	l, err := snapshot.Open(src)
+	if err != nil {
+		closer.Close()
+		return nil, fmt.Errorf("layer %s: %w", digest, err)
+	}
+	m.layers[digest] = &openLayer{l: l, closer: closer}
+	return l, nil
+}
+
+// Chain opens the chain of layers (base first) at the given size.
+func (m *Manager) Chain(digests []string, size uint64, bs uint32) (*snapshot.Chain, error) {
+	layers := make([]*snapshot.Layer, len(digests))
+	for i, d := range digests {
+		l, err := m.Layer(d)
+		if err != nil {
+			return nil, err
+		}
+		layers[i] = l
+	}
+	return snapshot.NewChain(layers, size, bs, m.cache)
+}
+
+// Close closes every layer the manager opened.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for d, ol := range m.layers {
+		m.cache.Drop(ol.l)
+		ol.closer.Close()
+		delete(m.layers, d)
+	}
+	return nil
+}
+
+// CreateOptions configure a new volume.
+type CreateOptions struct {
+	BlockSize uint32
+	Codec     string
+	ChunkSize uint32
+	Labels    map[string]string
+}
+
+// Create makes an empty volume of size bytes.
+func (m *Manager) Create(name string, size uint64, o CreateOptions) (*metadata.Volume, error) {
+	if o.BlockSize == 0 {
+		o.BlockSize = snapshot.DefaultBlockSize
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = snapshot.DefaultChunkSize
+	}
+	codec, err := snapshot.ParseCodec(o.Codec)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSize(size, o.BlockSize); err != nil {
+		return nil, err
+	}
+	if o.BlockSize < snapshot.MinBlockSize || o.BlockSize > snapshot.MaxBlockSize || o.BlockSize&(o.BlockSize-1) != 0 {
+		return nil, fmt.Errorf("block size %d: want a power of two from %d to %d", o.BlockSize, snapshot.MinBlockSize, snapshot.MaxBlockSize)
+	}
+	if o.ChunkSize < snapshot.MinChunkSize || o.ChunkSize > snapshot.MaxChunkSize || o.ChunkSize%o.BlockSize != 0 {
+		return nil, fmt.Errorf("chunk size %d: want a multiple of the block size from %d to %d", o.ChunkSize, snapshot.MinChunkSize, snapshot.MaxChunkSize)
+	}
+	v := &metadata.Volume{Name: name, Size: size, BlockSize: o.BlockSize, Codec: codec.String(),
+		ChunkSize: o.ChunkSize, Writable: 1, Created: time.Now().UTC(), Labels: o.Labels}
+	return v, m.createRecord(v)
+}
+
+func checkSize(size uint64, bs uint32) error {
+	if size == 0 || size%uint64(bs) != 0 || size > snapshot.MaxVirtualSize {
+		return fmt.Errorf("%w: size %d must be a non-zero multiple of the block size %d, at most %d", ErrRange, size, bs, uint64(snapshot.MaxVirtualSize))
+	}
+	return nil
+}
+
+// createRecord records a new volume, first clearing any directory a
+// crashed earlier attempt (or a deleted volume) left under its name.
+func (m *Manager) createRecord(v *metadata.Volume) error {
+	if err := metadata.ValidateName("volume", v.Name); err != nil {
+		return err
+	}
+	err := m.cat.View(func(tx *metadata.Tx) error {
+		_, err := tx.Volume(v.Name)
+		if err == nil {
+			return fmt.Errorf("volume %s: %w", v.Name, metadata.ErrExists)
+		}
+		if errors.Is(err, metadata.ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	lock, err := m.lockVolume(v.Name)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	if err := removeWritableDirs(m.volDir(v.Name), ^uint64(0)); err != nil {
+		return err
+	}
+	return m.cat.Update(func(tx *metadata.Tx) error { return tx.CreateVolume(v) })
+}
+
+// Clone makes a writable volume whose chain is snapshot vol@snap's: it
+// shares every layer, no data is copied.
+func (m *Manager) Clone(name, vol, snap string) (*metadata.Volume, error) {
+	var v *metadata.Volume
+	err := m.cat.View(func(tx *metadata.Tx) error {
+		src, err := tx.Volume(vol)
+		if err != nil {
+			return err
+		}
+		s, err := tx.Snapshot(vol, snap)
+		if err != nil {
+			return err
+		}
+		v = &metadata.Volume{Name: name, Size: s.Size, BlockSize: src.BlockSize, Codec: src.Codec,
+			ChunkSize: src.ChunkSize, Layers: append([]string(nil), s.Layers...), Writable: 1,
+			Origin: vol + "@" + snap, Created: time.Now().UTC()}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, m.createRecord(v)
+}
+
+// Open opens a volume for I/O, taking its lock.
+func (m *Manager) Open(name string) (*Volume, error) {
+	if err := metadata.ValidateName("volume", name); err != nil {
+		return nil, err
+	}
+	lock, err := m.lockVolume(name)
+	if err != nil {
+		return nil, err
+	}
+	v, err := m.openLocked(name, lock)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	return v, nil
+}
+
+func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
+	var rec *metadata.Volume
+	if err := m.cat.View(func(tx *metadata.Tx) (err error) { rec, err = tx.Volume(name); return }); err != nil {
+		return nil, err
+	}
+	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", name, err)
+	}
+	if err := removeWritableDirs(m.volDir(name), rec.Writable); err != nil {
+		return nil, err
+	}
+	w, err := openWritable(m.writableDir(name, rec.Writable), rec.Size, rec.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", name, err)
+	}
+	return &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain, w: w,
+		bs: uint64(rec.BlockSize), size: rec.Size}, nil
+}
+
+// removeWritableDirs removes writable-layer directories other than
+// generation keep: leftovers of a seal or rollback that committed its
+// catalogue transaction but crashed before cleaning up.
+func removeWritableDirs(dir string, keep uint64) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		var gen uint64
+		if !strings.HasPrefix(e.Name(), "w-") {
+			continue
+		}
+		if _, err := fmt.Sscanf(e.Name(), "w-%d", &gen); err == nil && gen != keep {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

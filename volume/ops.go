@@ -1,0 +1,268 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/obdvol/obdvol/metadata"
+	"golang.org/x/sys/unix"
+)
+
+func (m *Manager) addIntent(op, vol string, args map[string]string) (uint64, error) {
+	var id uint64
+	err := m.cat.Update(func(tx *metadata.Tx) (err error) {
+		id, err = tx.AddIntent(&metadata.Intent{Op: op, Volume: vol, Args: args})
+		return err
+	})
+	return id, err
+}
+
+func (m *Manager) dropIntent(id uint64) {
+	m.cat.Update(func(tx *metadata.Tx) error { return tx.DeleteIntent(id) })
+}
+
+// commit runs fn and removes the intent in one transaction.
+func (m *Manager) commit(intent uint64, fn func(tx *metadata.Tx) error) error {
+	err := m.cat.Update(func(tx *metadata.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.DeleteIntent(intent)
+	})
+	if err != nil {
+		m.dropIntent(intent)
+	}
+	return err
+}
+
+// Recover finishes what crashed processes left: an intent still recorded
+// means its catalogue transaction never committed, so the volume is as it
+// was before the operation; the intent is dropped (the blob it may have
+// written is unreferenced and gc removes it). Directories of volumes the
+// catalogue no longer has are removed. Volumes locked by a live process
+// are left alone.
+func (m *Manager) Recover() (recovered []string, err error) {
+	var intents []*metadata.Intent
+	if err := m.cat.View(func(tx *metadata.Tx) (err error) { intents, err = tx.Intents(); return }); err != nil {
+		return nil, err
+	}
+	for _, in := range intents {
+		lock, err := m.lockVolume(in.Volume)
+		if errors.Is(err, ErrInUse) {
+			continue // its operation is still running
+		}
+		if err != nil {
+			return recovered, err
+		}
+		m.dropIntent(in.ID)
+		lock.release()
+		recovered = append(recovered, fmt.Sprintf("%s %s (rolled back)", in.Op, in.Volume))
+	}
+	ents, err := os.ReadDir(filepath.Join(m.root, "volumes"))
+	if errors.Is(err, os.ErrNotExist) {
+		return recovered, nil
+	}
+	if err != nil {
+		return recovered, err
+	}
+	for _, e := range ents {
+		name := e.Name()
+		var exists bool
+		m.cat.View(func(tx *metadata.Tx) error {
+			_, err := tx.Volume(name)
+			exists = err == nil
+			return nil
+		})
+		if exists {
+			continue
+		}
+		if lock, err := m.lockVolume(name); err == nil {
+			os.RemoveAll(m.volDir(name))
+			lock.release()
+			recovered = append(recovered, "removed leftover directory of volume "+name)
+		}
+	}
+	return recovered, nil
+}
+
+// SnapshotChain opens vol@snap read-only (no lock needed: layers are
+// immutable).
+func (m *Manager) SnapshotChain(vol, snap string) (*metadata.Snapshot, error) {
+	var s *metadata.Snapshot
+	err := m.cat.View(func(tx *metadata.Tx) (err error) { s, err = tx.Snapshot(vol, snap); return })
+	return s, err
+}
+
+// Rollback returns vol to exactly snapshot snap: its chain becomes the
+// snapshot's and it gets a fresh, empty writable layer; no data is
+// rewritten, so it takes the same time whatever the volume's size.
+// Snapshots newer than snap are removed, which requires force; it is
+// refused if a clone was made from one of them. It returns the removed
+// snapshot names.
+func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
+	lock, err := m.lockVolume(vol)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.release()
+	var removed []string
+	var oldGen uint64
+	err = m.cat.Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(vol)
+		if err != nil {
+			return err
+		}
+		if v.Device != nil {
+			return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.Device.Path, ErrRefused)
+		}
+		target, err := tx.Snapshot(vol, snap)
+		if err != nil {
+			return err
+		}
+		snaps, err := tx.Snapshots(vol)
+		if err != nil {
+			return err
+		}
+		newer := false
+		for _, s := range snaps {
+			if s.Name == snap {
+				newer = true
+				continue
+			}
+			if newer {
+				removed = append(removed, s.Name)
+			}
+		}
+		if len(removed) > 0 && !force {
+			return fmt.Errorf("rolling %s back to %s would remove newer snapshots %s: use --force: %w",
+				vol, snap, strings.Join(removed, ", "), ErrRefused)
+		}
+		for _, s := range removed {
+			clones, err := tx.ClonesOf(vol, s)
+			if err != nil {
+				return err
+			}
+			if len(clones) > 0 {
+				return fmt.Errorf("snapshot %s@%s is the origin of clone %s: %w", vol, s, strings.Join(clones, ", "), ErrRefused)
+			}
+		}
+		for _, s := range removed {
+			if err := tx.DeleteSnapshot(vol, s); err != nil {
+				return err
+			}
+		}
+		oldGen = v.Writable
+		v.Layers = append([]string(nil), target.Layers...)
+		v.Size = target.Size
+		v.Writable++
+		return tx.PutVolume(v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return removed, os.RemoveAll(m.writableDir(vol, oldGen))
+}
+
+// Delete removes a volume and its snapshots. Layers stay in the store
+// while anything else references them (gc removes the rest). Refused when
+// clones were made from its snapshots, unless force (the clones keep their
+// layers; only their origin becomes history).
+func (m *Manager) Delete(vol string, force bool) error {
+	lock, err := m.lockVolume(vol)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	err = m.cat.Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(vol)
+		if err != nil {
+			return err
+		}
+		if v.Device != nil {
+			return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.Device.Path, ErrRefused)
+		}
+		clones, err := tx.ClonesOf(vol, "")
+		if err != nil {
+			return err
+		}
+		if len(clones) > 0 && !force {
+			return fmt.Errorf("volume %s has clones %s (they keep their data): use --force: %w", vol, strings.Join(clones, ", "), ErrRefused)
+		}
+		return tx.DeleteVolume(vol)
+	})
+	if err != nil {
+		return err
+	}
+	return os.RemoveAll(m.volDir(vol))
+}
+
+// DeleteSnapshot removes snapshot vol@snap. Its layers stay while the
+// volume's chain or another snapshot or clone uses them. Refused when a
+// clone was made from it, unless force.
+func (m *Manager) DeleteSnapshot(vol, snap string, force bool) error {
+	return m.cat.Update(func(tx *metadata.Tx) error {
+		if _, err := tx.Snapshot(vol, snap); err != nil {
+			return err
+		}
+		clones, err := tx.ClonesOf(vol, snap)
+		if err != nil {
+			return err
+		}
+		if len(clones) > 0 && !force {
+			return fmt.Errorf("snapshot %s@%s is the origin of clone %s (it keeps its data): use --force: %w",
+				vol, snap, strings.Join(clones, ", "), ErrRefused)
+		}
+		return tx.DeleteSnapshot(vol, snap)
+	})
+}
+
+// Resize changes the volume's size. Shrinking drops data past the new end
+// and requires shrink. Grown space reads as zeros.
+func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
+	v, err := m.Open(vol)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	if v.rec.Device != nil {
+		return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.rec.Device.Path, ErrRefused)
+	}
+	if err := checkSize(size, v.rec.BlockSize); err != nil {
+		return err
+	}
+	if size < v.size && !shrink {
+		return fmt.Errorf("shrinking %s from %d to %d bytes drops data: use --shrink: %w", vol, v.size, size, ErrRefused)
+	}
+	if err := v.w.resize(v.size, size); err != nil {
+		return err
+	}
+	if err := v.w.flush(); err != nil {
+		return err
+	}
+	rec := *v.rec
+	rec.Size = size
+	if err := m.cat.Update(func(tx *metadata.Tx) error { return tx.PutVolume(&rec) }); err != nil {
+		return err
+	}
+	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	if err != nil {
+		return err
+	}
+	v.rec, v.chain, v.size = &rec, chain, size
+	return nil
+}
+
+// WritableUsage is the disk space of a volume's writable layer, read
+// without opening (or locking) the volume.
+func (m *Manager) WritableUsage(rec *metadata.Volume) uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(m.writableDir(rec.Name, rec.Writable), "data"), &st); err != nil {
+		return 0
+	}
+	return uint64(st.Blocks) * 512
+}
