@@ -145,6 +145,7 @@ func (s *Store) List() ([]string, error) {
 type Writer struct {
 	s    *Store
 	f    *os.File
+	pw   *pipeWriter
 	h    hash.Hash
 	n    int64
 	done bool
@@ -156,13 +157,13 @@ func (s *Store) Create() (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("content store: %w", err)
 	}
-	return &Writer{s: s, f: f, h: sha256.New()}, nil
+	h := sha256.New()
+	return &Writer{s: s, f: f, pw: newPipeWriter(f, h), h: h}, nil
 }
 
 // Write appends p to the blob.
 func (w *Writer) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
+	n, err := w.pw.Write(p)
 	w.n += int64(n)
 	return n, err
 }
@@ -170,8 +171,12 @@ func (w *Writer) Write(p []byte) (int, error) {
 // Size is the number of bytes written so far.
 func (w *Writer) Size() int64 { return w.n }
 
-// Digest is the digest of the bytes written so far.
-func (w *Writer) Digest() string { return "sha256:" + hex.EncodeToString(w.h.Sum(nil)) }
+// Digest is the digest of the bytes written so far; it waits for writes
+// in flight. Call it only when done writing (it ends the pipeline).
+func (w *Writer) Digest() string {
+	w.pw.finish()
+	return "sha256:" + hex.EncodeToString(w.h.Sum(nil))
+}
 
 // Commit makes the blob durable and visible under its digest. If expected
 // is not empty, the content must hash to it or ErrDigestMismatch is returned
@@ -186,6 +191,10 @@ func (w *Writer) Commit(expected string) (digest string, size int64, err error) 
 			os.Remove(w.f.Name())
 		}
 	}()
+	if err := w.pw.finish(); err != nil {
+		w.f.Close()
+		return "", 0, fmt.Errorf("content store: %w", err)
+	}
 	digest = w.Digest()
 	if expected != "" && expected != digest {
 		w.f.Close()
@@ -217,6 +226,7 @@ func (w *Writer) Abort() {
 		return
 	}
 	w.done = true
+	w.pw.finish()
 	w.f.Close()
 	os.Remove(w.f.Name())
 }

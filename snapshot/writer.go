@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -46,7 +47,7 @@ type Info struct {
 //	w.AddZero(100, 50)        // blocks 100..149 read as zeros
 //	info, err := w.Close()
 type Writer struct {
-	out    io.Writer
+	out    *bufio.Writer
 	opts   WriterOptions
 	bs     uint64
 	off    uint64 // bytes written to out
@@ -91,10 +92,10 @@ func NewWriter(out io.Writer, opts WriterOptions) (*Writer, error) {
 	if err := t.validate(-1); err != nil {
 		return nil, err
 	}
-	w := &Writer{out: out, opts: opts, bs: uint64(opts.BlockSize),
-		jobs: make(chan *job), order: make(chan *job, 2*opts.Concurrency), done: make(chan struct{})}
+	w := &Writer{out: bufio.NewWriterSize(out, 1<<20), opts: opts, bs: uint64(opts.BlockSize),
+		jobs: make(chan *job, opts.Concurrency), order: make(chan *job, 4*opts.Concurrency), done: make(chan struct{})}
 	w.bufPool.New = func() any { b := make([]byte, 0, opts.ChunkSize); return &b }
-	if _, err := out.Write(marshalHeader(opts.BlockSize, opts.ChunkSize, opts.Codec)); err != nil {
+	if _, err := w.out.Write(marshalHeader(opts.BlockSize, opts.ChunkSize, opts.Codec)); err != nil {
 		return nil, err
 	}
 	w.off = HeaderSize
@@ -264,6 +265,9 @@ func (w *Writer) Close() (Info, error) {
 		return Info{}, err
 	}
 	if _, err := w.out.Write(t.marshal()); err != nil {
+		return Info{}, err
+	}
+	if err := w.out.Flush(); err != nil {
 		return Info{}, err
 	}
 	total := w.off + uint64(len(idx)) + TrailerSize

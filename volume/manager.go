@@ -59,6 +59,8 @@ type Manager struct {
 
 	mu     sync.Mutex
 	layers map[string]*openLayer
+
+	cleanup sync.WaitGroup // background removals of discarded directories
 }
 
 type openLayer struct {
@@ -120,8 +122,39 @@ func (m *Manager) Chain(digests []string, size uint64, bs uint32) (*snapshot.Cha
 	return snapshot.NewChain(layers, size, bs, m.cache)
 }
 
-// Close closes every layer the manager opened.
+// discard moves a directory that is no longer referenced (an old
+// writable layer) into root/trash at once and removes it in the
+// background: unlinking a large file costs time proportional to its
+// extents, which should not hold up a seal or a rollback. Close waits for
+// the removals; Recover removes whatever a crash left in the trash.
+func (m *Manager) discard(dir string) error {
+	trash := filepath.Join(m.root, "trash")
+	if err := os.MkdirAll(trash, 0o700); err != nil {
+		return err
+	}
+	dst, err := os.MkdirTemp(trash, "d-")
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, filepath.Join(dst, "x")); err != nil {
+		os.Remove(dst)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	m.cleanup.Add(1)
+	go func() {
+		defer m.cleanup.Done()
+		os.RemoveAll(dst)
+	}()
+	return nil
+}
+
+// Close waits for background removals and closes every layer the
+// manager opened.
 func (m *Manager) Close() error {
+	m.cleanup.Wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for d, ol := range m.layers {

@@ -61,6 +61,9 @@ func (m *Manager) Recover() (recovered []string, err error) {
 		lock.release()
 		recovered = append(recovered, fmt.Sprintf("%s %s (rolled back)", in.Op, in.Volume))
 	}
+	if err := m.emptyTrash(); err != nil {
+		return recovered, err
+	}
 	ents, err := os.ReadDir(filepath.Join(m.root, "volumes"))
 	if errors.Is(err, os.ErrNotExist) {
 		return recovered, nil
@@ -163,7 +166,7 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return removed, os.RemoveAll(m.writableDir(vol, oldGen))
+	return removed, m.discard(m.writableDir(vol, oldGen))
 }
 
 // Delete removes a volume and its snapshots. Layers stay in the store
@@ -196,7 +199,7 @@ func (m *Manager) Delete(vol string, force bool) error {
 	if err != nil {
 		return err
 	}
-	return os.RemoveAll(m.volDir(vol))
+	return m.discard(m.volDir(vol))
 }
 
 // DeleteSnapshot removes snapshot vol@snap. Its layers stay while the
@@ -265,4 +268,23 @@ func (m *Manager) WritableUsage(rec *metadata.Volume) uint64 {
 		return 0
 	}
 	return uint64(st.Blocks) * 512
+}
+
+// emptyTrash removes directories discarded by processes that exited (or
+// crashed) before their background removal finished. A directory still
+// being removed by a live process is harmless to remove twice.
+func (m *Manager) emptyTrash() error {
+	ents, err := os.ReadDir(filepath.Join(m.root, "trash"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(m.root, "trash", e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }

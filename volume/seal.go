@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -104,7 +103,7 @@ func (v *Volume) swapLocked(rec *metadata.Volume) error {
 	old := v.w
 	v.rec, v.chain, v.w, v.size = rec, chain, w, rec.Size
 	old.close()
-	return os.RemoveAll(old.dir)
+	return v.m.discard(old.dir)
 }
 
 func putLayerOnce(tx *metadata.Tx, l *metadata.Layer) error {

@@ -68,7 +68,7 @@ func formatSize(n uint64) string {
 		i++
 	}
 	if i == 0 {
-		return fmt.Sprintf("%d", n)
+		return fmt.Sprintf("%dB", n)
 	}
 	if f == float64(int64(f)) {
 		return fmt.Sprintf("%d%s", int64(f), units[i])

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -29,6 +30,8 @@ var (
 	readSecs = flag.Float64("read-seconds", 3, "seconds per read measurement")
 	chunks   = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir      = flag.String("dir", "", "work directory (default: a temp dir)")
+	only     = flag.String("only", "", "run one part: depth or seal")
+	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile")
 )
 
 const bs = 4096
@@ -50,8 +53,18 @@ func main() {
 		chunkTable(work, img, size)
 		return
 	}
-	depthBench(work, img, size)
-	sealBench(work, img, size)
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
+	if *only == "" || *only == "depth" {
+		depthBench(work, img, size)
+	}
+	if *only == "" || *only == "seal" {
+		sealBench(work, img, size)
+	}
 }
 
 func check(err error) {
