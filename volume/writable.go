@@ -53,8 +53,11 @@ const (
 	journalMagic  = "OBDVJRN1"
 	journalHeader = 16
 	jrecSize      = 24
-	minCompact    = 1 << 16
 )
+
+// minCompact is the journal size (records) below which it is never
+// rewritten; a variable so tests can exercise compaction.
+var minCompact = 1 << 16
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
