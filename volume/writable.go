@@ -125,7 +125,8 @@ func (w *writable) openJournal() error {
 	}
 	if len(raw) < journalHeader {
 		// New (or torn before its header reached disk: nothing was flushed).
-		if err := f.Truncate(0); err == nil {
+		err = f.Truncate(0)
+		if err == nil {
 			_, err = f.WriteAt(journalHeaderBytes(w.bs), 0)
 		}
 		if err == nil {

@@ -100,15 +100,6 @@ func exactArgs(n int) cobra.PositionalArgs {
 	}
 }
 
-func rangeArgs(lo, hi int) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if len(args) < lo || len(args) > hi {
-			return usagef("%s takes %d to %d arguments, got %d (see --help)", cmd.CommandPath(), lo, hi, len(args))
-		}
-		return nil
-	}
-}
-
 // parseRef splits VOL[@SNAP]; wantSnap forces/forbids the @SNAP part.
 func parseRef(ref string, wantSnap int) (vol, snap string, err error) {
 	vol, snap, err = metadata.ParseRef(ref)

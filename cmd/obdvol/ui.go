@@ -78,13 +78,6 @@ func formatSize(n uint64) string {
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
-func shortDigest(d string) string {
-	if len(d) > 7+12 {
-		return d[7 : 7+12]
-	}
-	return d
-}
-
 // progress prints a byte counter on stderr while a long operation runs.
 // It is silent with --no-progress, --json, or when stderr is not a
 // terminal.
