@@ -198,3 +198,22 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return total, nil
 }
+
+// Span reports whether block holds data (true) or reads as zeros, and
+// for how many blocks from it (at most max) that stays so.
+func (c *Chain) Span(block, max uint64) (data bool, n uint64) {
+	i := c.find(block)
+	if i < len(c.idx) && c.idx[i].Start <= block {
+		// Data, possibly continuing through adjacent extents.
+		end := c.idx[i].End()
+		for j := i + 1; j < len(c.idx) && c.idx[j].Start == end && end-block < max; j++ {
+			end = c.idx[j].End()
+		}
+		return true, min(end-block, max)
+	}
+	end := c.size / c.bs
+	if i < len(c.idx) {
+		end = c.idx[i].Start
+	}
+	return false, min(end-block, max)
+}

@@ -61,9 +61,12 @@ func report(err error, asJSON bool) int {
 // errorKind names an error class for scripts reading --json output.
 func errorKind(err error) string {
 	var ue usageError
+	var re errRemote
 	switch {
 	case errors.As(err, &ue):
 		return "usage"
+	case errors.As(err, &re):
+		return re.kind
 	case errors.Is(err, metadata.ErrNotFound):
 		return "not_found"
 	case errors.Is(err, metadata.ErrExists):

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/volume"
 )
 
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
@@ -35,12 +36,19 @@ func runSnapshot(ctx context.Context, out io.Writer, g *globalOptions, ref strin
 		return err
 	}
 	defer e.close()
-	v, err := e.mgr.Open(name)
-	if err != nil {
+	// A volume served by another process (ublk, NBD) is sealed by that
+	// process at a flush point; the device stays.
+	var res *volume.SealResult
+	err = withOwner(e, name, func(v *volume.Volume) (err error) {
+		res, err = v.Snapshot(ctx, snap)
 		return err
-	}
-	defer v.Close()
-	res, err := v.Snapshot(ctx, snap)
+	}, func() error {
+		resp, err := askServer(ctx, e.root, name, controlRequest{Op: "snapshot", Snapshot: snap})
+		if err == nil {
+			res = resp.Snapshot
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}
