@@ -130,24 +130,35 @@ func (v *Volume) sealWritable(ctx context.Context) (*metadata.Layer, error) {
 			if st == stZero {
 				return lw.AddZero(start, count)
 			}
-			for count > 0 {
-				n := min(count, uint64(len(buf))/v.bs)
-				p := buf[:n*v.bs]
-				if err := v.w.readData(p, start*v.bs); err != nil {
-					return err
-				}
-				if err := lw.AddData(start, p); err != nil {
-					return err
-				}
-				start += n
-				count -= n
-			}
-			return nil
+			return copyBlocks(ctx, lw, buf, v.bs, start, count, func(p []byte, off uint64) error {
+				return v.w.readData(p, off)
+			})
 		})
 	})
 }
 
 var errStop = errors.New("stop")
+
+// copyBlocks adds count data blocks from start to lw, reading them with
+// read in pieces of len(buf).
+func copyBlocks(ctx context.Context, lw *snapshot.Writer, buf []byte, bs, start, count uint64, read func(p []byte, off uint64) error) error {
+	for count > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(count, uint64(len(buf))/bs)
+		p := buf[:n*bs]
+		if err := read(p, start*bs); err != nil {
+			return err
+		}
+		if err := lw.AddData(start, p); err != nil {
+			return err
+		}
+		start += n
+		count -= n
+	}
+	return nil
+}
 
 // writeLayer builds a layer for volume rec with fill and commits it into
 // the content store.
@@ -206,21 +217,12 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	layer, err := v.m.writeLayer(ctx, v.rec, func(lw *snapshot.Writer) error {
 		buf := make([]byte, 1<<20)
 		for _, e := range chain.Index() {
-			start, count := e.Start, uint64(e.Count)
-			for count > 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				n := min(count, uint64(len(buf))/v.bs)
-				p := buf[:n*v.bs]
-				if _, err := chain.ReadAt(p, int64(start*v.bs)); err != nil {
-					return err
-				}
-				if err := lw.AddData(start, p); err != nil {
-					return err
-				}
-				start += n
-				count -= n
+			err := copyBlocks(ctx, lw, buf, v.bs, e.Start, uint64(e.Count), func(p []byte, off uint64) error {
+				_, err := chain.ReadAt(p, int64(off))
+				return err
+			})
+			if err != nil {
+				return err
 			}
 		}
 		return nil
