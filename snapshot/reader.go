@@ -18,6 +18,13 @@ type BlobSource interface {
 	Size() int64
 }
 
+// Invalidator is implemented by blob sources that cache bytes fetched
+// from elsewhere: a chunk failing its checksum is invalidated and read
+// once more.
+type Invalidator interface {
+	Invalidate(off, n int64)
+}
+
 // Layer is an opened sealed layer. It is safe for concurrent use.
 type Layer struct {
 	src     BlobSource
@@ -129,7 +136,20 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 		return nil, fmt.Errorf("read chunk %d: %w", i, err)
 	}
 	if got := crc(stored); got != c.CRC {
-		return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x", ErrChecksum, i, c.Off, got, c.CRC)
+		// A source that caches remote bytes may have kept bad ones: make
+		// it fetch them again, once.
+		inv, ok := l.src.(Invalidator)
+		if !ok {
+			return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x", ErrChecksum, i, c.Off, got, c.CRC)
+		}
+		inv.Invalidate(int64(c.Off), int64(c.Len))
+		if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+			return nil, fmt.Errorf("read chunk %d: %w", i, err)
+		}
+		if got := crc(stored); got != c.CRC {
+			inv.Invalidate(int64(c.Off), int64(c.Len))
+			return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x (fetched twice)", ErrChecksum, i, c.Off, got, c.CRC)
+		}
 	}
 	dst = dst[:raw]
 	if int(c.Len) == raw {
