@@ -28,6 +28,12 @@ type Volume struct {
 	Created   time.Time         `json:"created"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Device    *Device           `json:"device,omitempty"` // active device, nil when inactive
+	// Frozen is the generation of a writable layer being sealed into
+	// snapshot FrozenSnapshot while writes go on in Writable; 0 when none.
+	// A record with Frozen set after a crash means that seal must be
+	// finished (volume does it at the next open).
+	Frozen         uint64 `json:"frozen,omitempty"`
+	FrozenSnapshot string `json:"frozen_snapshot,omitempty"`
 }
 
 // Device is where an active volume is served.
@@ -88,6 +94,14 @@ func (v *Volume) validate() error {
 	}
 	if err := validateChain(v.Layers); err != nil {
 		return fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	if v.Frozen != 0 {
+		if v.Frozen >= v.Writable {
+			return fmt.Errorf("volume %s: frozen generation %d not below writable %d: %w", v.Name, v.Frozen, v.Writable, ErrInvalid)
+		}
+		if err := ValidateName("snapshot", v.FrozenSnapshot); err != nil {
+			return fmt.Errorf("volume %s: frozen snapshot: %w", v.Name, err)
+		}
 	}
 	return nil
 }

@@ -1,11 +1,13 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -230,7 +232,7 @@ func (m *Manager) createRecord(v *metadata.Volume) error {
 		return err
 	}
 	defer lock.release()
-	if err := removeWritableDirs(m.volDir(v.Name), ^uint64(0)); err != nil {
+	if err := removeWritableDirs(m.volDir(v.Name)); err != nil {
 		return err
 	}
 	return m.cat.Update(func(tx *metadata.Tx) error { return tx.CreateVolume(v) })
@@ -286,21 +288,36 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
-	if err := removeWritableDirs(m.volDir(name), rec.Writable); err != nil {
+	keep := []uint64{rec.Writable}
+	if rec.Frozen != 0 {
+		keep = append(keep, rec.Frozen)
+	}
+	if err := removeWritableDirs(m.volDir(name), keep...); err != nil {
 		return nil, err
 	}
 	w, err := openWritable(m.writableDir(name, rec.Writable), rec.Size, rec.BlockSize)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
-	return &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain, w: w,
-		bs: uint64(rec.BlockSize), size: rec.Size}, nil
+	v := &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain, w: w,
+		bs: uint64(rec.BlockSize), size: rec.Size}
+	if rec.Frozen != 0 {
+		// A seal was interrupted: finish it before anything else.
+		if v.frozen, err = openWritable(m.writableDir(name, rec.Frozen), rec.Size, rec.BlockSize); err == nil {
+			_, err = v.sealFrozen(context.Background())
+		}
+		if err != nil {
+			v.Close()
+			return nil, fmt.Errorf("volume %s: finishing interrupted snapshot %s: %w", name, rec.FrozenSnapshot, err)
+		}
+	}
+	return v, nil
 }
 
-// removeWritableDirs removes writable-layer directories other than
-// generation keep: leftovers of a seal or rollback that committed its
+// removeWritableDirs removes writable-layer directories other than the
+// generations in keep: leftovers of a seal or rollback that committed its
 // catalogue transaction but crashed before cleaning up.
-func removeWritableDirs(dir string, keep uint64) error {
+func removeWritableDirs(dir string, keep ...uint64) error {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -313,7 +330,7 @@ func removeWritableDirs(dir string, keep uint64) error {
 		if !strings.HasPrefix(e.Name(), "w-") {
 			continue
 		}
-		if _, err := fmt.Sscanf(e.Name(), "w-%d", &gen); err == nil && gen != keep {
+		if _, err := fmt.Sscanf(e.Name(), "w-%d", &gen); err == nil && !slices.Contains(keep, gen) {
 			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 				return err
 			}

@@ -18,6 +18,9 @@ func (v *Volume) Map(off, n int64, fn func(length int64, hole, zero bool) bool) 
 		blk := pos / bs
 		want := (end - blk*bs + bs - 1) / bs
 		st, cnt := v.w.run(blk, want)
+		if st == stUnset && v.frozen != nil {
+			st, cnt = v.frozen.run(blk, cnt)
+		}
 		data := st == stData
 		if st == stUnset {
 			data, cnt = v.chain.Span(blk, cnt)

@@ -112,7 +112,7 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 	}
 	defer lock.release()
 	var removed []string
-	var oldGen uint64
+	var oldGen, oldFrozen uint64
 	err = m.cat.Update(func(tx *metadata.Tx) error {
 		v, err := tx.Volume(vol)
 		if err != nil {
@@ -157,7 +157,8 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 				return err
 			}
 		}
-		oldGen = v.Writable
+		oldGen, oldFrozen = v.Writable, v.Frozen
+		v.Frozen, v.FrozenSnapshot = 0, ""
 		v.Layers = append([]string(nil), target.Layers...)
 		v.Size = target.Size
 		v.Writable++
@@ -165,6 +166,11 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if oldFrozen != 0 {
+		if err := m.discard(m.writableDir(vol, oldFrozen)); err != nil {
+			return removed, err
+		}
 	}
 	return removed, m.discard(m.writableDir(vol, oldGen))
 }
@@ -230,6 +236,8 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 		return err
 	}
 	defer v.Close()
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
 	if v.rec.Device != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -20,90 +19,142 @@ type SealResult struct {
 }
 
 // Snapshot seals the writable layer into an immutable layer, records
-// snapshot name, and continues on a fresh empty writable layer. Writes
-// wait while it runs; reads continue. A layer with no writes records the
-// snapshot without a new layer.
+// snapshot name, and continues on a fresh empty writable layer. I/O waits
+// only for the freeze (a flush and one catalogue transaction); the seal
+// itself runs while reads and writes go on: writes land in the fresh
+// writable layer, reads see fresh, then frozen, then the chain. A volume
+// with no writes since its last snapshot records the snapshot without a
+// new layer.
 //
-// Order (each step durable before the next): flush; intent; layer blob
-// (temp, fsync, rename by digest); one catalogue transaction (layer,
-// chain, snapshot, new writable generation, intent removed); then the old
-// writable directory is removed. A crash before the transaction leaves the
-// volume as it was (Recover drops the intent; gc drops the orphan blob).
+// Order (each step durable before the next):
+//  1. freeze: flush; one transaction records Frozen = current generation,
+//     FrozenSnapshot = name, Writable = generation+1; open the new layer;
+//  2. seal the frozen layer into a blob (temp, fsync, rename by digest),
+//     holding gc.lock shared so gc cannot take the unreferenced blob;
+//  3. one transaction: layer record, chain + digest, snapshot record,
+//     Frozen cleared; then the frozen directory is removed.
+//
+// A crash after 1 leaves Frozen recorded: the next Open finishes the seal
+// before anything else, so no acknowledged write in either layer is lost.
+// A failed seal leaves the volume frozen and working; the next Snapshot
+// retries it first.
 func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error) {
 	if err := metadata.ValidateName("snapshot", name); err != nil {
 		return nil, err
 	}
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	start := time.Now()
+	if v.frozen != nil {
+		if _, err := v.sealFrozen(ctx); err != nil {
+			return nil, fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
+		}
+	}
+	snap, frozen, err := v.freeze(name)
+	if err != nil {
+		return nil, err
+	}
+	if !frozen {
+		return &SealResult{Snapshot: snap, Duration: time.Since(start)}, nil
+	}
+	res, err := v.sealFrozen(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s@%s: %w", v.name, name, err)
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// freeze is step 1. It records the snapshot at once (and reports frozen
+// false) when the writable layer has no writes.
+func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
-	start := time.Now()
-	if err := v.m.cat.View(func(tx *metadata.Tx) error {
+	if err := v.w.flush(); err != nil {
+		return nil, false, err
+	}
+	empty := true
+	v.w.runs(func(uint64, uint64, uint8) error { empty = false; return errStop })
+	rec := *v.rec
+	rec.Layers = append([]string(nil), v.rec.Layers...)
+	snap := &metadata.Snapshot{Volume: v.name, Name: name, Layers: rec.Layers, Size: rec.Size, Created: time.Now().UTC()}
+	if empty {
+		err := v.m.cat.Update(func(tx *metadata.Tx) error { return tx.CreateSnapshot(snap) })
+		return snap, false, err
+	}
+	rec.Frozen, rec.FrozenSnapshot = rec.Writable, name
+	rec.Writable++
+	err := v.m.cat.Update(func(tx *metadata.Tx) error {
 		if _, err := tx.Snapshot(v.name, name); err == nil {
 			return fmt.Errorf("snapshot %s@%s: %w", v.name, name, metadata.ErrExists)
 		} else if !errors.Is(err, metadata.ErrNotFound) {
 			return err
 		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := v.w.flush(); err != nil {
-		return nil, err
-	}
-	intent, err := v.m.addIntent("snapshot", v.name, map[string]string{"snapshot": name, "writable": strconv.FormatUint(v.rec.Writable, 10)})
+		return tx.PutVolume(&rec)
+	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
+	w, err := openWritable(v.m.writableDir(v.name, rec.Writable), rec.Size, rec.BlockSize)
+	if err != nil {
+		v.broken = fmt.Errorf("volume %s: new writable layer: %w (reopen the volume)", v.name, err)
+		return nil, false, v.broken
+	}
+	v.frozen, v.w, v.rec = v.w, w, &rec
+	return nil, true, nil
+}
+
+// sealFrozen runs steps 2 and 3 for the frozen layer. Callers hold sealMu.
+func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
+	rec := v.Record()
 	gcl, err := sharedLock(filepath.Join(v.m.root, "gc.lock"))
 	if err != nil {
 		return nil, err
 	}
 	defer gcl.release()
-	layer, err := v.sealWritable(ctx)
+	layer, err := v.m.sealWritable(ctx, &rec, v.frozen)
 	if err != nil {
-		v.m.dropIntent(intent)
-		return nil, fmt.Errorf("snapshot %s@%s: %w", v.name, name, err)
+		return nil, err
 	}
-	rec := *v.rec
-	rec.Layers = append([]string(nil), v.rec.Layers...)
-	if layer != nil {
-		rec.Layers = append(rec.Layers, layer.Digest)
-	}
-	rec.Writable++
-	snap := &metadata.Snapshot{Volume: v.name, Name: name, Layers: rec.Layers, Size: rec.Size, Created: time.Now().UTC()}
-	if err := v.m.commit(intent, func(tx *metadata.Tx) error {
-		if layer != nil {
-			if err := putLayerOnce(tx, layer); err != nil {
-				return err
-			}
+	name := rec.FrozenSnapshot
+	layers := append(append([]string(nil), rec.Layers...), layer.Digest)
+	snap := &metadata.Snapshot{Volume: v.name, Name: name, Layers: layers, Size: rec.Size, Created: time.Now().UTC()}
+	var next metadata.Volume
+	err = v.m.cat.Update(func(tx *metadata.Tx) error {
+		cur, err := tx.Volume(v.name)
+		if err != nil {
+			return err
 		}
-		if err := tx.PutVolume(&rec); err != nil {
+		if cur.Frozen != rec.Frozen {
+			return fmt.Errorf("volume %s changed under the seal (frozen %d, recorded %d)", v.name, rec.Frozen, cur.Frozen)
+		}
+		next = *cur
+		next.Layers = layers
+		next.Frozen, next.FrozenSnapshot = 0, ""
+		if err := putLayerOnce(tx, layer); err != nil {
+			return err
+		}
+		if err := tx.PutVolume(&next); err != nil {
 			return err
 		}
 		return tx.CreateSnapshot(snap)
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	if err := v.swapLocked(&rec); err != nil {
+	chain, err := v.m.Chain(next.Layers, next.Size, next.BlockSize)
+	if err != nil {
 		return nil, err
 	}
-	return &SealResult{Snapshot: snap, Layer: layer, Duration: time.Since(start)}, nil
-}
-
-// swapLocked moves the open volume onto rec's chain and writable
-// generation, closing and removing the previous writable layer.
-func (v *Volume) swapLocked(rec *metadata.Volume) error {
-	chain, err := v.m.Chain(rec.Layers, rec.Size, rec.BlockSize)
-	if err != nil {
-		return err
-	}
-	w, err := openWritable(v.m.writableDir(v.name, rec.Writable), rec.Size, rec.BlockSize)
-	if err != nil {
-		return err
-	}
-	old := v.w
-	v.rec, v.chain, v.w, v.size = rec, chain, w, rec.Size
+	v.ioMu.Lock()
+	old := v.frozen
+	v.chain, v.frozen, v.rec = chain, nil, &next
+	v.ioMu.Unlock()
 	old.close()
-	return v.m.discard(old.dir)
+	if err := v.m.discard(old.dir); err != nil {
+		return nil, err
+	}
+	return &SealResult{Snapshot: snap, Layer: layer}, nil
 }
 
 func putLayerOnce(tx *metadata.Tx, l *metadata.Layer) error {
@@ -113,26 +164,20 @@ func putLayerOnce(tx *metadata.Tx, l *metadata.Layer) error {
 	return tx.PutLayer(l)
 }
 
-// sealWritable writes the writable layer's live extents as a sealed layer
-// into the content store. It returns nil when there is nothing to seal.
-func (v *Volume) sealWritable(ctx context.Context) (*metadata.Layer, error) {
-	empty := true
-	v.w.runs(func(uint64, uint64, uint8) error { empty = false; return errStop })
-	if empty {
-		return nil, nil
-	}
-	return v.m.writeLayer(ctx, v.rec, func(lw *snapshot.Writer) error {
+// sealWritable writes w's live extents as a sealed layer for volume rec
+// into the content store. w must not change meanwhile (it is frozen).
+func (m *Manager) sealWritable(ctx context.Context, rec *metadata.Volume, w *writable) (*metadata.Layer, error) {
+	bs := uint64(rec.BlockSize)
+	return m.writeLayer(ctx, rec, func(lw *snapshot.Writer) error {
 		buf := make([]byte, 1<<20)
-		return v.w.runs(func(start, count uint64, st uint8) error {
+		return w.runs(func(start, count uint64, st uint8) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			if st == stZero {
 				return lw.AddZero(start, count)
 			}
-			return copyBlocks(ctx, lw, buf, v.bs, start, count, func(p []byte, off uint64) error {
-				return v.w.readData(p, off)
-			})
+			return copyBlocks(ctx, lw, buf, bs, start, count, w.readData)
 		})
 	})
 }
@@ -199,6 +244,13 @@ func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, fill fun
 // long costs one layer's index again. Snapshots keep their own chains;
 // the writable layer is untouched.
 func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	if v.frozen != nil {
+		if _, err := v.sealFrozen(ctx); err != nil {
+			return nil, fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
+		}
+	}
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
 	if len(v.rec.Layers) == 0 {

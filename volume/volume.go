@@ -23,12 +23,16 @@ type Volume struct {
 
 	// ioMu is shared by reads and writes and taken exclusively only to
 	// swap the chain and writable layer (seal, flatten, resize).
-	ioMu  sync.RWMutex
-	rec   *metadata.Volume
-	chain *snapshot.Chain
-	w     *writable
-	bs    uint64
-	size  uint64
+	ioMu   sync.RWMutex
+	rec    *metadata.Volume
+	chain  *snapshot.Chain
+	w      *writable
+	frozen *writable // being sealed (reads fall through w, then frozen)
+	bs     uint64
+	size   uint64
+	broken error // set when a swap failed half-way: I/O refused
+
+	sealMu sync.Mutex // one seal, flatten or resize at a time
 }
 
 // Name is the volume's name.
@@ -54,6 +58,9 @@ func (v *Volume) Record() metadata.Volume {
 }
 
 func (v *Volume) checkRange(off int64, n int) error {
+	if v.broken != nil {
+		return v.broken
+	}
 	if off < 0 || uint64(off) > v.size || uint64(n) > v.size-uint64(off) {
 		return fmt.Errorf("%w: [%d,+%d) beyond volume size %d", ErrRange, off, n, v.size)
 	}
@@ -76,11 +83,16 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 		blk, in := pos/bs, pos%bs
 		want := (in + uint64(len(p)) + bs - 1) / bs
 		st, n := v.w.run(blk, want)
+		src := v.w
+		if st == stUnset && v.frozen != nil {
+			st, n = v.frozen.run(blk, n)
+			src = v.frozen
+		}
 		nb := min(n*bs-in, uint64(len(p)))
 		var err error
 		switch st {
 		case stData:
-			err = v.w.readData(p[:nb], pos)
+			err = src.readData(p[:nb], pos)
 		case stZero:
 			clear(p[:nb])
 		default:
@@ -205,6 +217,12 @@ func (v *Volume) Close() error {
 		return nil
 	}
 	err := v.w.close()
+	if v.frozen != nil {
+		if e := v.frozen.close(); err == nil {
+			err = e
+		}
+		v.frozen = nil
+	}
 	v.w = nil
 	v.lock.release()
 	return err
