@@ -1,0 +1,138 @@
+package repo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Media types of the obdvol snapshot artifact (docs/artifact.md).
+const (
+	ArtifactType    = "application/vnd.obdvol.snapshot.v1"
+	ConfigMediaType = "application/vnd.obdvol.snapshot.config.v1+json"
+	LayerMediaType  = "application/vnd.obdvol.layer.v1"
+
+	AnnotationVirtualSize = "org.obdvol.layer.virtual-size"
+	AnnotationDataBytes   = "org.obdvol.layer.data-bytes"
+	AnnotationExtents     = "org.obdvol.layer.extents"
+
+	maxManifestBytes = 4 << 20
+	maxConfigBytes   = 4 << 20
+	maxLayers        = 4096
+)
+
+// ErrArtifact is wrapped by errors about malformed manifests or configs.
+var ErrArtifact = errors.New("invalid obdvol artifact")
+
+// LayerInfo describes one layer of a pushed chain.
+type LayerInfo struct {
+	Digest      string `json:"digest"`
+	Size        int64  `json:"size"` // blob bytes
+	VirtualSize uint64 `json:"virtual_size"`
+	DataBytes   uint64 `json:"data_bytes"`
+	Extents     uint64 `json:"extents"`
+}
+
+// ChainConfig is the artifact's config blob: what a pull needs to
+// recreate the volume at the snapshot.
+type ChainConfig struct {
+	Version     int               `json:"version"`
+	VirtualSize uint64            `json:"virtual_size"`
+	BlockSize   uint32            `json:"block_size"`
+	Codec       string            `json:"codec"`
+	ChunkSize   uint32            `json:"chunk_size"`
+	Volume      string            `json:"volume"`
+	Snapshot    string            `json:"snapshot"`
+	Created     time.Time         `json:"created"`
+	Layers      []LayerInfo       `json:"layers"`
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// Validate checks the config's own limits.
+func (c *ChainConfig) Validate() error {
+	switch {
+	case c.Version != 1:
+		return fmt.Errorf("%w: config version %d (this obdvol reads 1)", ErrArtifact, c.Version)
+	case c.BlockSize < 512 || c.BlockSize > 65536 || c.BlockSize&(c.BlockSize-1) != 0:
+		return fmt.Errorf("%w: block size %d", ErrArtifact, c.BlockSize)
+	case c.VirtualSize == 0 || c.VirtualSize%uint64(c.BlockSize) != 0 || c.VirtualSize > 1<<60:
+		return fmt.Errorf("%w: virtual size %d", ErrArtifact, c.VirtualSize)
+	case len(c.Layers) > maxLayers:
+		return fmt.Errorf("%w: %d layers (at most %d)", ErrArtifact, len(c.Layers), maxLayers)
+	}
+	for i, l := range c.Layers {
+		if err := ValidateDigest(l.Digest); err != nil {
+			return fmt.Errorf("%w: layer %d: %v", ErrArtifact, i, err)
+		}
+		if l.Size <= 0 || l.Size > 1<<50 {
+			return fmt.Errorf("%w: layer %d size %d", ErrArtifact, i, l.Size)
+		}
+	}
+	return nil
+}
+
+// ParseConfig decodes and validates a config blob.
+func ParseConfig(b []byte) (*ChainConfig, error) {
+	var c ChainConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("%w: config: %v", ErrArtifact, err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// layerDescriptors are the manifest's layers for c, base first.
+func layerDescriptors(c *ChainConfig) []ocispec.Descriptor {
+	out := make([]ocispec.Descriptor, len(c.Layers))
+	for i, l := range c.Layers {
+		out[i] = ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(l.Digest), Size: l.Size,
+			Annotations: map[string]string{
+				AnnotationVirtualSize: strconv.FormatUint(l.VirtualSize, 10),
+				AnnotationDataBytes:   strconv.FormatUint(l.DataBytes, 10),
+				AnnotationExtents:     strconv.FormatUint(l.Extents, 10),
+			}}
+	}
+	return out
+}
+
+// ParseManifest decodes a manifest and checks that it is an obdvol
+// snapshot whose layers match config c (pass nil to check the manifest
+// alone).
+func ParseManifest(b []byte) (*ocispec.Manifest, error) {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrArtifact, err)
+	}
+	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
+		return nil, fmt.Errorf("%w: artifact type %q, config %q: not an obdvol snapshot", ErrArtifact, m.ArtifactType, m.Config.MediaType)
+	}
+	if m.Config.Size <= 0 || m.Config.Size > maxConfigBytes || m.Config.Digest.Validate() != nil {
+		return nil, fmt.Errorf("%w: config descriptor", ErrArtifact)
+	}
+	if len(m.Layers) > maxLayers {
+		return nil, fmt.Errorf("%w: %d layers", ErrArtifact, len(m.Layers))
+	}
+	return &m, nil
+}
+
+// matchLayers checks that the manifest's layers are exactly the config's.
+func matchLayers(m *ocispec.Manifest, c *ChainConfig) error {
+	if len(m.Layers) != len(c.Layers) {
+		return fmt.Errorf("%w: manifest has %d layers, config %d", ErrArtifact, len(m.Layers), len(c.Layers))
+	}
+	for i, d := range m.Layers {
+		l := c.Layers[i]
+		if d.MediaType != LayerMediaType || d.Digest.String() != l.Digest || d.Size != l.Size {
+			return fmt.Errorf("%w: layer %d: manifest says %s (%d bytes), config %s (%d bytes)",
+				ErrArtifact, i, d.Digest, d.Size, l.Digest, l.Size)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,187 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content/oci"
+	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
+	"oras.land/oras-go/v2/registry/remote/credentials"
+	"oras.land/oras-go/v2/registry/remote/retry"
+)
+
+// Ref names a snapshot artifact: host[:port]/repo:tag, host/repo@sha256:...,
+// or oci:DIR[:tag] for an OCI image layout directory.
+type Ref struct {
+	Dir       string             // OCI layout directory (oci: refs)
+	Remote    registry.Reference // registry refs
+	Reference string             // tag or digest
+}
+
+// IsLayout reports whether r names an OCI layout directory.
+func (r Ref) IsLayout() bool { return r.Dir != "" }
+
+// String prints the reference (it never holds credentials).
+func (r Ref) String() string {
+	if r.IsLayout() {
+		return "oci:" + r.Dir + ":" + r.Reference
+	}
+	return r.Remote.String()
+}
+
+// Host is the registry host (empty for layouts).
+func (r Ref) Host() string { return r.Remote.Registry }
+
+// Repository is "host/repo" (or the layout dir), without tag or digest:
+// what a layer's origin records.
+func (r Ref) Repository() string {
+	if r.IsLayout() {
+		return "oci:" + r.Dir
+	}
+	return r.Remote.Registry + "/" + r.Remote.Repository
+}
+
+// ParseRef parses a reference. A registry reference needs a tag or digest
+// ("latest" is not assumed: snapshots are named).
+func ParseRef(s string) (Ref, error) {
+	if strings.Contains(s, "://") {
+		return Ref{}, fmt.Errorf("reference %q: give host[:port]/repo:tag without a scheme (use --plain-http for http)", s)
+	}
+	if rest, ok := strings.CutPrefix(s, "oci:"); ok {
+		dir, tag := rest, "latest"
+		if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i+1:], "/") {
+			dir, tag = rest[:i], rest[i+1:]
+		}
+		if dir == "" || tag == "" {
+			return Ref{}, fmt.Errorf("reference %q: want oci:DIR[:tag]", s)
+		}
+		if err := (registry.Reference{Reference: tag}).ValidateReferenceAsTag(); err != nil && !strings.HasPrefix(tag, "sha256:") {
+			return Ref{}, fmt.Errorf("reference %q: bad tag %q", s, tag)
+		}
+		return Ref{Dir: dir, Reference: tag}, nil
+	}
+	rr, err := registry.ParseReference(s)
+	if err != nil {
+		return Ref{}, fmt.Errorf("reference %q: %w (want host[:port]/repo:tag, host/repo@sha256:..., or oci:DIR[:tag])", s, err)
+	}
+	if rr.Reference == "" {
+		return Ref{}, fmt.Errorf("reference %q has no tag or digest", s)
+	}
+	return Ref{Remote: rr, Reference: rr.Reference}, nil
+}
+
+// TargetOptions say how to reach a registry.
+type TargetOptions struct {
+	PlainHTTP bool              // http instead of https (loopback, insecure networks)
+	Transport http.RoundTripper // nil: the default (with retries)
+	// Credentials: nil means the docker config (config.json, credsStore,
+	// credHelpers).
+	Credentials credentials.Store
+}
+
+// Target is where an artifact is pushed to or pulled from.
+type Target struct {
+	oras.Target
+	Ref  Ref
+	Repo *remote.Repository // nil for layouts
+}
+
+// OpenTarget opens the layout directory or registry repository of ref.
+// TLS is verified unless PlainHTTP is set.
+func OpenTarget(ref Ref, opts TargetOptions) (*Target, error) {
+	if ref.IsLayout() {
+		st, err := oci.New(ref.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("oci layout %s: %w", ref.Dir, err)
+		}
+		return &Target{Target: st, Ref: ref}, nil
+	}
+	repo, err := remote.NewRepository(ref.Remote.Registry + "/" + ref.Remote.Repository)
+	if err != nil {
+		return nil, err
+	}
+	repo.PlainHTTP = opts.PlainHTTP
+	client, err := authClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	repo.Client = client
+	return &Target{Target: repo, Ref: ref, Repo: repo}, nil
+}
+
+func authClient(opts TargetOptions) (*auth.Client, error) {
+	store := opts.Credentials
+	if store == nil {
+		ds, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("docker credentials: %w", err)
+		}
+		store = ds
+	}
+	tr := opts.Transport
+	if tr == nil {
+		tr = retry.NewTransport(http.DefaultTransport)
+	}
+	return &auth.Client{
+		Client:     &http.Client{Transport: tr},
+		Cache:      auth.NewCache(),
+		Credential: credentials.Credential(store),
+		Header:     http.Header{"User-Agent": {"obdvol"}},
+	}, nil
+}
+
+// Login checks user/password against the registry host and stores them
+// in the docker config (or its credential helper).
+func Login(ctx context.Context, host, user, password string, opts TargetOptions) error {
+	store, err := dockerStore(opts)
+	if err != nil {
+		return err
+	}
+	reg, err := remote.NewRegistry(host)
+	if err != nil {
+		return err
+	}
+	reg.PlainHTTP = opts.PlainHTTP
+	client, err := authClient(TargetOptions{Transport: opts.Transport, Credentials: credentials.NewMemoryStore()})
+	if err != nil {
+		return err
+	}
+	reg.Client = client
+	if err := credentials.Login(ctx, store, reg, auth.Credential{Username: user, Password: password}); err != nil {
+		return fmt.Errorf("login to %s as %s failed: %w", host, user, redact(err, password))
+	}
+	return nil
+}
+
+// Logout removes the stored credentials of host.
+func Logout(ctx context.Context, host string, opts TargetOptions) error {
+	store, err := dockerStore(opts)
+	if err != nil {
+		return err
+	}
+	return credentials.Logout(ctx, store, host)
+}
+
+func dockerStore(opts TargetOptions) (credentials.Store, error) {
+	if opts.Credentials != nil {
+		return opts.Credentials, nil
+	}
+	ds, err := credentials.NewStoreFromDocker(credentials.StoreOptions{AllowPlaintextPut: true})
+	if err != nil {
+		return nil, fmt.Errorf("docker credentials: %w", err)
+	}
+	return ds, nil
+}
+
+// redact keeps a secret out of an error message.
+func redact(err error, secret string) error {
+	if secret == "" || !strings.Contains(err.Error(), secret) {
+		return err
+	}
+	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), secret, "***"))
+}
