@@ -184,4 +184,3 @@ func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, 
 	}
 	return n, syncDir(filepath.Dir(dst))
 }
-
