@@ -410,3 +410,24 @@ func (b *LazyBlob) Evict(keep int64) (int64, error) {
 	}
 	return freed, b.Sync()
 }
+
+// LocalBytes is how many bytes of blob digest this host has: all of a
+// complete blob, the present pages of a lazy one, else 0.
+func (s *Store) LocalBytes(digest string) int64 {
+	if n, err := s.Size(digest); err == nil {
+		return n
+	}
+	if ValidateDigest(digest) != nil {
+		return 0
+	}
+	fi, err := os.Stat(filepath.Join(s.PartialDir(), digest[len("sha256:"):]+".lazy"))
+	if err != nil {
+		return 0
+	}
+	b, err := s.OpenLazy(digest, fi.Size(), nil, LazyOptions{})
+	if err != nil {
+		return 0
+	}
+	defer b.Close()
+	return b.Present()
+}

@@ -29,6 +29,7 @@ type layerInfo struct {
 	StoredBytes uint64 `json:"stored_bytes"`
 	Extents     uint64 `json:"extents"`
 	State       string `json:"state"`
+	LocalBytes  uint64 `json:"local_bytes"` // how much of the blob is on this host
 }
 
 type snapInfo struct {
@@ -77,6 +78,7 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 			if l, err := tx.Layer(d); err == nil {
 				li = layerInfo{Digest: d, VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, StoredBytes: l.StoredBytes, Extents: l.Extents, State: l.State}
 			}
+			li.LocalBytes = uint64(e.store.LocalBytes(d))
 			vi.Chain = append(vi.Chain, li)
 		}
 		snaps, err := tx.Snapshots(name)
@@ -109,9 +111,9 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 	fmt.Fprintf(out, "writable:   %s on disk\n", formatSize(vi.WritableBytes))
 	fmt.Fprintf(out, "chain:      %d layer(s), base first\n", len(vi.Chain))
 	t := newTable(out)
-	fmt.Fprintln(t, "  #\tDIGEST\tLOGICAL\tDATA\tSTORED\tEXTENTS\tSTATE")
+	fmt.Fprintln(t, "  #\tDIGEST\tLOGICAL\tDATA\tSTORED\tLOCAL\tEXTENTS\tSTATE")
 	for i, l := range vi.Chain {
-		fmt.Fprintf(t, "  %d\t%s\t%s\t%s\t%s\t%d\t%s\n", i, l.Digest, formatSize(l.VirtualSize), formatSize(l.DataBytes), formatSize(l.StoredBytes), l.Extents, l.State)
+		fmt.Fprintf(t, "  %d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i, l.Digest, formatSize(l.VirtualSize), formatSize(l.DataBytes), formatSize(l.StoredBytes), formatSize(l.LocalBytes), l.Extents, l.State)
 	}
 	t.Flush()
 	fmt.Fprintf(out, "snapshots:  %d\n", len(vi.Snapshots))

@@ -50,7 +50,8 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 		newImportCommand(opts), newExportCommand(opts), newSnapshotCommand(opts),
 		newRollbackCommand(opts), newDeleteCommand(opts), newResizeCommand(opts),
 		newFlattenCommand(opts), newGCCommand(opts), newVerifyCommand(opts),
-		newVersionCommand(opts),
+		newVersionCommand(opts), newPushCommand(opts), newPullCommand(opts), newFillCommand(opts),
+		newLoginCommand(opts), newLogoutCommand(opts),
 	)
 	return cmd, opts
 }
@@ -62,6 +63,14 @@ type env struct {
 	cat   *metadata.Catalog
 	store *repo.Store
 	mgr   *volume.Manager
+	// pending are layers a lazy pull is registering: not yet in the
+	// catalogue, fetched from where the pull found them.
+	pending map[string]pendingLayer
+}
+
+type pendingLayer struct {
+	fetch repo.RangeFetcher
+	size  int64
 }
 
 func openEnv(opts *globalOptions) (*env, error) {
@@ -80,8 +89,16 @@ func openEnv(opts *globalOptions) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	mgr := volume.NewManager(root, cat, repo.Blobs{Store: store}, volume.Options{})
-	e := &env{root: root, cat: cat, store: store, mgr: mgr}
+	e := &env{root: root, cat: cat, store: store, pending: map[string]pendingLayer{}}
+	resolve := remoteResolver(e)
+	blobs := repo.Blobs{Store: store, Remote: func(d string) (repo.RangeFetcher, int64, error) {
+		if p, ok := e.pending[d]; ok {
+			return p.fetch, p.size, nil
+		}
+		return resolve(d)
+	}}
+	mgr := volume.NewManager(root, cat, blobs, volume.Options{})
+	e.mgr = mgr
 	if _, err := mgr.Recover(); err != nil {
 		return nil, fmt.Errorf("recovery: %w", err)
 	}

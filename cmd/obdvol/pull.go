@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/volume"
+)
+
+type pullOptions struct {
+	transferFlags
+	Lazy bool
+	Wait bool
+}
+
+func newPullCommand(g *globalOptions) *cobra.Command {
+	o := &pullOptions{}
+	cmd := &cobra.Command{
+		Use:   "pull REF VOL",
+		Short: "Pull a snapshot from an OCI registry or layout into volume VOL",
+		Long: `Pull the snapshot REF names and record it as volume VOL at that snapshot (or move
+an existing VOL forward to it, when VOL's chain is a prefix of the pulled one and
+VOL has no writes since its last snapshot). Only layers this host lacks are
+fetched; each is verified against its digest before it enters the store, and an
+interrupted pull resumes where it stopped. Nothing half-pulled is ever visible.
+
+--lazy registers the volume after fetching only the manifest, the config and each
+layer's trailer and index; reads then fetch the chunks they need by range
+requests (verified by their checksums). obdvol fill VOL (or --wait) completes it.`,
+		Example: "  obdvol pull registry.example.com/disks/golden:v1 golden\n  obdvol pull --lazy 127.0.0.1:5000/golden:v1 golden --plain-http",
+		Args:    exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runPull(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
+	f.IntVar(&o.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
+	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
+	return cmd
+}
+
+func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOptions, ref, vol string) error {
+	if err := metadata.ValidateName("volume", vol); err != nil {
+		return usageError{err}
+	}
+	t, err := openTarget(ref, &o.transferFlags)
+	if err != nil {
+		return err
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
+	p := newBarProgress(g, "pull")
+	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy})
+	finishBar(p)
+	if err != nil {
+		return err
+	}
+	cfg := res.Config
+	org := origin(t, &o.transferFlags)
+	spec := volume.ChainSpec{Size: cfg.VirtualSize, BlockSize: cfg.BlockSize, ChunkSize: cfg.ChunkSize, Codec: cfg.Codec,
+		Snapshot: cfg.Snapshot, Origin: t.Ref.String()}
+	var remote int
+	for _, l := range cfg.Layers {
+		state := metadata.LayerFull
+		if !e.store.Has(l.Digest) {
+			state = metadata.LayerRemote
+			e.pending[l.Digest] = pendingLayer{fetch: repo.RegistryRanges{Repo: t.Repo}, size: l.Size}
+			remote++
+		}
+		spec.Layers = append(spec.Layers, metadata.Layer{Digest: l.Digest, StoredBytes: uint64(l.Size),
+			VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents, State: state, Origins: []string{org}})
+	}
+	start := time.Now()
+	ad, err := e.mgr.AdoptChain(vol, spec)
+	if err != nil {
+		return err
+	}
+	ready := time.Since(start) + res.Duration
+	var filled int64
+	if lazy && o.Wait {
+		if filled, err = fillVolume(ctx, e, g, vol); err != nil {
+			return err
+		}
+	}
+	if g.JSON {
+		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot,
+			"fast_forward": ad.FastForward, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
+			"filled_bytes": filled, "ready_seconds": ready.Seconds()})
+	}
+	verb := "created"
+	if ad.FastForward {
+		verb = "moved forward"
+	}
+	fmt.Fprintf(out, "pulled %s: volume %s %s at %s@%s (%d layers)\n  fetched %s in %d blob(s), had %s in %d, %.2fs, %s\n",
+		t.Ref, vol, verb, vol, cfg.Snapshot, len(cfg.Layers), formatSize(uint64(res.BytesMoved)), res.BlobsMoved,
+		formatSize(uint64(res.BytesSkipped)), res.BlobsSkipped, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
+	if lazy && !o.Wait && remote > 0 {
+		fmt.Fprintf(out, "  lazy: %d layer(s) fetch on demand (usable after %.2fs); obdvol fill %s completes them\n", remote, ready.Seconds(), vol)
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+)
+
+type pushOptions struct {
+	transferFlags
+	MountFrom []string
+}
+
+func newPushCommand(g *globalOptions) *cobra.Command {
+	o := &pushOptions{}
+	cmd := &cobra.Command{
+		Use:   "push VOL@SNAP REF",
+		Short: "Push a snapshot to an OCI registry or layout (only the layers it lacks)",
+		Long: `Push snapshot VOL@SNAP as an OCI artifact: REF is host[:port]/repo:tag,
+host/repo@sha256:..., or oci:DIR[:tag]. Layers the target already has are skipped,
+layers in other repositories of the same registry (--mount-from) are cross-mounted,
+the rest are uploaded in parallel. Run it again to resume an interrupted push.
+Credentials come from the docker config (obdvol login). TLS is verified;
+--plain-http talks plain HTTP (loopback or a trusted network only).`,
+		Example: "  obdvol push golden@v1 registry.example.com/disks/golden:v1\n  obdvol push golden@v1 oci:/srv/disks:v1",
+		Args:    exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runPush(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
+	f.IntVar(&o.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	f.StringSliceVar(&o.MountFrom, "mount-from", nil, "repositories of the same registry to cross-mount layers from")
+	return cmd
+}
+
+func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOptions, src, ref string) error {
+	vol, snap, err := parseRef(src, snapRequired)
+	if err != nil {
+		return err
+	}
+	t, err := openTarget(ref, &o.transferFlags)
+	if err != nil {
+		return err
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	cfg := &repo.ChainConfig{Version: 1, Volume: vol, Snapshot: snap}
+	err = e.cat.View(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(vol)
+		if err != nil {
+			return err
+		}
+		s, err := tx.Snapshot(vol, snap)
+		if err != nil {
+			return err
+		}
+		cfg.VirtualSize, cfg.BlockSize, cfg.Codec, cfg.ChunkSize, cfg.Created = s.Size, v.BlockSize, v.Codec, v.ChunkSize, s.Created
+		cfg.Labels = s.Labels
+		for _, d := range s.Layers {
+			l, err := tx.Layer(d)
+			if err != nil {
+				return err
+			}
+			cfg.Layers = append(cfg.Layers, repo.LayerInfo{Digest: d, Size: int64(l.StoredBytes),
+				VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents})
+			if !e.store.Has(d) {
+				return fmt.Errorf("layer %s of %s@%s is not complete on this host: run obdvol fill %s first", d, vol, snap, vol)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p := newBarProgress(g, "push")
+	res, err := repo.Push(ctx, e.store, t, cfg, repo.PushOptions{Concurrency: o.Concurrency, MountFrom: o.MountFrom, Progress: p})
+	finishBar(p)
+	if err != nil {
+		return err
+	}
+	// Remember where the layers live now (for mounts and lazy pulls).
+	org := origin(t, &o.transferFlags)
+	e.cat.Update(func(tx *metadata.Tx) error {
+		for _, li := range cfg.Layers {
+			if l, err := tx.Layer(li.Digest); err == nil && !slices.Contains(l.Origins, org) {
+				l.Origins = append(l.Origins, org)
+				tx.PutLayer(l)
+			}
+		}
+		return nil
+	})
+	if g.JSON {
+		return printJSON(out, map[string]any{"source": src, "reference": t.Ref.String(), "result": res,
+			"seconds": res.Duration.Seconds()})
+	}
+	fmt.Fprintf(out, "pushed %s to %s (%s)\n  sent %s in %d blob(s), skipped %s in %d, mounted %d, %.2fs, %s\n",
+		src, t.Ref, res.Manifest, formatSize(uint64(res.BytesMoved)), res.BlobsMoved, formatSize(uint64(res.BytesSkipped)),
+		res.BlobsSkipped, res.BlobsMounted, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
+	return nil
+}
