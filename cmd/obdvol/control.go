@@ -32,6 +32,7 @@ type controlResponse struct {
 
 func controlPath(root, vol string) string { return filepath.Join(root, "run", vol+".sock") }
 
+//lint:ignore U1000 called by the device servers (serve, activate)
 // serveControl answers control requests for v until ctx ends. status
 // supplies what "status" reports (device path, frontend, pid).
 func serveControl(ctx context.Context, root string, v *volume.Volume, status func() map[string]any) (func(), error) {
@@ -63,6 +64,7 @@ func serveControl(ctx context.Context, root string, v *volume.Volume, status fun
 	return stop, nil
 }
 
+//lint:ignore U1000 see serveControl
 func handleControl(ctx context.Context, c net.Conn, v *volume.Volume, status func() map[string]any) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Minute))

@@ -41,7 +41,7 @@ func (b *barProgress) Start(name string, total int64) {
 	b.tot += total
 	b.bar.ChangeMax64(b.tot)
 }
-func (b *barProgress) Add(name string, n int64) { b.bar.Add64(n) }
+func (b *barProgress) Add(name string, n int64)    { b.bar.Add64(n) }
 func (b *barProgress) Done(name string, err error) {}
 
 func finishBar(p repo.Progress) {
@@ -97,4 +97,3 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 func rate(n int64, d time.Duration) string {
 	return formatSize(uint64(float64(n)/max(d.Seconds(), 1e-6))) + "/s"
 }
-
