@@ -59,9 +59,61 @@ ob verify golden
 ob gc --dry-run
 du -sh "$A/blobs" | awk '{print "content store: " $1 " for 4 volumes (one copy of the golden layer)"}'
 
+step "7. start a registry on loopback (Debian's docker-registry) for the fleet"
+B="$OUT/hostB"; C="$OUT/hostC"
+obB() { "$OBDVOL" --root "$B" --no-progress "$@"; }
+obC() { "$OBDVOL" --root "$C" --no-progress "$@"; }
+PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])' 2>/dev/null || echo 5077)
+if command -v docker-registry >/dev/null; then
+	mkdir -p "$OUT/registry"
+	cat >"$OUT/registry/config.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $OUT/registry/storage}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$PORT}
+YML
+	docker-registry serve "$OUT/registry/config.yml" >"$OUT/registry/log" 2>&1 &
+	REG_PID=$!
+	trap 'kill $REG_PID 2>/dev/null' EXIT
+	for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+	REF="127.0.0.1:$PORT/disks/golden"; TX=(--plain-http)
+	echo "registry on 127.0.0.1:$PORT"
+else
+	REF="oci:$OUT/layout"; TX=()
+	echo "docker-registry not installed: using an OCI layout directory ($REF)"
+fi
+
+step "8. host A pushes golden@v1; host B pulls it, clones it, checks it"
+ob push golden@v1 "$REF:v1" "${TX[@]}"
+obB pull "$REF:v1" golden "${TX[@]}"
+obB create web1 --from golden@v1
+obB export web1 "$OUT/b-web1.img"
+echo "host B web1 $(sum "$OUT/b-web1.img") (golden $want)"
+[ "$(sum "$OUT/b-web1.img")" = "$want" ] || { echo "host B differs"; ok=0; }
+
+step "9. host A updates golden (v2) and pushes: only the new layer travels"
+echo "golden v2" >"$OUT/v2.txt"
+head -c 2M /dev/urandom >"$OUT/v2.bin"
+ob import golden "$OUT/v2.bin" --offset 40M
+ob snapshot golden@v2
+ob push golden@v2 "$REF:v2" "${TX[@]}"
+obB pull "$REF:v2" golden "${TX[@]}"
+ob export golden@v2 "$OUT/a-v2.img"; obB export golden "$OUT/b-v2.img"
+echo "v2 on A $(sum "$OUT/a-v2.img"), on B $(sum "$OUT/b-v2.img")"
+[ "$(sum "$OUT/a-v2.img")" = "$(sum "$OUT/b-v2.img")" ] || { echo "v2 differs"; ok=0; }
+
+step "10. host C pulls v2 lazily: usable at once, data fetched on demand"
+obC pull --lazy "$REF:v2" golden "${TX[@]}"
+obC info golden | sed -n '/chain:/,/snapshots:/p'
+obC export golden "$OUT/c-v2.img"
+echo "v2 on C $(sum "$OUT/c-v2.img")"
+[ "$(sum "$OUT/c-v2.img")" = "$(sum "$OUT/a-v2.img")" ] || { echo "lazy v2 differs"; ok=0; }
+obC fill golden
+
 step "summary"
 if [ $ok = 1 ]; then
-	echo "golden image imported, snapshotted, cloned 3x, vm2 changed and rolled back: all exports match the golden image ($want)"
+	echo "golden image imported, snapshotted, cloned 3x, vm2 changed and rolled back: all exports match ($want)"
+	echo "pushed to $REF, pulled on host B (full, then v2 incrementally) and host C (lazily): all checksums match"
 else
 	echo "MISMATCH: see above"; exit 1
 fi

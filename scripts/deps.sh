@@ -13,6 +13,7 @@ want qemu-img qemu-utils
 want docker-registry docker-registry
 want skopeo skopeo
 want sha256sum coreutils
+want curl curl
 if [ "${1:-}" = bench ]; then
 	want nbdinfo libnbd-bin
 	want nbdkit nbdkit
