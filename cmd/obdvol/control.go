@@ -32,9 +32,10 @@ type controlResponse struct {
 
 func controlPath(root, vol string) string { return filepath.Join(root, "run", vol+".sock") }
 
-//lint:ignore U1000 called by the device servers (serve, activate)
 // serveControl answers control requests for v until ctx ends. status
 // supplies what "status" reports (device path, frontend, pid).
+//
+//lint:ignore U1000 called by the device servers (serve, activate)
 func serveControl(ctx context.Context, root string, v *volume.Volume, status func() map[string]any) (func(), error) {
 	path := controlPath(root, v.Name())
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +18,9 @@ type globalOptions struct {
 	Root       string
 	JSON       bool
 	NoProgress bool
+	// RemoteTimeout bounds how long a read of lazily pulled data retries
+	// an unreachable registry before failing with an I/O error.
+	RemoteTimeout time.Duration
 }
 
 const helpTail = `
@@ -45,6 +49,7 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 	f.StringVar(&opts.Root, "root", def, "state directory (env OBDVOL_ROOT)")
 	f.BoolVar(&opts.JSON, "json", false, "print JSON")
 	f.BoolVar(&opts.NoProgress, "no-progress", false, "do not show progress")
+	f.DurationVar(&opts.RemoteTimeout, "remote-timeout", 30*time.Second, "how long a read of lazily pulled data retries an unreachable registry")
 	cmd.AddCommand(
 		newCreateCommand(opts), newListCommand(opts), newInfoCommand(opts),
 		newImportCommand(opts), newExportCommand(opts), newSnapshotCommand(opts),
@@ -91,7 +96,7 @@ func openEnv(opts *globalOptions) (*env, error) {
 	}
 	e := &env{root: root, cat: cat, store: store, pending: map[string]pendingLayer{}}
 	resolve := remoteResolver(e)
-	blobs := repo.Blobs{Store: store, Remote: func(d string) (repo.RangeFetcher, int64, error) {
+	blobs := repo.Blobs{Store: store, Lazy: repo.LazyOptions{RetryFor: opts.RemoteTimeout}, Remote: func(d string) (repo.RangeFetcher, int64, error) {
 		if p, ok := e.pending[d]; ok {
 			return p.fetch, p.size, nil
 		}
