@@ -42,7 +42,7 @@ func (o *LazyOptions) defaults() {
 		o.RetryFor = 30 * time.Second
 	}
 	if o.Page == 0 {
-		o.Page = 64 << 10
+		o.Page = 16 << 10
 	}
 }
 
@@ -69,6 +69,7 @@ type LazyBlob struct {
 	present []uint64 // bitmap of pages
 	dirty   bool
 	lastEnd int64 // end of the previous read, to detect sequential reads
+	raSize  int64 // current read-ahead window
 	fetched int64 // bytes fetched remotely
 }
 
@@ -204,13 +205,25 @@ func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 		return 0, nil
 	}
 	end := off + n
+	// Read-ahead, as the kernel does it: a random read fetches what it
+	// needs; a sequential read that misses fetches a window past its end,
+	// twice as large each time it misses again, up to ReadAhead. Reads
+	// inside an earlier window fetch nothing.
 	b.mu.Lock()
 	seq := off == b.lastEnd
 	b.lastEnd = end
+	if !seq {
+		b.raSize = 0
+	}
 	b.mu.Unlock()
 	fetchEnd := end
 	if seq {
-		fetchEnd = min(b.size, end+b.opts.ReadAhead)
+		if _, _, miss := b.missing(off/b.opts.Page, (end-1)/b.opts.Page); miss {
+			b.mu.Lock()
+			b.raSize = min(b.opts.ReadAhead, max(2*n, 2*b.raSize))
+			fetchEnd = min(b.size, end+b.raSize)
+			b.mu.Unlock()
+		}
 	}
 	if err := b.ensure(ctx, off, fetchEnd, end); err != nil {
 		return 0, err

@@ -30,8 +30,10 @@ var (
 	readSecs = flag.Float64("read-seconds", 3, "seconds per read measurement")
 	chunks   = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir      = flag.String("dir", "", "work directory (default: a temp dir)")
-	only     = flag.String("only", "", "run one part: depth or seal")
+	only     = flag.String("only", "", "run one part: depth, seal, transfer or lazy")
 	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile")
+	xferMiB  = flag.Int("transfer-size", 1024, "snapshot size for the push/pull bench, MiB")
+	lazyMiB  = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
 )
 
 const bs = 4096
@@ -64,6 +66,12 @@ func main() {
 	}
 	if *only == "" || *only == "seal" {
 		sealBench(work, img, size)
+	}
+	if *only == "" || *only == "transfer" {
+		transferBench(work, uint64(*xferMiB)<<20)
+	}
+	if *only == "" || *only == "lazy" {
+		lazyBench(work, uint64(*lazyMiB)<<20)
 	}
 }
 
