@@ -10,6 +10,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -443,4 +444,50 @@ func (s *Store) LocalBytes(digest string) int64 {
 	}
 	defer b.Close()
 	return b.Present()
+}
+
+// LazyDigests lists the blobs that have a lazy partial file.
+func (s *Store) LazyDigests() ([]string, error) {
+	ents, err := os.ReadDir(s.PartialDir())
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if hex, ok := strings.CutSuffix(e.Name(), ".lazy"); ok && ValidateDigest("sha256:"+hex) == nil {
+			out = append(out, "sha256:"+hex)
+		}
+	}
+	return out, nil
+}
+
+// RemoveLazy deletes a lazy blob's partial file and map.
+func (s *Store) RemoveLazy(digest string) error {
+	if err := ValidateDigest(digest); err != nil {
+		return err
+	}
+	base := filepath.Join(s.PartialDir(), digest[len("sha256:"):])
+	os.Remove(base + ".map")
+	if err := os.Remove(base + ".lazy"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// EvictLazy shrinks lazy blob digest to at most keep local bytes (its
+// pages can be fetched again) and returns the bytes freed.
+func (s *Store) EvictLazy(digest string, keep int64) (int64, error) {
+	if ValidateDigest(digest) != nil {
+		return 0, fmt.Errorf("invalid digest %q", digest)
+	}
+	fi, err := os.Stat(filepath.Join(s.PartialDir(), digest[len("sha256:"):]+".lazy"))
+	if err != nil {
+		return 0, err
+	}
+	b, err := s.OpenLazy(digest, fi.Size(), nil, LazyOptions{})
+	if err != nil {
+		return 0, err
+	}
+	defer b.Close()
+	return b.Evict(keep)
 }

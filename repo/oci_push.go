@@ -29,6 +29,9 @@ type PushOptions struct {
 	Concurrency int      // blobs in parallel; default 4
 	MountFrom   []string // repositories of the same registry to cross-mount from
 	Progress    Progress // nil: silent
+	// Open reads a layer that is not complete in the store (a lazily
+	// pulled one, streamed from its source); nil: such layers fail.
+	Open func(digest string) (io.ReadCloser, error)
 }
 
 // TransferResult summarizes a push or pull.
@@ -95,7 +98,13 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 			if d.Digest == cfgDesc.Digest {
 				r = bytes.NewReader(cfgBytes)
 			} else {
-				f, err := s.Open(d.Digest.String())
+				var f io.ReadCloser
+				var err error
+				if !s.Has(d.Digest.String()) && opts.Open != nil {
+					f, err = opts.Open(d.Digest.String())
+				} else {
+					f, err = s.Open(d.Digest.String())
+				}
 				if err != nil {
 					return err
 				}

@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,8 +19,10 @@ import (
 
 type pullOptions struct {
 	transferFlags
-	Lazy bool
-	Wait bool
+	Lazy     bool
+	Wait     bool
+	Fill     bool
+	FillRate string
 }
 
 func newPullCommand(g *globalOptions) *cobra.Command {
@@ -44,6 +50,8 @@ requests (verified by their checksums). obdvol fill VOL (or --wait) completes it
 	f.IntVar(&o.Concurrency, "concurrency", 4, "blobs transferred in parallel")
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
+	f.BoolVar(&o.Fill, "fill", true, "with --lazy: complete the download in a background process (obdvol fill)")
+	f.StringVar(&o.FillRate, "fill-rate", "100M", "with --lazy: bytes per second the background fill may use (0: unlimited)")
 	return cmd
 }
 
@@ -94,8 +102,14 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 			return err
 		}
 	}
+	var fillLog string
+	if lazy && !o.Wait && o.Fill && remote > 0 {
+		if fillLog, err = startBackgroundFill(e, vol, o.FillRate); err != nil {
+			return err
+		}
+	}
 	if g.JSON {
-		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot,
+		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot, "fill_log": fillLog,
 			"fast_forward": ad.FastForward, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
 			"filled_bytes": filled, "ready_seconds": ready.Seconds()})
 	}
@@ -108,6 +122,38 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		formatSize(uint64(res.BytesSkipped)), res.BlobsSkipped, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
 	if lazy && !o.Wait && remote > 0 {
 		fmt.Fprintf(out, "  lazy: %d layer(s) fetch on demand (usable after %.2fs); obdvol fill %s completes them\n", remote, ready.Seconds(), vol)
+		if fillLog != "" {
+			fmt.Fprintf(out, "  background fill started (log %s)\n", fillLog)
+		}
 	}
 	return nil
+}
+
+// startBackgroundFill runs `obdvol fill VOL --rate R` detached (its own
+// session, surviving this command), logging under --root/run/.
+func startBackgroundFill(e *env, vol, rate string) (string, error) {
+	if _, err := parseSize(rate); err != nil {
+		return "", err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	logPath := filepath.Join(e.root, "run", "fill-"+vol+".log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+		return "", err
+	}
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer lf.Close()
+	cmd := exec.Command(self, "--root", e.root, "--no-progress", "fill", vol, "--rate", rate)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("background fill: %w", err)
+	}
+	cmd.Process.Release()
+	return logPath, nil
 }

@@ -74,9 +74,6 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 			}
 			cfg.Layers = append(cfg.Layers, repo.LayerInfo{Digest: d, Size: int64(l.StoredBytes),
 				VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents})
-			if !e.store.Has(d) {
-				return fmt.Errorf("layer %s of %s@%s is not complete on this host: run obdvol fill %s first", d, vol, snap, vol)
-			}
 		}
 		return nil
 	})
@@ -84,7 +81,15 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 		return err
 	}
 	p := newBarProgress(g, "push")
-	res, err := repo.Push(ctx, e.store, t, cfg, repo.PushOptions{Concurrency: o.Concurrency, MountFrom: o.MountFrom, Progress: p})
+	// A lazily pulled layer the target lacks streams from its source.
+	open := func(d string) (io.ReadCloser, error) {
+		l, err := e.mgr.Layer(d)
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(io.NewSectionReader(l.Source(), 0, l.Source().Size())), nil
+	}
+	res, err := repo.Push(ctx, e.store, t, cfg, repo.PushOptions{Concurrency: o.Concurrency, MountFrom: o.MountFrom, Progress: p, Open: open})
 	finishBar(p)
 	if err != nil {
 		return err
