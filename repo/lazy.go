@@ -387,6 +387,9 @@ func (s *Store) adoptLazy(b *LazyBlob) error {
 		return err
 	}
 	if err := os.Rename(b.path, dst); err != nil {
+		if errors.Is(err, os.ErrNotExist) && s.Has(b.digest) {
+			return nil // another process (a background fill) finished first
+		}
 		return err
 	}
 	if err := syncDir(filepath.Dir(dst)); err != nil {
