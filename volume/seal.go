@@ -90,6 +90,11 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 		} else if !errors.Is(err, metadata.ErrNotFound) {
 			return err
 		}
+		cur, err := tx.Volume(v.name)
+		if err != nil {
+			return err
+		}
+		rec.Device = cur.Device // set by the serving process
 		return tx.PutVolume(&rec)
 	})
 	if err != nil {
@@ -288,6 +293,9 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	if err := v.m.commit(intent, func(tx *metadata.Tx) error {
 		if err := putLayerOnce(tx, layer); err != nil {
 			return err
+		}
+		if cur, err := tx.Volume(v.name); err == nil {
+			rec.Device = cur.Device
 		}
 		return tx.PutVolume(&rec)
 	}); err != nil {

@@ -35,7 +35,6 @@ func controlPath(root, vol string) string { return filepath.Join(root, "run", vo
 // serveControl answers control requests for v until ctx ends. status
 // supplies what "status" reports (device path, frontend, pid).
 //
-//lint:ignore U1000 called by the device servers (serve, activate)
 func serveControl(ctx context.Context, root string, v *volume.Volume, status func() map[string]any) (func(), error) {
 	path := controlPath(root, v.Name())
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -65,7 +64,6 @@ func serveControl(ctx context.Context, root string, v *volume.Volume, status fun
 	return stop, nil
 }
 
-//lint:ignore U1000 see serveControl
 func handleControl(ctx context.Context, c net.Conn, v *volume.Volume, status func() map[string]any) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Minute))

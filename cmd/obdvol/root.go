@@ -56,7 +56,7 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 		newRollbackCommand(opts), newDeleteCommand(opts), newResizeCommand(opts),
 		newFlattenCommand(opts), newGCCommand(opts), newVerifyCommand(opts),
 		newVersionCommand(opts), newPushCommand(opts), newPullCommand(opts), newFillCommand(opts),
-		newLoginCommand(opts), newLogoutCommand(opts),
+		newLoginCommand(opts), newLogoutCommand(opts), newServeCommand(opts),
 	)
 	return cmd, opts
 }

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/device/nbd"
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/volume"
+)
+
+type serveOptions struct {
+	NBD         string
+	ReadOnly    bool
+	AllowRemote bool
+}
+
+func newServeCommand(g *globalOptions) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve VOL [VOL...] --nbd unix:PATH|tcp:HOST:PORT",
+		Short: "Serve volumes over NBD (one export per volume) until SIGINT/SIGTERM",
+		Long: `Serve volumes over NBD in the foreground: each volume is an export named after it;
+the first is also the default export. qemu, nbdcopy, qemu-img, fio and the kernel's
+nbd client connect to nbd+unix:///VOL?socket=PATH or nbd://HOST:PORT/VOL.
+While serving, obdvol snapshot VOL@SNAP seals the volume inside this process
+without stopping the export. SIGINT or SIGTERM: stop accepting, finish in-flight
+requests, flush, exit. NBD has no authentication or encryption here: TCP listens
+on loopback only unless --allow-remote.`,
+		Example: "  obdvol serve golden --nbd unix:/run/obdvol/golden.sock\n  obdvol serve a b --nbd tcp:127.0.0.1:10809 --read-only",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("serve needs at least one volume")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), cmd.OutOrStdout(), g, o, args, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.NBD, "nbd", "", "listen on unix:PATH or tcp:HOST:PORT")
+	f.BoolVar(&o.ReadOnly, "read-only", false, "refuse writes")
+	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow TCP on non-loopback addresses (no auth, no TLS)")
+	return cmd
+}
+
+// listenNBD opens the listener named by spec and returns it with the
+// URI prefix clients use.
+func listenNBD(spec string, allowRemote bool) (net.Listener, func(export string) string, error) {
+	switch {
+	case strings.HasPrefix(spec, "unix:"):
+		path := strings.TrimPrefix(spec, "unix:")
+		os.Remove(path)
+		l, err := net.Listen("unix", path)
+		return l, func(x string) string { return "nbd+unix:///" + x + "?socket=" + path }, err
+	case strings.HasPrefix(spec, "tcp:"):
+		addr := strings.TrimPrefix(spec, "tcp:")
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, nil, usagef("--nbd %s: %v", spec, err)
+		}
+		if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" && !allowRemote {
+			return nil, nil, usagef("--nbd %s: NBD has no authentication or TLS here; listen on loopback or pass --allow-remote", spec)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		a := l.Addr().String()
+		return l, func(x string) string { return "nbd://" + a + "/" + x }, nil
+	}
+	return nil, nil, usagef("--nbd wants unix:PATH or tcp:HOST:PORT, got %q", spec)
+}
+
+// runServe serves until ctx ends. ready, if not nil, receives the URIs
+// once clients can connect (tests use it).
+func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOptions, vols []string, ready chan<- []string) error {
+	if o.NBD == "" {
+		return usagef("serve needs --nbd unix:PATH or --nbd tcp:HOST:PORT")
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	var exports []nbd.Export
+	var opened []*volume.Volume
+	defer func() {
+		for _, v := range opened {
+			v.Close()
+		}
+	}()
+	for _, name := range vols {
+		if _, _, err := parseRef(name, snapForbidden); err != nil {
+			return err
+		}
+		v, err := e.mgr.Open(name)
+		if err != nil {
+			return err
+		}
+		opened = append(opened, v)
+		exports = append(exports, nbd.Export{Name: name, Backend: v, ReadOnly: o.ReadOnly, Description: "obdvol volume " + name})
+	}
+	l, uri, err := listenNBD(o.NBD, o.AllowRemote)
+	if err != nil {
+		return err
+	}
+	var uris []string
+	for _, v := range opened {
+		u := uri(v.Name())
+		uris = append(uris, u)
+		stop, err := serveControl(ctx, e.root, v, func() map[string]any {
+			return map[string]any{"kind": "nbd", "uri": u, "pid": os.Getpid()}
+		})
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stop()
+		if err := setDevice(e, v.Name(), &metadata.Device{Kind: "nbd", Path: u, PID: os.Getpid(), ID: -1}); err != nil {
+			l.Close()
+			return err
+		}
+		defer setDevice(e, v.Name(), nil)
+	}
+	if g.JSON {
+		printJSON(out, map[string]any{"serving": uris, "pid": os.Getpid()})
+	} else {
+		for _, u := range uris {
+			fmt.Fprintf(out, "serving %s\n", u)
+		}
+	}
+	if ready != nil {
+		ready <- uris
+	}
+	srv := nbd.NewServer(exports)
+	srv.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	return srv.Serve(ctx, l)
+}
+
+// setDevice records (or clears, with nil) where a volume is served.
+func setDevice(e *env, name string, d *metadata.Device) error {
+	return e.cat.Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(name)
+		if err != nil {
+			return err
+		}
+		v.Device = d
+		return tx.PutVolume(v)
+	})
+}
