@@ -34,7 +34,6 @@ func controlPath(root, vol string) string { return filepath.Join(root, "run", vo
 
 // serveControl answers control requests for v until ctx ends. status
 // supplies what "status" reports (device path, frontend, pid).
-//
 func serveControl(ctx context.Context, root string, v *volume.Volume, status func() map[string]any) (func(), error) {
 	path := controlPath(root, v.Name())
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

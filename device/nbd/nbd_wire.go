@@ -102,7 +102,9 @@ const (
 // connection is closed.
 var ErrProtocol = errors.New("nbd protocol error")
 
-func protoErr(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(f, a...)) }
+func protoErr(f string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(f, a...))
+}
 
 var be = binary.BigEndian
 
