@@ -14,10 +14,11 @@ want docker-registry docker-registry
 want skopeo skopeo
 want sha256sum coreutils
 want curl curl
+want qemu-io qemu-utils
+want nbdinfo libnbd-bin
+want fio fio
 if [ "${1:-}" = bench ]; then
-	want nbdinfo libnbd-bin
 	want nbdkit nbdkit
-	want fio fio
 fi
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
