@@ -59,10 +59,16 @@ func TestServeNBDClients(t *testing.T) {
 	ctx := context.Background()
 	h := newHost(t)
 	h.g.JSON = false
-	h.run(func(o *bytes.Buffer) error { return runCreate(ctx, o, h.g, &createOptions{Size: "32M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "v") })
-	h.run(func(o *bytes.Buffer) error { return runImport(ctx, o, h.g, &importOptions{Offset: "8M"}, "v", writeImage(t, 4<<20, 4)) })
+	h.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, h.g, &createOptions{Size: "32M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "v")
+	})
+	h.run(func(o *bytes.Buffer) error {
+		return runImport(ctx, o, h.g, &importOptions{Offset: "8M"}, "v", writeImage(t, 4<<20, 4))
+	})
 	h.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, h.g, "v@s1") })
-	h.run(func(o *bytes.Buffer) error { return runCreate(ctx, o, h.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "other") })
+	h.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, h.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "other")
+	})
 	want := h.export("v@s1")
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	uris := serveVolume(t, h, &serveOptions{NBD: "unix:" + sock}, "v", "other")
@@ -104,7 +110,9 @@ func TestServeReadOnly(t *testing.T) {
 	needTool(t, "qemu-io")
 	ctx := context.Background()
 	h := newHost(t)
-	h.run(func(o *bytes.Buffer) error { return runCreate(ctx, o, h.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "v") })
+	h.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, h.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "v")
+	})
 	uris := serveVolume(t, h, &serveOptions{NBD: "unix:" + filepath.Join(t.TempDir(), "s.sock"), ReadOnly: true}, "v")
 	out, _ := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", uris[0]).CombinedOutput()
 	if !strings.Contains(strings.ToLower(string(out)), "read-only") && !strings.Contains(strings.ToLower(string(out)), "permission") {

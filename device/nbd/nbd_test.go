@@ -7,8 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -30,10 +30,15 @@ func (m *memDisk) WriteAt(p []byte, off int64) (int, error) {
 	defer m.mu.Unlock()
 	return copy(m.b[off:], p), nil
 }
-func (m *memDisk) Flush() error                   { m.mu.Lock(); m.flushes++; m.mu.Unlock(); return nil }
-func (m *memDisk) Discard(off, n int64) error     { return m.WriteZeroes(off, n) }
-func (m *memDisk) WriteZeroes(off, n int64) error { m.mu.Lock(); clear(m.b[off : off+n]); m.mu.Unlock(); return nil }
-func (m *memDisk) Size() uint64                   { return uint64(len(m.b)) }
+func (m *memDisk) Flush() error               { m.mu.Lock(); m.flushes++; m.mu.Unlock(); return nil }
+func (m *memDisk) Discard(off, n int64) error { return m.WriteZeroes(off, n) }
+func (m *memDisk) WriteZeroes(off, n int64) error {
+	m.mu.Lock()
+	clear(m.b[off : off+n])
+	m.mu.Unlock()
+	return nil
+}
+func (m *memDisk) Size() uint64 { return uint64(len(m.b)) }
 
 // serveBytes runs one connection of a server over a pipe, feeding it the
 // client bytes, and returns what the server wrote.
