@@ -26,14 +26,17 @@ import (
 )
 
 var (
-	sizeMiB  = flag.Int("size", 256, "image size in MiB")
-	readSecs = flag.Float64("read-seconds", 3, "seconds per read measurement")
-	chunks   = flag.Bool("chunks", false, "print the chunk-size table instead")
-	dir      = flag.String("dir", "", "work directory (default: a temp dir)")
-	only     = flag.String("only", "", "run one part: depth, seal, transfer or lazy")
-	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile")
-	xferMiB  = flag.Int("transfer-size", 1024, "snapshot size for the push/pull bench, MiB")
-	lazyMiB  = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
+	sizeMiB   = flag.Int("size", 256, "image size in MiB")
+	readSecs  = flag.Float64("read-seconds", 3, "seconds per read measurement")
+	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
+	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy or nbd")
+	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
+	xferMiB   = flag.Int("transfer-size", 1024, "snapshot size for the push/pull bench, MiB")
+	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
+	nbdMiB    = flag.Int("nbd-size", 512, "volume size for the NBD bench, MiB")
+	fioSecs   = flag.Int("fio-seconds", 8, "seconds per fio random-read run")
+	obdvolBin = flag.String("obdvol", "bin/obdvol", "the obdvol binary (for obdvol serve)")
 )
 
 const bs = 4096
@@ -72,6 +75,9 @@ func main() {
 	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
+	}
+	if *only == "" || *only == "nbd" {
+		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)
 	}
 }
 
