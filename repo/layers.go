@@ -46,7 +46,7 @@ func (b Blobs) OpenLayer(digest string) (snapshot.BlobSource, io.Closer, error) 
 		f.Close()
 		return nil, nil, err
 	}
-	return src, f, nil
+	return src, src, nil
 }
 
 // NewBlob starts a new blob.

@@ -2,12 +2,17 @@ package snapshot
 
 import (
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
-// FileSource is a BlobSource over a local file.
+// FileSource is a BlobSource over a local, immutable file. The file is
+// mapped into memory when it can be, so a read is a copy, not a system
+// call (sealed layers never change, so the mapping stays valid).
 type FileSource struct {
 	*os.File
 	size int64
+	mem  []byte
 }
 
 // NewFileSource wraps f, taking its size once (blobs are immutable).
@@ -16,11 +21,41 @@ func NewFileSource(f *os.File) (*FileSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FileSource{File: f, size: fi.Size()}, nil
+	s := &FileSource{File: f, size: fi.Size()}
+	if s.size > 0 && s.size < 1<<40 {
+		if m, err := unix.Mmap(int(f.Fd()), 0, int(s.size), unix.PROT_READ, unix.MAP_SHARED); err == nil {
+			s.mem = m
+		}
+	}
+	return s, nil
+}
+
+// ReadAt implements io.ReaderAt.
+func (s *FileSource) ReadAt(p []byte, off int64) (int, error) {
+	if s.mem == nil {
+		return s.File.ReadAt(p, off)
+	}
+	if off < 0 || off > s.size {
+		return 0, os.ErrInvalid
+	}
+	n := copy(p, s.mem[off:])
+	if n < len(p) {
+		return n, errShort
+	}
+	return n, nil
 }
 
 // Size is the file's size when it was opened.
 func (s *FileSource) Size() int64 { return s.size }
+
+// Close unmaps and closes the file.
+func (s *FileSource) Close() error {
+	if s.mem != nil {
+		unix.Munmap(s.mem)
+		s.mem = nil
+	}
+	return s.File.Close()
+}
 
 // BytesSource is a BlobSource over a byte slice (tests, small layers).
 type BytesSource []byte

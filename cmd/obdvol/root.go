@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +22,7 @@ type globalOptions struct {
 	// RemoteTimeout bounds how long a read of lazily pulled data retries
 	// an unreachable registry before failing with an I/O error.
 	RemoteTimeout time.Duration
+	CPUProfile    string
 }
 
 const helpTail = `
@@ -49,6 +51,23 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 	f.StringVar(&opts.Root, "root", def, "state directory (env OBDVOL_ROOT)")
 	f.BoolVar(&opts.JSON, "json", false, "print JSON")
 	f.BoolVar(&opts.NoProgress, "no-progress", false, "do not show progress")
+	f.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile of this command (for performance work)")
+	f.MarkHidden("cpuprofile")
+	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if opts.CPUProfile == "" {
+			return nil
+		}
+		f, err := os.Create(opts.CPUProfile)
+		if err != nil {
+			return err
+		}
+		return pprof.StartCPUProfile(f)
+	}
+	cmd.PersistentPostRun = func(cmd *cobra.Command, args []string) {
+		if opts.CPUProfile != "" {
+			pprof.StopCPUProfile()
+		}
+	}
 	f.DurationVar(&opts.RemoteTimeout, "remote-timeout", 30*time.Second, "how long a read of lazily pulled data retries an unreachable registry")
 	cmd.AddCommand(
 		newCreateCommand(opts), newListCommand(opts), newInfoCommand(opts),

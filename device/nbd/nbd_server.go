@@ -115,7 +115,7 @@ type conn struct {
 	s          *Server
 	r          *bufio.Reader
 	w          *bufio.Writer
-	wmu        sync.Mutex
+	out        chan []byte // replies, written by one writer goroutine
 	structured bool
 	meta       bool
 	exp        *Export

@@ -18,16 +18,45 @@ func getBuf(n int) *[]byte {
 	return p
 }
 
-// transmit reads requests and runs them concurrently until the client
-// disconnects, breaks the protocol, or the server shuts down; in-flight
-// requests always finish and get their replies.
+// job is one request handed to a worker.
+type job struct {
+	r    request
+	data *[]byte
+}
+
+// transmit reads requests and runs them on a pool of workers (long-lived,
+// so their stacks grow once) until the client disconnects, breaks the
+// protocol, or the server shuts down; in-flight requests always finish and
+// get their replies. Replies go through one writer goroutine that flushes
+// only when no other reply is ready, so a busy connection sends many
+// replies per system call without delaying any.
 func (c *conn) transmit() error {
 	if err := c.w.Flush(); err != nil {
 		return err
 	}
-	sem := make(chan struct{}, max(1, c.s.MaxInFlight))
+	c.out = make(chan []byte, 256)
+	wdone := make(chan struct{})
+	go c.writer(wdone)
+	jobs := make(chan job)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	for i := 0; i < max(1, c.s.MaxInFlight); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				c.serve(j.r, j.data)
+				if j.data != nil {
+					bufPool.Put(j.data)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(jobs)
+		wg.Wait()
+		close(c.out)
+		<-wdone
+	}()
 	var h [28]byte
 	for {
 		if _, err := io.ReadFull(c.r, h[:]); err != nil {
@@ -50,15 +79,46 @@ func (c *conn) transmit() error {
 				return err
 			}
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			c.serve(req, data)
-			if data != nil {
-				bufPool.Put(data)
+		jobs <- job{req, data}
+	}
+}
+
+// writer writes replies in order of completion, flushing when idle.
+func (c *conn) writer(done chan struct{}) {
+	defer close(done)
+	for b := range c.out {
+		c.w.Write(b)
+		putReply(b)
+		for more := true; more; {
+			select {
+			case b, ok := <-c.out:
+				if !ok {
+					c.w.Flush()
+					return
+				}
+				c.w.Write(b)
+				putReply(b)
+			default:
+				more = false
 			}
-		}()
+		}
+		c.w.Flush()
+	}
+}
+
+var replyPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096+64); return &b }}
+
+func newReply(n int) []byte {
+	p := replyPool.Get().(*[]byte)
+	if cap(*p) < n {
+		return make([]byte, 0, n)
+	}
+	return (*p)[:0]
+}
+
+func putReply(b []byte) {
+	if cap(b) <= 1<<20 {
+		replyPool.Put(&b)
 	}
 }
 
@@ -139,15 +199,11 @@ func (c *conn) serve(r request, data *[]byte) {
 }
 
 func (c *conn) simpleReply(cookie uint64, errno uint32, data []byte) {
-	var h [16]byte
-	be.PutUint32(h[0:], simpleMagic)
-	be.PutUint32(h[4:], errno)
-	be.PutUint64(h[8:], cookie)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.w.Write(h[:])
-	c.w.Write(data)
-	c.w.Flush()
+	b := newReply(16 + len(data))[:16]
+	be.PutUint32(b[0:], simpleMagic)
+	be.PutUint32(b[4:], errno)
+	be.PutUint64(b[8:], cookie)
+	c.out <- append(b, data...)
 }
 
 // chunk writes one structured reply chunk: header, then parts.
@@ -156,19 +212,16 @@ func (c *conn) chunk(cookie uint64, flags, typ uint16, parts ...[]byte) {
 	for _, p := range parts {
 		n += len(p)
 	}
-	var h [20]byte
-	be.PutUint32(h[0:], structMagic)
-	be.PutUint16(h[4:], flags)
-	be.PutUint16(h[6:], typ)
-	be.PutUint64(h[8:], cookie)
-	be.PutUint32(h[16:], uint32(n))
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.w.Write(h[:])
+	b := newReply(20 + n)[:20]
+	be.PutUint32(b[0:], structMagic)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], typ)
+	be.PutUint64(b[8:], cookie)
+	be.PutUint32(b[16:], uint32(n))
 	for _, p := range parts {
-		c.w.Write(p)
+		b = append(b, p...)
 	}
-	c.w.Flush()
+	c.out <- b
 }
 
 func (c *conn) errorChunk(cookie uint64, errno uint32, msg string) {

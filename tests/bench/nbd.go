@@ -73,7 +73,7 @@ func nbdBench(work string, size uint64, obdvol string, secs int) {
 		v.Close()
 		e.mgr.Close()
 		sock := filepath.Join(root, "s.sock")
-		srv := exec.Command(obdvol, "--root", root, "--no-progress", "serve", "v", "--nbd", "unix:"+sock)
+		srv := exec.Command(obdvol, "--root", root, "--no-progress", "--cpuprofile", filepath.Join(work, fmt.Sprintf("serve-%d.prof", depth)), "serve", "v", "--nbd", "unix:"+sock)
 		check(srv.Start())
 		waitSock(sock)
 		run(fmt.Sprintf("obdvol depth %d", depth), "nbd+unix:///v?socket="+sock)
