@@ -46,8 +46,7 @@ requests (verified by their checksums). obdvol fill VOL (or --wait) completes it
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
-	f.IntVar(&o.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	o.transferFlags.register(f)
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
 	f.BoolVar(&o.Fill, "fill", true, "with --lazy: complete the download in a background process (obdvol fill)")

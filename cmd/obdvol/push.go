@@ -35,8 +35,7 @@ Credentials come from the docker config (obdvol login). TLS is verified;
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
-	f.IntVar(&o.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	o.transferFlags.register(f)
 	f.StringSliceVar(&o.MountFrom, "mount-from", nil, "repositories of the same registry to cross-mount layers from")
 	return cmd
 }

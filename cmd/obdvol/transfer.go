@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
 
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/repo"
@@ -17,6 +18,11 @@ import (
 type transferFlags struct {
 	PlainHTTP   bool
 	Concurrency int
+}
+
+func (t *transferFlags) register(f *pflag.FlagSet) {
+	f.BoolVar(&t.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
+	f.IntVar(&t.Concurrency, "concurrency", 4, "blobs transferred in parallel")
 }
 
 // barProgress renders repo.Progress as one byte progress bar on stderr.
