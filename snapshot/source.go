@@ -1,7 +1,9 @@
 package snapshot
 
 import (
+	"fmt"
 	"os"
+	"runtime/debug"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,15 +32,24 @@ func NewFileSource(f *os.File) (*FileSource, error) {
 	return s, nil
 }
 
-// ReadAt implements io.ReaderAt.
-func (s *FileSource) ReadAt(p []byte, off int64) (int, error) {
+// ReadAt implements io.ReaderAt. A blob truncated behind our back (it
+// must never be) gives an error instead of killing the process: the
+// fault of touching the unmapped tail becomes a recovered panic.
+func (s *FileSource) ReadAt(p []byte, off int64) (n int, err error) {
 	if s.mem == nil {
 		return s.File.ReadAt(p, off)
 	}
 	if off < 0 || off > s.size {
 		return 0, os.ErrInvalid
 	}
-	n := copy(p, s.mem[off:])
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			n, err = 0, fmt.Errorf("%w: %s changed while mapped: %v", ErrFormat, s.Name(), r)
+		}
+	}()
+	n = copy(p, s.mem[off:])
 	if n < len(p) {
 		return n, errShort
 	}
