@@ -51,6 +51,15 @@ type ChainConfig struct {
 	Created     time.Time         `json:"created"`
 	Layers      []LayerInfo       `json:"layers"`
 	Labels      map[string]string `json:"labels,omitempty"`
+	// Prefetch is an ordered list of byte ranges of the disk that an
+	// earlier run read (a boot, a job): a lazy pull fetches them first.
+	Prefetch []PrefetchRange `json:"prefetch,omitempty"`
+}
+
+// PrefetchRange is one byte range of a prefetch list.
+type PrefetchRange struct {
+	Off int64 `json:"off"`
+	Len int64 `json:"len"`
 }
 
 // Validate checks the config's own limits.
@@ -64,6 +73,14 @@ func (c *ChainConfig) Validate() error {
 		return fmt.Errorf("%w: virtual size %d", ErrArtifact, c.VirtualSize)
 	case len(c.Layers) > maxLayers:
 		return fmt.Errorf("%w: %d layers (at most %d)", ErrArtifact, len(c.Layers), maxLayers)
+	}
+	if len(c.Prefetch) > 1<<16 {
+		return fmt.Errorf("%w: prefetch list of %d ranges", ErrArtifact, len(c.Prefetch))
+	}
+	for _, r := range c.Prefetch {
+		if r.Off < 0 || r.Len <= 0 || uint64(r.Off)+uint64(r.Len) > c.VirtualSize {
+			return fmt.Errorf("%w: prefetch range [%d,+%d) outside the disk", ErrArtifact, r.Off, r.Len)
+		}
 	}
 	for i, l := range c.Layers {
 		if err := ValidateDigest(l.Digest); err != nil {

@@ -3,6 +3,7 @@ package volume
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/snapshot"
@@ -33,6 +34,8 @@ type Volume struct {
 	broken error // set when a swap failed half-way: I/O refused
 
 	sealMu sync.Mutex // one seal, flatten or resize at a time
+
+	recorder atomic.Pointer[readRecorder] // prefetch-list recording, usually nil
 }
 
 // Name is the volume's name.
@@ -73,6 +76,9 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil {
 		return 0, err
+	}
+	if r := v.recorder.Load(); r != nil {
+		r.record(off, int64(len(p)), v.size)
 	}
 	return len(p), v.readLocked(p, uint64(off))
 }

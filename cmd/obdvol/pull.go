@@ -95,6 +95,12 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		return err
 	}
 	ready := time.Since(start) + res.Duration
+	var prefetched int64
+	if lazy && len(cfg.Prefetch) > 0 {
+		if prefetched, err = replayPrefetch(e, vol, cfg.Prefetch); err != nil {
+			return err
+		}
+	}
 	var filled int64
 	if lazy && o.Wait {
 		if filled, err = fillVolume(ctx, e, g, vol); err != nil {
@@ -109,7 +115,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	}
 	if g.JSON {
 		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot, "fill_log": fillLog,
-			"fast_forward": ad.FastForward, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
+			"fast_forward": ad.FastForward, "prefetched_bytes": prefetched, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
 			"filled_bytes": filled, "ready_seconds": ready.Seconds()})
 	}
 	verb := "created"
@@ -121,6 +127,9 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		formatSize(uint64(res.BytesSkipped)), res.BlobsSkipped, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
 	if lazy && !o.Wait && remote > 0 {
 		fmt.Fprintf(out, "  lazy: %d layer(s) fetch on demand (usable after %.2fs); obdvol fill %s completes them\n", remote, ready.Seconds(), vol)
+		if prefetched > 0 {
+			fmt.Fprintf(out, "  prefetched %s named by the snapshot's prefetch list\n", formatSize(uint64(prefetched)))
+		}
 		if fillLog != "" {
 			fmt.Fprintf(out, "  background fill started (log %s)\n", fillLog)
 		}
@@ -155,4 +164,19 @@ func startBackgroundFill(e *env, vol, rate string) (string, error) {
 	}
 	cmd.Process.Release()
 	return logPath, nil
+}
+
+// replayPrefetch reads the ranges of a prefetch list through the volume,
+// so that a lazy volume fetches them now, in the order they were used.
+func replayPrefetch(e *env, vol string, ranges []repo.PrefetchRange) (int64, error) {
+	v, err := e.mgr.Open(vol)
+	if err != nil {
+		return 0, err
+	}
+	defer v.Close()
+	rs := make([]volume.Range, len(ranges))
+	for i, r := range ranges {
+		rs[i] = volume.Range{Off: r.Off, Len: r.Len}
+	}
+	return v.Prefetch(rs)
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 
 	"github.com/spf13/cobra"
@@ -15,6 +17,7 @@ import (
 type pushOptions struct {
 	transferFlags
 	MountFrom []string
+	Prefetch  string
 }
 
 func newPushCommand(g *globalOptions) *cobra.Command {
@@ -36,6 +39,7 @@ Credentials come from the docker config (obdvol login). TLS is verified;
 	}
 	f := cmd.Flags()
 	o.transferFlags.register(f)
+	f.StringVar(&o.Prefetch, "prefetch", "", "attach a prefetch list (from serve --record-prefetch) that lazy pulls fetch first")
 	f.StringSliceVar(&o.MountFrom, "mount-from", nil, "repositories of the same registry to cross-mount layers from")
 	return cmd
 }
@@ -79,6 +83,11 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 	if err != nil {
 		return err
 	}
+	if o.Prefetch != "" {
+		if cfg.Prefetch, err = loadPrefetch(o.Prefetch, vol); err != nil {
+			return err
+		}
+	}
 	p := newBarProgress(g, "push")
 	// A lazily pulled layer the target lacks streams from its source.
 	open := func(d string) (io.ReadCloser, error) {
@@ -112,4 +121,21 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 		src, t.Ref, res.Manifest, formatSize(uint64(res.BytesMoved)), res.BlobsMoved, formatSize(uint64(res.BytesSkipped)),
 		res.BlobsSkipped, res.BlobsMounted, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
 	return nil
+}
+
+// loadPrefetch reads the list of volume vol from a --record-prefetch file.
+func loadPrefetch(path, vol string) ([]repo.PrefetchRange, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var lists map[string][]repo.PrefetchRange
+	if err := json.Unmarshal(b, &lists); err != nil {
+		return nil, fmt.Errorf("prefetch list %s: %w", path, err)
+	}
+	l, ok := lists[vol]
+	if !ok {
+		return nil, fmt.Errorf("prefetch list %s has no ranges for volume %s", path, vol)
+	}
+	return l, nil
 }

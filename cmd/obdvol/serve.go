@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -16,9 +17,10 @@ import (
 )
 
 type serveOptions struct {
-	NBD         string
-	ReadOnly    bool
-	AllowRemote bool
+	NBD            string
+	RecordPrefetch string
+	ReadOnly       bool
+	AllowRemote    bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -48,6 +50,7 @@ on loopback only unless --allow-remote.`,
 	f.StringVar(&o.NBD, "nbd", "", "listen on unix:PATH or tcp:HOST:PORT")
 	f.BoolVar(&o.ReadOnly, "read-only", false, "refuse writes")
 	f.BoolVar(&o.AllowRemote, "allow-remote", false, "allow TCP on non-loopback addresses (no auth, no TLS)")
+	f.StringVar(&o.RecordPrefetch, "record-prefetch", "", "write the ranges clients read, in order, to this file at exit (for push --prefetch)")
 	return cmd
 }
 
@@ -106,6 +109,9 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 			return err
 		}
 		opened = append(opened, v)
+		if o.RecordPrefetch != "" {
+			v.RecordReads(1 << 16)
+		}
 		exports = append(exports, nbd.Export{Name: name, Backend: v, ReadOnly: o.ReadOnly, Description: "obdvol volume " + name})
 	}
 	l, uri, err := listenNBD(o.NBD, o.AllowRemote)
@@ -142,7 +148,18 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 	}
 	srv := nbd.NewServer(exports)
 	srv.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
-	return srv.Serve(ctx, l)
+	err = srv.Serve(ctx, l)
+	if o.RecordPrefetch != "" {
+		lists := map[string][]volume.Range{}
+		for _, v := range opened {
+			lists[v.Name()] = v.Recorded()
+		}
+		b, _ := json.Marshal(lists)
+		if werr := os.WriteFile(o.RecordPrefetch, b, 0o600); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
 }
 
 // setDevice records (or clears, with nil) where a volume is served.
