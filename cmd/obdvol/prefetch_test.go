@@ -18,8 +18,12 @@ func TestPrefetchList(t *testing.T) {
 	reg := regtest.Start(t)
 	a, c := newHost(t), newHost(t)
 	tx := &transferFlags{PlainHTTP: true}
-	a.run(func(o *bytes.Buffer) error { return runCreate(ctx, o, a.g, &createOptions{Size: "16M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "g") })
-	a.run(func(o *bytes.Buffer) error { return runImport(ctx, o, a.g, &importOptions{Offset: "0"}, "g", writeImage(t, 16<<20, 6)) })
+	a.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, a.g, &createOptions{Size: "16M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "g")
+	})
+	a.run(func(o *bytes.Buffer) error {
+		return runImport(ctx, o, a.g, &importOptions{Offset: "0"}, "g", writeImage(t, 16<<20, 6))
+	})
 	a.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, a.g, "g@v1") })
 	list := filepath.Join(t.TempDir(), "prefetch.json")
 	func() {
@@ -39,7 +43,9 @@ func TestPrefetchList(t *testing.T) {
 	a.run(func(o *bytes.Buffer) error {
 		return runPush(ctx, o, a.g, &pushOptions{transferFlags: *tx, Prefetch: list}, "g@v1", reg.Addr+"/g:v1")
 	})
-	res := c.run(func(o *bytes.Buffer) error { return runPull(ctx, o, c.g, &pullOptions{transferFlags: *tx, Lazy: true}, reg.Addr+"/g:v1", "g") })
+	res := c.run(func(o *bytes.Buffer) error {
+		return runPull(ctx, o, c.g, &pullOptions{transferFlags: *tx, Lazy: true}, reg.Addr+"/g:v1", "g")
+	})
 	if p := num(res, "prefetched_bytes"); p < 1<<20 || p > 2<<20 {
 		t.Fatalf("lazy pull prefetched %v bytes, want the 1.06 MiB that was read", p)
 	}
