@@ -23,6 +23,9 @@ type globalOptions struct {
 	// an unreachable registry before failing with an I/O error.
 	RemoteTimeout time.Duration
 	CPUProfile    string
+	// LazyCacheMax, when set, bounds lazily fetched data after every
+	// command (as gc --cache-max does).
+	LazyCacheMax string
 }
 
 const helpTail = `
@@ -51,6 +54,7 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 	f.StringVar(&opts.Root, "root", def, "state directory (env OBDVOL_ROOT)")
 	f.BoolVar(&opts.JSON, "json", false, "print JSON")
 	f.BoolVar(&opts.NoProgress, "no-progress", false, "do not show progress")
+	f.StringVar(&opts.LazyCacheMax, "lazy-cache-max", os.Getenv("OBDVOL_LAZY_CACHE_MAX"), "bound lazily fetched data to this size after each command (env OBDVOL_LAZY_CACHE_MAX)")
 	f.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile of this command (for performance work)")
 	f.MarkHidden("cpuprofile")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
@@ -90,6 +94,7 @@ type env struct {
 	// pending are layers a lazy pull is registering: not yet in the
 	// catalogue, fetched from where the pull found them.
 	pending map[string]pendingLayer
+	opts    *globalOptions
 }
 
 type pendingLayer struct {
@@ -113,7 +118,7 @@ func openEnv(opts *globalOptions) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{root: root, cat: cat, store: store, pending: map[string]pendingLayer{}}
+	e := &env{root: root, cat: cat, store: store, pending: map[string]pendingLayer{}, opts: opts}
 	resolve := remoteResolver(e)
 	blobs := repo.Blobs{Store: store, Lazy: repo.LazyOptions{RetryFor: opts.RemoteTimeout}, Remote: func(d string) (repo.RangeFetcher, int64, error) {
 		if p, ok := e.pending[d]; ok {
@@ -129,7 +134,12 @@ func openEnv(opts *globalOptions) (*env, error) {
 	return e, nil
 }
 
-func (e *env) close() { e.mgr.Close() }
+func (e *env) close() {
+	e.mgr.Close()
+	if e.opts != nil && e.opts.LazyCacheMax != "" {
+		gcLazy(e, &gcOptions{CacheMax: e.opts.LazyCacheMax})
+	}
+}
 
 // exactArgs is cobra.ExactArgs as a usage error.
 func exactArgs(n int) cobra.PositionalArgs {
