@@ -12,7 +12,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"golang.org/x/sys/unix"
 )
@@ -320,9 +323,11 @@ func (b *LazyBlob) Close() error {
 
 // FillOptions bound a background fill.
 type FillOptions struct {
-	Rate     int64 // bytes per second, 0 = unlimited
-	Span     int64 // bytes per request; default 4 MiB
-	Progress func(present, size int64)
+	Rate int64 // bytes per second, 0 = unlimited
+	Span int64 // bytes per request; default 4 MiB
+	// Concurrency is how many requests run at once; default 2.
+	Concurrency int
+	Progress    func(present, size int64)
 }
 
 // Fill fetches every missing page, in order, at most opts.Rate bytes a
@@ -333,34 +338,47 @@ func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	if opts.Span == 0 {
 		opts.Span = 4 << 20
 	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 2
+	}
 	pg := b.opts.Page
 	pages := (b.size + pg - 1) / pg
 	per := max(1, opts.Span/pg)
 	start := time.Now()
-	var moved int64
-	for first := int64(0); first < pages; {
+	var moved atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opts.Concurrency)
+	for first := int64(0); first < pages && gctx.Err() == nil; {
 		p, q, ok := b.missing(first, pages-1)
 		if !ok {
 			break
 		}
 		q = min(q, p+per-1)
-		if err := b.fetchPages(ctx, p, q); err != nil {
-			return err
-		}
-		moved += min((q+1)*pg, b.size) - p*pg
-		if opts.Progress != nil {
-			opts.Progress(b.Present(), b.size)
-		}
 		if opts.Rate > 0 {
-			if ahead := time.Duration(float64(moved)/float64(opts.Rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+			if ahead := time.Duration(float64(moved.Load())/float64(opts.Rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 				select {
-				case <-ctx.Done():
-					return ctx.Err()
+				case <-gctx.Done():
 				case <-time.After(ahead):
 				}
 			}
 		}
+		g.Go(func() error {
+			if err := b.fetchPages(gctx, p, q); err != nil {
+				return err
+			}
+			moved.Add(min((q+1)*pg, b.size) - p*pg)
+			if opts.Progress != nil {
+				opts.Progress(b.Present(), b.size)
+			}
+			return nil
+		})
 		first = q + 1
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if err := b.Sync(); err != nil {
 		return err

@@ -11,7 +11,10 @@ import (
 	"github.com/obdvol/obdvol/repo"
 )
 
-type fillOptions struct{ Rate string }
+type fillOptions struct {
+	Rate        string
+	Concurrency int
+}
 
 func newFillCommand(g *globalOptions) *cobra.Command {
 	o := &fillOptions{}
@@ -29,7 +32,7 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fillRate = int64(rateLimit)
+			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
 			if err != nil {
 				return err
@@ -38,10 +41,14 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&o.Rate, "rate", "0", "bytes per second at most (0: unlimited), e.g. 50M")
+	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
 	return cmd
 }
 
-var fillRate int64
+var (
+	fillRate        int64
+	fillConcurrency int
+)
 
 func printFill(out io.Writer, g *globalOptions, vol string, n int64) error {
 	if g.JSON {
@@ -71,7 +78,7 @@ func fillVolume(ctx context.Context, e *env, g *globalOptions, vol string) (int6
 			return total, fmt.Errorf("layer %s is neither local nor lazy", d)
 		}
 		before := lb.Fetched()
-		if err := lb.Fill(ctx, e.store, repo.FillOptions{Rate: fillRate}); err != nil {
+		if err := lb.Fill(ctx, e.store, repo.FillOptions{Rate: fillRate, Concurrency: fillConcurrency}); err != nil {
 			return total, err
 		}
 		total += lb.Fetched() - before
