@@ -17,6 +17,10 @@ want curl curl
 want qemu-io qemu-utils
 want nbdinfo libnbd-bin
 want fio fio
+want qemu-system-x86_64 qemu-system-x86
+want busybox busybox-static
+want cpio cpio
+want xz xz-utils
 if [ "${1:-}" = bench ]; then
 	want nbdkit nbdkit
 fi
