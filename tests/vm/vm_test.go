@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// The harness boots a kernel with ublk, loads the module, and a static Go
-// program of ours finds the ublk control device there.
+// The harness boots a kernel with ublk and loads the module; a static Go
+// program serves a volume as /dev/ublkbN there and checks O_DIRECT writes,
+// reads, flushes and discards against a model.
 func TestBootUblkKernel(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatal("qemu-system-x86_64 not installed: run make deps")
@@ -28,12 +29,13 @@ func TestBootUblkKernel(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build guest: %v\n%s", err, out)
 	}
-	initrd, err := Initramfs(dir, k, map[string]string{"guest": guest}, "/guest")
+	initrd, err := Initramfs(dir, k, map[string]string{"guest": guest}, "/guest preflight\n/guest io")
 	if err != nil {
 		t.Fatal(err)
 	}
 	out, err := Boot(context.Background(), k, initrd, 3*time.Minute)
-	for _, m := range []string{"OBDVOL-VM-UBLK-LOADED", "OBDVOL-VM-PREFLIGHT OK", "OBDVOL-VM-DONE"} {
+	t.Log(markers(out))
+	for _, m := range []string{"OBDVOL-VM-UBLK-LOADED", "OBDVOL-VM-preflight OK", "OBDVOL-VM-io OK", "OBDVOL-VM-DONE"} {
 		if !strings.Contains(out, m) {
 			t.Fatalf("no %q in the console output (%v):\n%s", m, err, tail(out))
 		}
@@ -45,4 +47,14 @@ func tail(s string) string {
 		return s[len(s)-4000:]
 	}
 	return s
+}
+
+func markers(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, "OBDVOL-VM") {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -1,18 +1,128 @@
 // Command guest runs inside the test VM: it reports, with marker lines on
-// the serial console, what the ublk frontend needs from the kernel.
+// the serial console, what the ublk frontend does on a real kernel.
+//
+//	guest preflight   the ublk control device is usable
+//	guest io          a volume served as /dev/ublkbN: O_DIRECT writes and
+//	                  reads at many offsets and sizes, flushes and
+//	                  discards, compared with an in-memory model
 package main
 
 import (
+	"bytes"
 	"fmt"
+	"math/rand"
 	"os"
+	"path/filepath"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/obdvol/obdvol/device/ublk"
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/volume"
 )
 
 func main() {
-	if err := ublk.Preflight(); err != nil {
-		fmt.Println("OBDVOL-VM-PREFLIGHT FAIL", err)
+	mode := "preflight"
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	var err error
+	switch mode {
+	case "preflight":
+		err = ublk.Preflight()
+	case "io":
+		err = ioTest()
+	}
+	if err != nil {
+		fmt.Printf("OBDVOL-VM-%s FAIL %v\n", mode, err)
 		os.Exit(1)
 	}
-	fmt.Println("OBDVOL-VM-PREFLIGHT OK")
+	fmt.Printf("OBDVOL-VM-%s OK\n", mode)
+}
+
+func aligned(n int) []byte {
+	b := make([]byte, n+4096)
+	off := (4096 - int(uintptr(unsafe.Pointer(&b[0]))&4095)) & 4095
+	return b[off : off+n]
+}
+
+func ioTest() error {
+	root := "/tmp/obdvol"
+	os.MkdirAll(root, 0o700)
+	cat, err := metadata.Open(filepath.Join(root, "catalog.db"))
+	if err != nil {
+		return err
+	}
+	st, err := repo.NewStore(root)
+	if err != nil {
+		return err
+	}
+	m := volume.NewManager(root, cat, repo.Blobs{Store: st}, volume.Options{CacheBytes: 16 << 20})
+	const size = 32 << 20
+	if _, err := m.Create("v", size, volume.CreateOptions{}); err != nil {
+		return err
+	}
+	v, err := m.Open("v")
+	if err != nil {
+		return err
+	}
+	d, err := ublk.Start(v, ublk.Options{Queues: 2, Depth: 32})
+	if err != nil {
+		return err
+	}
+	fmt.Println("OBDVOL-VM-DEVICE", d.Path)
+	f, err := os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
+	for i := 0; err != nil && i < 100; i++ {
+		f, err = os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
+	}
+	if err != nil {
+		d.Stop()
+		return err
+	}
+	model := make([]byte, size)
+	r := rand.New(rand.NewSource(1))
+	for i := 0; i < 300; i++ {
+		off := int64(r.Intn(size/4096)) * 4096
+		n := min(int64(r.Intn(64)+1)*4096, size-off)
+		switch r.Intn(10) {
+		case 0:
+			rng := [2]uint64{uint64(off), uint64(n)}
+			if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKDISCARD, uintptr(unsafe.Pointer(&rng))); e != 0 {
+				return fmt.Errorf("BLKDISCARD: %w", e)
+			}
+			clear(model[off : off+n])
+		case 1:
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("fsync: %w", err)
+			}
+		default:
+			p := aligned(int(n))
+			r.Read(p)
+			if _, err := f.WriteAt(p, off); err != nil {
+				return fmt.Errorf("write at %d: %w", off, err)
+			}
+			copy(model[off:], p)
+		}
+		q := aligned(int(n))
+		if _, err := f.ReadAt(q, off); err != nil {
+			return fmt.Errorf("read at %d: %w", off, err)
+		}
+		if !bytes.Equal(q, model[off:off+n]) {
+			return fmt.Errorf("step %d: read at %d+%d differs from the model", i, off, n)
+		}
+	}
+	f.Close()
+	if err := d.Stop(); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	all := make([]byte, size)
+	if _, err := v.ReadAt(all, 0); err != nil {
+		return err
+	}
+	if !bytes.Equal(all, model) {
+		return fmt.Errorf("volume differs from the model after the device stopped")
+	}
+	return v.Close()
 }

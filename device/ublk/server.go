@@ -1,0 +1,300 @@
+package ublk
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/obdvol/obdvol/device"
+)
+
+// Options shape a device.
+type Options struct {
+	Queues   int // default 2
+	Depth    int // per queue; default 64
+	MaxIO    int // bytes per request; default 512 KiB
+	ReadOnly bool
+}
+
+// Device is a running ublk device serving a backend.
+type Device struct {
+	ID   int
+	Path string // /dev/ublkbN
+
+	b      device.Backend
+	opts   Options
+	ctrlFd int
+	ctrl   *ring
+	ctrlMu sync.Mutex
+	encode bool
+	charFd int
+	info   devInfo
+	wg     sync.WaitGroup
+	errMu  sync.Mutex
+	err    error
+}
+
+func (d *Device) op(nr uint32) uint32 {
+	if d.encode {
+		return encoded(nr)
+	}
+	return nr
+}
+
+// ctrlCmd sends one control command and returns the kernel's result.
+func (d *Device) control(nr uint32, c ctrlCmd) (int32, error) {
+	d.ctrlMu.Lock()
+	defer d.ctrlMu.Unlock()
+	b := d.ctrl.sqe()
+	if b == nil {
+		return 0, errRing
+	}
+	uringCmd(b, d.ctrlFd, d.op(nr), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 32), uint64(nr))
+	if err := d.ctrl.enter(1); err != nil {
+		return 0, err
+	}
+	var res int32
+	d.ctrl.reap(func(_ uint64, r int32) { res = r })
+	if res < 0 {
+		return res, fmt.Errorf("ublk control command %#x: %w", nr, unix.Errno(-res))
+	}
+	return res, nil
+}
+
+// Start adds a ublk device for b, starts its queues and the device, and
+// returns once /dev/ublkbN exists. Callers must Stop it.
+func Start(b device.Backend, opts Options) (*Device, error) {
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	if opts.Queues <= 0 {
+		opts.Queues = 2
+	}
+	if opts.Depth <= 0 {
+		opts.Depth = 64
+	}
+	if opts.MaxIO <= 0 {
+		opts.MaxIO = 512 << 10
+	}
+	d := &Device{b: b, opts: opts, charFd: -1}
+	var err error
+	if d.ctrlFd, err = unix.Open(ControlPath, unix.O_RDWR, 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", ControlPath, err)
+	}
+	if d.ctrl, err = newRing(32, setupSQE128); err != nil {
+		unix.Close(d.ctrlFd)
+		return nil, err
+	}
+	d.info = devInfo{NrHwQueues: uint16(opts.Queues), QueueDepth: uint16(opts.Depth), MaxIOBufBytes: uint32(opts.MaxIO),
+		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode}
+	var pin runtime.Pinner
+	pin.Pin(&d.info)
+	add := ctrlCmd{DevID: 0xFFFFFFFF, QueueID: 0xFFFF, Len: uint16(unsafe.Sizeof(d.info)), Addr: uint64(uintptr(unsafe.Pointer(&d.info)))}
+	d.encode = true
+	if _, err = d.control(cmdAddDev, add); err != nil {
+		d.encode = false // 6.1-era kernels know only the legacy numbers
+		if _, err = d.control(cmdAddDev, add); err != nil {
+			pin.Unpin()
+			d.closeCtrl()
+			return nil, fmt.Errorf("add ublk device: %w", err)
+		}
+	}
+	pin.Unpin()
+	d.encode = d.info.Flags&FlagCmdIoctlEncode != 0
+	d.ID = int(d.info.DevID)
+	d.Path = fmt.Sprintf("/dev/ublkb%d", d.ID)
+	if err := d.setParams(); err != nil {
+		d.del()
+		return nil, err
+	}
+	if err := d.openChar(); err != nil {
+		d.del()
+		return nil, err
+	}
+	ready := make(chan error, int(d.info.NrHwQueues))
+	for q := 0; q < int(d.info.NrHwQueues); q++ {
+		d.wg.Add(1)
+		go d.queue(q, ready)
+	}
+	for q := 0; q < int(d.info.NrHwQueues); q++ {
+		if err := <-ready; err != nil {
+			d.Stop()
+			return nil, err
+		}
+	}
+	if _, err := d.control(cmdStartDev, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF, Data: uint64(os.Getpid())}); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("start ublk device: %w", err)
+	}
+	return d, nil
+}
+
+func (d *Device) setParams() error {
+	size := d.b.Size()
+	p := params{Types: paramTypeBasic | paramTypeDiscard,
+		Basic: paramBasic{Attrs: attrVolatileCache | attrFUA, LogicalBSShift: 12, PhysicalBSShift: 12,
+			IOOptShift: 12, IOMinShift: 12, MaxSectors: d.info.MaxIOBufBytes >> 9, DevSectors: size >> 9},
+		Discard: paramDiscard{DiscardGranularity: 4096, MaxDiscardSectors: 1 << 30 >> 9,
+			MaxWriteZeroesSectors: 1 << 30 >> 9, MaxDiscardSegments: 1}}
+	if d.opts.ReadOnly {
+		p.Basic.Attrs |= attrReadOnly
+	}
+	p.Len = uint32(unsafe.Sizeof(p))
+	var pin runtime.Pinner
+	pin.Pin(&p)
+	defer pin.Unpin()
+	_, err := d.control(cmdSetParams, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF, Len: uint16(p.Len), Addr: uint64(uintptr(unsafe.Pointer(&p)))})
+	if err != nil {
+		return fmt.Errorf("set ublk parameters: %w", err)
+	}
+	return nil
+}
+
+func (d *Device) openChar() error {
+	path := fmt.Sprintf("/dev/ublkc%d", d.ID)
+	var err error
+	for i := 0; i < 100; i++ {
+		if d.charFd, err = unix.Open(path, unix.O_RDWR, 0); err == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+func (d *Device) setErr(err error) {
+	d.errMu.Lock()
+	if d.err == nil {
+		d.err = err
+	}
+	d.errMu.Unlock()
+}
+
+// queue serves queue q on its own locked OS thread until every tag is
+// aborted (the device stopped).
+func (d *Device) queue(q int, ready chan<- error) {
+	defer d.wg.Done()
+	runtime.LockOSThread()
+	depth := int(d.info.QueueDepth)
+	page := os.Getpagesize()
+	descs, err := unix.Mmap(d.charFd, descOffset(q, page), descLen(depth, page), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		ready <- fmt.Errorf("queue %d descriptors: %w", q, err)
+		return
+	}
+	defer unix.Munmap(descs)
+	bufSize := int(d.info.MaxIOBufBytes)
+	bufs, err := unix.Mmap(-1, 0, depth*bufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		ready <- err
+		return
+	}
+	defer unix.Munmap(bufs)
+	r, err := newRing(uint32(depth), 0)
+	if err != nil {
+		ready <- err
+		return
+	}
+	defer r.close()
+	buf := func(tag int) []byte { return bufs[tag*bufSize : (tag+1)*bufSize] }
+	submit := func(op uint32, tag int, result int32) {
+		c := ioCmd{QID: uint16(q), Tag: uint16(tag), Result: result, Addr: uint64(uintptr(unsafe.Pointer(&buf(tag)[0])))}
+		uringCmd(r.sqe(), d.charFd, d.op(op), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 16), uint64(tag))
+	}
+	for t := 0; t < depth; t++ {
+		submit(ioFetchReq, t, 0)
+	}
+	if err := r.enter(0); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	live := depth
+	for live > 0 {
+		if err := r.enter(1); err != nil {
+			d.setErr(err)
+			return
+		}
+		r.reap(func(ud uint64, res int32) {
+			tag := int(ud)
+			if res == ioResAbort || res < 0 {
+				live--
+				return
+			}
+			desc := (*ioDesc)(unsafe.Pointer(&descs[tag*descSize]))
+			submit(ioCommitAndFetchReq, tag, d.handle(desc, buf(tag)))
+		})
+	}
+}
+
+// handle serves one request and returns its result (bytes or -errno).
+func (d *Device) handle(desc *ioDesc, buf []byte) int32 {
+	off := int64(desc.StartSector) << 9
+	n := int64(desc.NrSectors) << 9
+	var err error
+	switch desc.op() {
+	case opRead:
+		_, err = d.b.ReadAt(buf[:n], off)
+	case opWrite:
+		_, err = d.b.WriteAt(buf[:n], off)
+		if err == nil && desc.flags()&ioFlagFUA != 0 {
+			err = d.b.Flush()
+		}
+	case opFlush:
+		return errOr(d.b.Flush(), 0)
+	case opDiscard:
+		return errOr(d.b.Discard(off, n), 0)
+	case opWriteZeroes:
+		return errOr(d.b.WriteZeroes(off, n), 0)
+	default:
+		return -int32(unix.EOPNOTSUPP)
+	}
+	return errOr(err, int32(n))
+}
+
+func errOr(err error, ok int32) int32 {
+	if err != nil {
+		return -int32(unix.EIO)
+	}
+	return ok
+}
+
+// Stop stops the device (in-flight I/O completes), waits for the queues,
+// flushes the backend and deletes the device.
+func (d *Device) Stop() error {
+	d.control(cmdStopDev, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF})
+	d.wg.Wait()
+	if d.charFd >= 0 {
+		unix.Close(d.charFd)
+		d.charFd = -1
+	}
+	err := d.b.Flush()
+	if derr := d.del(); err == nil {
+		err = derr
+	}
+	d.errMu.Lock()
+	defer d.errMu.Unlock()
+	if err == nil {
+		err = d.err
+	}
+	return err
+}
+
+func (d *Device) del() error {
+	_, err := d.control(cmdDelDev, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF})
+	d.closeCtrl()
+	return err
+}
+
+func (d *Device) closeCtrl() {
+	if d.ctrl != nil {
+		d.ctrl.close()
+		d.ctrl = nil
+	}
+	unix.Close(d.ctrlFd)
+}
