@@ -80,6 +80,7 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 		newFlattenCommand(opts), newGCCommand(opts), newVerifyCommand(opts),
 		newVersionCommand(opts), newPushCommand(opts), newPullCommand(opts), newFillCommand(opts),
 		newLoginCommand(opts), newLogoutCommand(opts), newServeCommand(opts),
+		newActivateCommand(opts), newDeactivateCommand(opts),
 	)
 	return cmd, opts
 }

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/device/ublk"
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/volume"
+)
+
+type activateOptions struct {
+	Foreground bool
+	Queues     int
+	Depth      int
+	ReadOnly   bool
+	NotifyFD   int
+}
+
+func newActivateCommand(g *globalOptions) *cobra.Command {
+	o := &activateOptions{}
+	cmd := &cobra.Command{
+		Use:   "activate VOL",
+		Short: "Expose a volume as a block device /dev/ublkbN (needs root and the ublk driver)",
+		Long: `Start a server for the volume and expose it as /dev/ublkbN through the kernel's ublk
+driver. The server runs detached (log under --root/run/) unless --foreground.
+While active, obdvol snapshot VOL@SNAP seals the volume inside the server at a flush
+point (crash-consistent; freeze the filesystem with fsfreeze first for an
+application-consistent snapshot). obdvol deactivate VOL flushes, stops and deletes
+the device. Needs root and Linux 6.0+ with ublk_drv loaded; elsewhere use obdvol serve --nbd.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runActivate(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.Foreground, "foreground", false, "stay attached (serve until SIGINT/SIGTERM)")
+	f.IntVar(&o.Queues, "queues", 2, "hardware queues")
+	f.IntVar(&o.Depth, "depth", 64, "requests in flight per queue")
+	f.BoolVar(&o.ReadOnly, "read-only", false, "a read-only device")
+	f.IntVar(&o.NotifyFD, "notify-fd", -1, "")
+	f.MarkHidden("notify-fd")
+	return cmd
+}
+
+func newDeactivateCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "deactivate VOL",
+		Short: "Flush, stop and delete a volume's block device",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDeactivate(cmd.Context(), cmd.OutOrStdout(), g, args[0])
+		},
+	}
+}
+
+// activeDevice returns the recorded device of vol, clearing a record
+// whose server process is gone.
+func activeDevice(e *env, vol string) (*metadata.Device, error) {
+	rec, err := volumeRecord(e, vol)
+	if err != nil {
+		return nil, err
+	}
+	d := rec.Device
+	if d != nil && d.PID > 0 && syscall.Kill(d.PID, 0) == syscall.ESRCH {
+		setDevice(e, vol, nil)
+		return nil, nil
+	}
+	return d, nil
+}
+
+func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activateOptions, vol string) error {
+	if _, _, err := parseRef(vol, snapForbidden); err != nil {
+		return err
+	}
+	if err := ublk.Preflight(); err != nil {
+		return err // before anything changes
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	if d, err := activeDevice(e, vol); err != nil {
+		return err
+	} else if d != nil {
+		return fmt.Errorf("volume %s is already active on %s (pid %d): %w", vol, d.Path, d.PID, volume.ErrRefused)
+	}
+	if !o.Foreground {
+		return activateDetached(e, out, g, o, vol)
+	}
+	v, err := e.mgr.Open(vol)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	dev, err := ublk.Start(v, ublk.Options{Queues: o.Queues, Depth: o.Depth, ReadOnly: o.ReadOnly})
+	if err != nil {
+		return err
+	}
+	stopDev := func() error { return dev.Stop() }
+	if err := setDevice(e, vol, &metadata.Device{Kind: "ublk", Path: dev.Path, PID: os.Getpid(), ID: dev.ID}); err != nil {
+		stopDev()
+		return err
+	}
+	defer setDevice(e, vol, nil)
+	stop, err := serveControl(ctx, e.root, v, func() map[string]any {
+		return map[string]any{"kind": "ublk", "path": dev.Path, "pid": os.Getpid()}
+	})
+	if err != nil {
+		stopDev()
+		return err
+	}
+	defer stop()
+	if o.NotifyFD >= 0 {
+		nf := os.NewFile(uintptr(o.NotifyFD), "notify")
+		fmt.Fprintf(nf, "OK %s\n", dev.Path)
+		nf.Close()
+	} else if g.JSON {
+		printJSON(out, map[string]any{"volume": vol, "device": dev.Path, "pid": os.Getpid()})
+	} else {
+		fmt.Fprintf(out, "%s active on %s\n", vol, dev.Path)
+	}
+	<-ctx.Done()
+	return stopDev()
+}
+
+// activateDetached re-executes obdvol in its own session to serve the
+// volume, and returns once the device exists (or the server failed).
+func activateDetached(e *env, out io.Writer, g *globalOptions, o *activateOptions, vol string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	logPath := filepath.Join(e.root, "run", "activate-"+vol+".log")
+	os.MkdirAll(filepath.Dir(logPath), 0o700)
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	args := []string{"--root", e.root, "--no-progress", "activate", vol, "--foreground", "--notify-fd", "3",
+		fmt.Sprintf("--queues=%d", o.Queues), fmt.Sprintf("--depth=%d", o.Depth), fmt.Sprintf("--read-only=%v", o.ReadOnly)}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return err
+	}
+	pw.Close()
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(pr).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	var msg string
+	select {
+	case msg = <-line:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		return fmt.Errorf("the server for %s did not start in 60s (log %s)", vol, logPath)
+	}
+	path, ok := strings.CutPrefix(msg, "OK ")
+	if !ok {
+		cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("activating %s failed: %s", vol, lastLine(string(b)))
+	}
+	cmd.Process.Release()
+	if g.JSON {
+		return printJSON(out, map[string]any{"volume": vol, "device": path, "pid": cmd.Process.Pid, "log": logPath})
+	}
+	fmt.Fprintf(out, "%s active on %s (server pid %d, log %s)\n", vol, path, cmd.Process.Pid, logPath)
+	return nil
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+func runDeactivate(ctx context.Context, out io.Writer, g *globalOptions, vol string) error {
+	if _, _, err := parseRef(vol, snapForbidden); err != nil {
+		return err
+	}
+	e, err := openEnv(g)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	d, err := activeDevice(e, vol)
+	if err != nil {
+		return err
+	}
+	if d == nil {
+		return fmt.Errorf("volume %s is not active: %w", vol, volume.ErrRefused)
+	}
+	if d.Kind != "ublk" {
+		return fmt.Errorf("volume %s is served over %s by pid %d: stop that server: %w", vol, d.Kind, d.PID, volume.ErrRefused)
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: deactivate runs as root", ublk.ErrNotRoot)
+	}
+	if err := syscall.Kill(d.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal server %d: %w", d.PID, err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(d.PID, 0) == syscall.ESRCH {
+			setDevice(e, vol, nil)
+			if g.JSON {
+				return printJSON(out, map[string]any{"volume": vol, "device": d.Path, "active": false})
+			}
+			fmt.Fprintf(out, "%s deactivated (%s removed)\n", vol, d.Path)
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("the server of %s (pid %d) did not stop in 60s", vol, d.PID)
+}
