@@ -184,11 +184,12 @@ func activateDetached(e *env, out io.Writer, g *globalOptions, o *activateOption
 		b, _ := os.ReadFile(logPath)
 		return fmt.Errorf("activating %s failed: %s", vol, lastLine(string(b)))
 	}
+	pid := cmd.Process.Pid
 	cmd.Process.Release()
 	if g.JSON {
-		return printJSON(out, map[string]any{"volume": vol, "device": path, "pid": cmd.Process.Pid, "log": logPath})
+		return printJSON(out, map[string]any{"volume": vol, "device": path, "pid": pid, "log": logPath})
 	}
-	fmt.Fprintf(out, "%s active on %s (server pid %d, log %s)\n", vol, path, cmd.Process.Pid, logPath)
+	fmt.Fprintf(out, "%s active on %s (server pid %d, log %s)\n", vol, path, pid, logPath)
 	return nil
 }
 

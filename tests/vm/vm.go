@@ -158,3 +158,27 @@ func Boot(ctx context.Context, k *Kernel, initrd string, timeout time.Duration) 
 	}
 	return out.String(), err
 }
+
+// WithLibs returns guest-path -> host-path entries for the given host
+// binaries (placed under /usr/local/bin, where busybox's applets do not
+// shadow them) and every shared library ldd lists.
+func WithLibs(bins ...string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, b := range bins {
+		p, err := exec.LookPath(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s not installed: run make deps", b)
+		}
+		out["usr/local/bin/"+filepath.Base(b)] = p
+		ldd, err := exec.Command("ldd", p).Output()
+		if err != nil {
+			continue // static
+		}
+		for _, f := range strings.Fields(string(ldd)) {
+			if strings.HasPrefix(f, "/") {
+				out[strings.TrimPrefix(f, "/")] = f
+			}
+		}
+	}
+	return out, nil
+}

@@ -35,8 +35,12 @@ func TestBootUblkKernel(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build obdvol: %v\n%s", err, out)
 	}
-	initrd, err := Initramfs(dir, k, map[string]string{"guest": guest, "bin/obdvol": obdvol},
-		"/guest preflight\n/guest io\n"+cliScenario)
+	files, err := WithLibs("mke2fs", "e2fsck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files["guest"], files["bin/obdvol"] = guest, obdvol
+	initrd, err := Initramfs(dir, k, files, "/guest preflight\n/guest io\n"+cliScenario+fsScenario)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +48,9 @@ func TestBootUblkKernel(t *testing.T) {
 	t.Log(markers(out))
 	for _, m := range []string{"OBDVOL-VM-UBLK-LOADED", "OBDVOL-VM-preflight OK", "OBDVOL-VM-io OK",
 		"OBDVOL-VM-ACTIVE-AGAIN-REFUSED", "OBDVOL-VM-LIVE-SNAPSHOT", "OBDVOL-VM-ROLLBACK-REFUSED-WHILE-ACTIVE",
-		"OBDVOL-VM-ROLLBACK-EXACT", "OBDVOL-VM-DEACTIVATED-CLEAN", "OBDVOL-VM-DONE"} {
+		"OBDVOL-VM-ROLLBACK-EXACT", "OBDVOL-VM-DEACTIVATED-CLEAN",
+		"OBDVOL-VM-FS-MOUNTED", "OBDVOL-VM-FS-SNAPSHOT-FILES-EXACT", "OBDVOL-VM-FS-NEWER-FILE-GONE", "OBDVOL-VM-FSCK-CLEAN",
+		"OBDVOL-VM-DEACTIVATE-UNDER-LOAD", "OBDVOL-VM-DATA-INTACT-AFTER-LOAD", "OBDVOL-VM-DONE"} {
 		if !strings.Contains(out, m) {
 			t.Fatalf("no %q in the console output (%v):\n%s", m, err, tail(out))
 		}
@@ -88,4 +94,40 @@ $O activate v
 dd if=/dev/ublkb0 of=/tmp/b bs=1M count=8 2>/dev/null
 cmp /tmp/a /tmp/b && echo OBDVOL-VM-ROLLBACK-EXACT
 $O deactivate v
+`
+
+// fsScenario: ext4 on the device, files, live snapshot, more files,
+// rollback: the snapshot's files are there byte-exact, the newer one is
+// gone, e2fsck is clean; then deactivate while a writer is busy, activate
+// again, and what was flushed before is intact.
+const fsScenario = `
+O="obdvol --root /tmp/f --no-progress"
+$O create fs --size 128M
+$O activate fs
+/usr/local/bin/mke2fs -q -F -t ext4 /dev/ublkb0 || echo OBDVOL-VM-MKFS-FAILED
+mkdir -p /mnt && mount -t ext4 /dev/ublkb0 /mnt || echo OBDVOL-VM-MOUNT-FAILED
+dd if=/dev/urandom of=/tmp/f1 bs=1M count=3 2>/dev/null
+cp /tmp/f1 /mnt/f1 && echo hello > /mnt/hello && sync
+$O snapshot fs@s1
+dd if=/dev/urandom of=/mnt/newer bs=1M count=2 2>/dev/null && sync
+umount /mnt
+$O deactivate fs
+$O rollback fs@s1
+$O activate fs
+mount -t ext4 /dev/ublkb0 /mnt && grep -q " /mnt " /proc/mounts && echo OBDVOL-VM-FS-MOUNTED
+cmp /tmp/f1 /mnt/f1 && grep -q hello /mnt/hello && echo OBDVOL-VM-FS-SNAPSHOT-FILES-EXACT
+[ ! -e /mnt/newer ] && echo OBDVOL-VM-FS-NEWER-FILE-GONE
+umount /mnt
+/usr/local/bin/e2fsck -fn /dev/ublkb0 >/dev/null 2>&1 && echo OBDVOL-VM-FSCK-CLEAN
+dd if=/dev/urandom of=/tmp/g bs=1M count=4 2>/dev/null
+dd if=/tmp/g of=/dev/ublkb0 bs=1M seek=64 conv=fsync 2>/dev/null
+(while true; do dd if=/dev/urandom of=/dev/ublkb0 bs=64k count=16 seek=2000 conv=fsync 2>/dev/null || break; done) &
+W=$!
+sleep 1
+$O deactivate fs && echo OBDVOL-VM-DEACTIVATE-UNDER-LOAD
+kill $W 2>/dev/null; wait $W 2>/dev/null
+$O activate fs
+dd if=/dev/ublkb0 of=/tmp/h bs=1M skip=64 count=4 2>/dev/null
+cmp /tmp/g /tmp/h && echo OBDVOL-VM-DATA-INTACT-AFTER-LOAD
+$O deactivate fs
 `
