@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -72,10 +74,25 @@ func FuzzParseRef(f *testing.F) {
 	for _, s := range []string{"localhost:5000/a/b:v1", "oci:/tmp/x:v1", "oci:dir", "host/repo@sha256:" + string(bytes.Repeat([]byte("a"), 64)), "http://x/y:z", ""} {
 		f.Add(s)
 	}
+	f.Add("alice:pw@host:5000/a:v1")
+	f.Add("oci:/d@sha256:" + strings.Repeat("a", 64))
 	f.Fuzz(func(t *testing.T, s string) {
 		r, err := ParseRef(s)
-		if err == nil && r.Reference == "" {
+		if err != nil {
+			// An error never shows the user-info part of a reference.
+			ui := userinfo(s)
+			if len(ui) >= 6 && !strings.HasPrefix(s, "oci:") && !strings.Contains(fmt.Sprintf("%q", redactRef(s)), ui) &&
+				strings.Contains(err.Error(), ui) {
+				t.Fatalf("error for %q shows %q: %v", s, ui, err)
+			}
+			return
+		}
+		if r.Reference == "" {
 			t.Fatalf("%q parsed without a tag or digest", s)
+		}
+		again, err := ParseRef(r.String())
+		if err != nil || again.Dir != r.Dir || again.Reference != r.Reference || again.Remote != r.Remote {
+			t.Fatalf("%q -> %q does not parse back: %+v, %v", s, r.String(), again, err)
 		}
 	})
 }
@@ -97,4 +114,19 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("ParseRef(%q) = %+v, %v", c.in, r, err)
 		}
 	}
+}
+
+// userinfo is the part of a registry reference before the @ of its host.
+func userinfo(s string) string {
+	if i := strings.Index(s, "://"); i >= 0 {
+		s = s[i+3:]
+	}
+	host := s
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		host = s[:i]
+	}
+	if j := strings.LastIndexByte(host, '@'); j >= 0 {
+		return host[:j]
+	}
+	return ""
 }

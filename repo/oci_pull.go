@@ -2,12 +2,7 @@ package repo
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -28,15 +23,26 @@ type PullOptions struct {
 type Pulled struct {
 	TransferResult
 	Config *ChainConfig
+	Layers []LayerPull // one per layer of the chain, base first
+}
+
+// LayerPull is what a pull did with one layer.
+type LayerPull struct {
+	Digest  string `json:"digest"`
+	Size    int64  `json:"size"`
+	Present bool   `json:"present"` // already in the store (or earlier in the chain): nothing fetched
+	Resumed int64  `json:"resumed"` // bytes of an interrupted pull's partial file reused
+	Fetched int64  `json:"fetched"` // bytes received over the network (a restart counts twice)
 }
 
 // Pull fetches the snapshot artifact t names: the manifest and config
 // (checked against each other and their digests), then every layer the
-// store lacks, several at once. Each layer is downloaded into
-// Root/partial/<hex>.part, resumed from where an interrupted pull left it
-// (a range request), checked against its digest and size, and only then
-// renamed into the store. Nothing is recorded anywhere else: the caller
-// records the volume once Pull succeeded.
+// store lacks, several at once (see fetchBlob: resumable, verified, locked
+// against concurrent pulls of the same blob). A blob that fails its check
+// gives an error wrapping ErrDigestMismatch and stores nothing. Nothing is
+// recorded anywhere else: the caller records the volume once Pull
+// succeeded. With ManifestOnly, Layers says which layers are present and
+// nothing is fetched.
 func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, error) {
 	start := time.Now()
 	if opts.Concurrency <= 0 {
@@ -68,119 +74,37 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if err := matchLayers(m, cfg); err != nil {
 		return nil, err
 	}
-	res := &Pulled{Config: cfg}
+	res := &Pulled{Config: cfg, Layers: make([]LayerPull, len(m.Layers))}
 	res.Manifest = mdesc.Digest.String()
-	var moved, skipped atomic.Int64
-	var nMoved, nSkipped atomic.Int32
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
-	for _, d := range m.Layers {
-		if s.Has(d.Digest.String()) || opts.ManifestOnly {
-			if s.Has(d.Digest.String()) {
-				skipped.Add(d.Size)
-				nSkipped.Add(1)
-			}
+	first := make(map[string]bool) // a chain may hold one blob twice: fetch it once
+	for i, d := range m.Layers {
+		dg := d.Digest.String()
+		res.Layers[i] = LayerPull{Digest: dg, Size: d.Size, Present: s.Has(dg) || first[dg]}
+		if res.Layers[i].Present || opts.ManifestOnly {
 			continue
 		}
+		first[dg] = true
 		g.Go(func() error {
-			n, err := s.fetchBlob(gctx, t, d, opts.Progress)
-			moved.Add(n)
-			if err == nil {
-				nMoved.Add(1)
-			}
+			lp, err := s.fetchBlob(gctx, t, d, opts.Progress)
+			res.Layers[i] = lp
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	res.BytesMoved, res.BytesSkipped = moved.Load(), skipped.Load()
-	res.BlobsMoved, res.BlobsSkipped = int(nMoved.Load()), int(nSkipped.Load())
+	for _, l := range res.Layers {
+		res.BytesMoved += l.Fetched
+		switch {
+		case l.Present:
+			res.BytesSkipped += l.Size
+			res.BlobsSkipped++
+		case l.Fetched > 0 || l.Resumed > 0:
+			res.BlobsMoved++
+		}
+	}
 	res.Duration = time.Since(start)
 	return res, nil
-}
-
-// fetchBlob downloads one blob into the store, resuming a partial file.
-// It returns the bytes moved over the network.
-func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, p Progress) (int64, error) {
-	dg := d.Digest.String()
-	if err := ValidateDigest(dg); err != nil {
-		return 0, err
-	}
-	path := filepath.Join(s.PartialDir(), dg[len("sha256:"):]+".part")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	have, err := io.Copy(h, f) // the prefix an earlier pull fetched
-	if err != nil {
-		return 0, err
-	}
-	if have > d.Size {
-		have = 0
-		h.Reset()
-		f.Truncate(0)
-	}
-	name := shortName(dg)
-	if p != nil {
-		p.Start(name, d.Size)
-		p.Add(name, have)
-	}
-	rc, err := t.Fetch(ctx, d)
-	if err != nil {
-		return 0, fmt.Errorf("fetch %s from %s: %w", dg, t.Ref, err)
-	}
-	defer rc.Close()
-	if have > 0 {
-		sk, ok := rc.(io.Seeker)
-		if !ok {
-			have = 0
-		} else if _, err := sk.Seek(have, io.SeekStart); err != nil {
-			have = 0
-		}
-		if have == 0 {
-			h.Reset()
-			f.Truncate(0)
-			rc.Close()
-			if rc, err = t.Fetch(ctx, d); err != nil {
-				return 0, fmt.Errorf("fetch %s from %s: %w", dg, t.Ref, err)
-			}
-			defer rc.Close()
-		}
-	}
-	if _, err := f.Seek(have, io.SeekStart); err != nil {
-		return 0, err
-	}
-	var moved atomic.Int64
-	cr := &countingReader{r: io.LimitReader(rc, d.Size-have+1), n: &moved, name: name, p: p}
-	_, err = io.Copy(io.MultiWriter(f, h), cr)
-	n := moved.Load()
-	if p != nil {
-		p.Done(name, err)
-	}
-	if err != nil {
-		// Keep what arrived: the next pull resumes from it.
-		f.Sync()
-		return n, fmt.Errorf("fetch %s from %s (%d of %d bytes kept for resume): %w", dg, t.Ref, have+n, d.Size, err)
-	}
-	if have+n != d.Size {
-		f.Close()
-		os.Remove(path)
-		return n, fmt.Errorf("blob %s from %s has %d bytes, the manifest says %d: %w", dg, t.Ref, have+n, d.Size, ErrDigestMismatch)
-	}
-	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != dg {
-		f.Close()
-		os.Remove(path)
-		return n, fmt.Errorf("blob from %s hashes to %s, want %s: %w", t.Ref, got, dg, ErrDigestMismatch)
-	}
-	if err := f.Sync(); err != nil {
-		return n, err
-	}
-	dst, _ := s.Path(dg)
-	if err := os.Rename(path, dst); err != nil {
-		return n, err
-	}
-	return n, syncDir(filepath.Dir(dst))
 }

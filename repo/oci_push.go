@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,10 +16,17 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry/remote"
 )
 
 // Progress receives transfer events; the CLI renders them. Methods may be
-// called from several goroutines.
+// called from several goroutines. For each blob whose bytes move, Start
+// comes first (total is the blob's size; a retry starts it again), then
+// Add for each piece moved (a resumed download adds its kept prefix at
+// once), then exactly one Done. Skipped and mounted blobs get no events.
 type Progress interface {
 	Start(name string, total int64)
 	Add(name string, n int64)
@@ -26,9 +35,11 @@ type Progress interface {
 
 // PushOptions tune a push.
 type PushOptions struct {
-	Concurrency int      // blobs in parallel; default 4
-	MountFrom   []string // repositories of the same registry to cross-mount from
-	Progress    Progress // nil: silent
+	Concurrency int // blobs in parallel; default 4
+	// MountFrom names repositories of the target's registry ("repo" or
+	// "host/repo") whose blobs may be cross-mounted instead of uploaded.
+	MountFrom []string
+	Progress  Progress // nil: silent
 	// Open reads a layer that is not complete in the store (a lazily
 	// pulled one, streamed from its source); nil: such layers fail.
 	Open func(digest string) (io.ReadCloser, error)
@@ -48,9 +59,10 @@ type TransferResult struct {
 // Push uploads snapshot chain cfg from the store to t: the config, the
 // layers the target lacks (cross-mounted from MountFrom repositories of
 // the same registry when possible), then the manifest, tagged with the
-// reference. Blobs already present are skipped, so an interrupted push
-// resumes by running it again. Layers are verified by digest as they are
-// read from the store.
+// reference (a digest reference must equal the manifest's digest). Blobs
+// already present are skipped, so an interrupted push resumes by running
+// it again (a blob cut mid-upload starts over). The target checks every
+// blob against its digest as it receives it.
 func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushOptions) (*TransferResult, error) {
 	start := time.Now()
 	if err := cfg.Validate(); err != nil {
@@ -65,91 +77,199 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	}
 	cfgDesc := ocispec.Descriptor{MediaType: ConfigMediaType, Digest: digest.FromBytes(cfgBytes), Size: int64(len(cfgBytes))}
 	layers := layerDescriptors(cfg)
-	var res TransferResult
-	var moved, skipped atomic.Int64
-	var nMoved, nSkipped, nMounted atomic.Int32
+	mdesc, mb, err := packManifest(ctx, cfg, cfgDesc, layers)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(t.Ref.Reference, "sha256:") && mdesc.Digest.String() != t.Ref.Reference {
+		return nil, fmt.Errorf("the manifest of this snapshot is %s, the reference asks for %s", mdesc.Digest, t.Ref.Reference)
+	}
+	ps := &pusher{t: t, opts: opts, open: func(d ocispec.Descriptor) (io.ReadCloser, error) {
+		dg := d.Digest.String()
+		switch {
+		case d.Digest == cfgDesc.Digest:
+			return io.NopCloser(bytes.NewReader(cfgBytes)), nil
+		case !s.Has(dg) && opts.Open != nil:
+			return opts.Open(dg)
+		}
+		return s.Open(dg)
+	}}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
+	seen := make(map[digest.Digest]bool) // a chain may hold one blob twice
 	for _, d := range append([]ocispec.Descriptor{cfgDesc}, layers...) {
-		g.Go(func() error {
-			ok, err := t.Exists(gctx, d)
-			if err != nil {
-				return fmt.Errorf("push %s: %w", d.Digest, err)
-			}
-			if ok {
-				skipped.Add(d.Size)
-				nSkipped.Add(1)
-				return nil
-			}
-			if t.Repo != nil && d.MediaType == LayerMediaType {
-				for _, from := range opts.MountFrom {
-					from = strings.TrimPrefix(from, t.Ref.Host()+"/")
-					if from == t.Ref.Remote.Repository {
-						continue
-					}
-					if err := t.Repo.Mount(gctx, d, from, nil); err == nil {
-						skipped.Add(d.Size)
-						nMounted.Add(1)
-						return nil
-					}
-				}
-			}
-			var r io.Reader
-			if d.Digest == cfgDesc.Digest {
-				r = bytes.NewReader(cfgBytes)
-			} else {
-				var f io.ReadCloser
-				var err error
-				if !s.Has(d.Digest.String()) && opts.Open != nil {
-					f, err = opts.Open(d.Digest.String())
-				} else {
-					f, err = s.Open(d.Digest.String())
-				}
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				r = f
-			}
-			name := shortName(d.Digest.String())
-			if opts.Progress != nil {
-				opts.Progress.Start(name, d.Size)
-			}
-			err = t.Push(gctx, d, &countingReader{r: r, n: &moved, name: name, p: opts.Progress})
-			if opts.Progress != nil {
-				opts.Progress.Done(name, err)
-			}
-			if err != nil {
-				return fmt.Errorf("push %s to %s: %w", d.Digest, t.Ref, err)
-			}
-			nMoved.Add(1)
-			return nil
-		})
+		if !seen[d.Digest] {
+			seen[d.Digest] = true
+			g.Go(func() error { return ps.blob(gctx, d) })
+		}
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	if err := putManifest(ctx, t, mdesc, mb); err != nil {
+		return nil, err
+	}
+	res := TransferResult{Manifest: mdesc.Digest.String(), Duration: time.Since(start),
+		BytesMoved: ps.moved.Load(), BytesSkipped: ps.skipped.Load(),
+		BlobsMoved: int(ps.nMoved.Load()), BlobsSkipped: int(ps.nSkipped.Load()), BlobsMounted: int(ps.nMounted.Load())}
+	return &res, nil
+}
+
+// packManifest builds the manifest of the artifact (oras.PackManifest:
+// OCI 1.1 with our artifactType) without pushing it.
+func packManifest(ctx context.Context, cfg *ChainConfig, cfgDesc ocispec.Descriptor, layers []ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
 	ann := map[string]string{
 		ocispec.AnnotationCreated: cfg.Created.UTC().Format(time.RFC3339),
 		ocispec.AnnotationTitle:   cfg.Volume + "@" + cfg.Snapshot,
 	}
-	mdesc, err := oras.PackManifest(ctx, t, oras.PackManifestVersion1_1, ArtifactType,
+	mem := memory.New()
+	mdesc, err := oras.PackManifest(ctx, mem, oras.PackManifestVersion1_1, ArtifactType,
 		oras.PackManifestOptions{Layers: layers, ConfigDescriptor: &cfgDesc, ManifestAnnotations: ann})
 	if err != nil {
-		return nil, fmt.Errorf("push manifest to %s: %w", t.Ref, err)
+		return mdesc, nil, fmt.Errorf("pack manifest: %w", err)
 	}
-	if strings.HasPrefix(t.Ref.Reference, "sha256:") {
-		if mdesc.Digest.String() != t.Ref.Reference {
-			return nil, fmt.Errorf("pushed manifest is %s, the reference asks for %s", mdesc.Digest, t.Ref.Reference)
+	mb, err := content.FetchAll(ctx, mem, mdesc)
+	return mdesc, mb, err
+}
+
+// putManifest pushes the manifest under t's tag with one request where
+// the target can (a registry's PUT /manifests/<tag>), or by digest when
+// the reference is one.
+func putManifest(ctx context.Context, t *Target, mdesc ocispec.Descriptor, mb []byte) error {
+	if !strings.HasPrefix(t.Ref.Reference, "sha256:") {
+		if _, err := oras.TagBytes(ctx, t, mdesc.MediaType, mb, t.Ref.Reference); err != nil {
+			return fmt.Errorf("push manifest to %s: %w", t.Ref, err)
 		}
-	} else if err := t.Tag(ctx, mdesc, t.Ref.Reference); err != nil {
-		return nil, fmt.Errorf("tag %s: %w", t.Ref, err)
+		return nil
 	}
-	res.Manifest = mdesc.Digest.String()
-	res.BytesMoved, res.BytesSkipped = moved.Load(), skipped.Load()
-	res.BlobsMoved, res.BlobsSkipped, res.BlobsMounted = int(nMoved.Load()), int(nSkipped.Load()), int(nMounted.Load())
-	res.Duration = time.Since(start)
-	return &res, nil
+	if err := t.Push(ctx, mdesc, bytes.NewReader(mb)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		return fmt.Errorf("push manifest to %s: %w", t.Ref, err)
+	}
+	return nil
+}
+
+// pusher uploads the blobs of one push; its methods run concurrently.
+type pusher struct {
+	t    *Target
+	opts PushOptions
+	open func(ocispec.Descriptor) (io.ReadCloser, error)
+
+	moved, skipped             atomic.Int64
+	nMoved, nSkipped, nMounted atomic.Int32
+}
+
+// blob makes sure the target holds d: skipped if it has it, else
+// cross-mounted, else uploaded.
+func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
+	ok, err := p.t.Exists(ctx, d)
+	if err != nil {
+		return fmt.Errorf("push %s to %s: %w", d.Digest, p.t.Ref, err)
+	}
+	if ok {
+		p.skipped.Add(d.Size)
+		p.nSkipped.Add(1)
+		return nil
+	}
+	name := shortName(d.Digest.String())
+	var opened io.Closer // set once d's bytes are being sent
+	content := func() (io.ReadCloser, error) {
+		f, err := p.open(d)
+		if err != nil {
+			return nil, fmt.Errorf("read from the content store: %w", err)
+		}
+		if p.opts.Progress != nil {
+			p.opts.Progress.Start(name, d.Size)
+		}
+		rc := &readCloser{r: &countingReader{r: f, n: &p.moved, name: name, p: p.opts.Progress}, c: f}
+		opened = rc
+		return rc, nil
+	}
+	if d.MediaType == LayerMediaType {
+		mounted, err := mount(ctx, p.t, d, p.opts.MountFrom, content)
+		if mounted && opened == nil {
+			p.skipped.Add(d.Size)
+			p.nMounted.Add(1)
+			return nil
+		}
+		if opened == nil {
+			err = p.upload(ctx, d, content)
+		}
+		return p.done(name, d, opened, err)
+	}
+	err = p.upload(ctx, d, content)
+	return p.done(name, d, opened, err)
+}
+
+// upload sends d's bytes with a plain push.
+func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func() (io.ReadCloser, error)) error {
+	rc, err := content()
+	if err != nil {
+		return err
+	}
+	return p.t.Push(ctx, d, rc)
+}
+
+// done closes what was opened, ends d's progress and counts it.
+func (p *pusher) done(name string, d ocispec.Descriptor, opened io.Closer, err error) error {
+	if opened != nil {
+		opened.Close()
+		if p.opts.Progress != nil {
+			p.opts.Progress.Done(name, err)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("push %s to %s: %w", d.Digest, p.t.Ref, err)
+	}
+	p.nMoved.Add(1)
+	return nil
+}
+
+// mount cross-mounts blob d into t's repository from the first of the
+// repositories from (names in t's registry, "host/" prefix optional;
+// other registries are skipped) that holds it, found with a HEAD there
+// first: a mount the registry cannot do opens an upload session, which
+// would otherwise be left behind. If the registry answers a mount with an
+// upload session anyway, the blob is uploaded into it through content.
+// It reports whether a mount request succeeded.
+func mount(ctx context.Context, t *Target, d ocispec.Descriptor, from []string, content func() (io.ReadCloser, error)) (bool, error) {
+	if t.Repo == nil {
+		return false, nil
+	}
+	host := t.Ref.Host()
+	for _, name := range from {
+		name = strings.TrimPrefix(name, host+"/")
+		if first, _, ok := strings.Cut(name, "/"); ok && strings.ContainsAny(first, ".:") || name == "" || name == t.Ref.Remote.Repository {
+			continue // another registry's (host names hold a dot or port), or this repository
+		}
+		src, err := remote.NewRepository(host + "/" + name)
+		if err != nil {
+			continue
+		}
+		src.Client, src.PlainHTTP = t.Repo.Client, t.Repo.PlainHTTP
+		if ok, err := src.Blobs().Exists(ctx, d); err != nil || !ok {
+			continue
+		}
+		if err := t.Repo.Mount(ctx, d, name, content); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// readCloser closes its file once, however often it is closed.
+type readCloser struct {
+	r    io.Reader
+	c    io.Closer
+	once sync.Once
+}
+
+func (r *readCloser) Read(b []byte) (int, error) { return r.r.Read(b) }
+
+func (r *readCloser) Close() error {
+	var err error
+	r.once.Do(func() { err = r.c.Close() })
+	return err
 }
 
 type countingReader struct {

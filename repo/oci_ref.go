@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"oras.land/oras-go/v2"
@@ -26,9 +27,13 @@ type Ref struct {
 // IsLayout reports whether r names an OCI layout directory.
 func (r Ref) IsLayout() bool { return r.Dir != "" }
 
-// String prints the reference (it never holds credentials).
+// String prints the reference in the form ParseRef reads. It never holds
+// credentials: ParseRef refuses references that carry any.
 func (r Ref) String() string {
 	if r.IsLayout() {
+		if strings.HasPrefix(r.Reference, "sha256:") {
+			return "oci:" + r.Dir + "@" + r.Reference
+		}
 		return "oci:" + r.Dir + ":" + r.Reference
 	}
 	return r.Remote.String()
@@ -46,24 +51,22 @@ func (r Ref) Repository() string {
 	return r.Remote.Registry + "/" + r.Remote.Repository
 }
 
-// ParseRef parses a reference. A registry reference needs a tag or digest
-// ("latest" is not assumed: snapshots are named).
+// ParseRef parses a reference: host[:port]/repo:tag,
+// host[:port]/repo@sha256:<hex>, oci:DIR[:tag] or oci:DIR@sha256:<hex>.
+// A registry reference needs a tag or digest ("latest" is not assumed:
+// snapshots are named); a layout reference without one means tag
+// "latest". A reference holding credentials (user:password@host/...) is
+// refused, and error messages show it with the credentials masked.
 func ParseRef(s string) (Ref, error) {
+	shown := redactRef(s)
 	if strings.Contains(s, "://") {
-		return Ref{}, fmt.Errorf("reference %q: give host[:port]/repo:tag without a scheme (use --plain-http for http)", s)
+		return Ref{}, fmt.Errorf("reference %q: give host[:port]/repo:tag or oci:DIR without a scheme (use --plain-http for http)", shown)
 	}
 	if rest, ok := strings.CutPrefix(s, "oci:"); ok {
-		dir, tag := rest, "latest"
-		if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i+1:], "/") {
-			dir, tag = rest[:i], rest[i+1:]
-		}
-		if dir == "" || tag == "" {
-			return Ref{}, fmt.Errorf("reference %q: want oci:DIR[:tag]", s)
-		}
-		if err := (registry.Reference{Reference: tag}).ValidateReferenceAsTag(); err != nil && !strings.HasPrefix(tag, "sha256:") {
-			return Ref{}, fmt.Errorf("reference %q: bad tag %q", s, tag)
-		}
-		return Ref{Dir: dir, Reference: tag}, nil
+		return parseLayoutRef(s, rest)
+	}
+	if shown != s {
+		return Ref{}, fmt.Errorf("reference %q: credentials do not belong in a reference (use obdvol login)", shown)
 	}
 	rr, err := registry.ParseReference(s)
 	if err != nil {
@@ -72,7 +75,52 @@ func ParseRef(s string) (Ref, error) {
 	if rr.Reference == "" {
 		return Ref{}, fmt.Errorf("reference %q has no tag or digest", s)
 	}
+	if _, port, ok := strings.Cut(rr.Registry, ":"); ok && !strings.HasPrefix(rr.Registry, "[") {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return Ref{}, fmt.Errorf("reference %q: bad port %q", s, port)
+		}
+	}
 	return Ref{Remote: rr, Reference: rr.Reference}, nil
+}
+
+// parseLayoutRef parses the rest of oci:DIR[:tag] or oci:DIR@sha256:<hex>.
+func parseLayoutRef(s, rest string) (Ref, error) {
+	dir, ref := rest, "latest"
+	if i := strings.LastIndex(rest, "@"); i >= 0 && strings.HasPrefix(rest[i+1:], "sha256:") {
+		dir, ref = rest[:i], rest[i+1:]
+		if err := ValidateDigest(ref); err != nil {
+			return Ref{}, fmt.Errorf("reference %q: %w", s, err)
+		}
+	} else if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i+1:], "/") {
+		dir, ref = rest[:i], rest[i+1:]
+		if err := (registry.Reference{Reference: ref}).ValidateReferenceAsTag(); err != nil {
+			return Ref{}, fmt.Errorf("reference %q: bad tag %q", s, ref)
+		}
+	}
+	switch {
+	case dir == "":
+		return Ref{}, fmt.Errorf("reference %q: want oci:DIR[:tag] or oci:DIR@sha256:<hex>", s)
+	case strings.HasSuffix(dir, ":sha256") || strings.Contains(dir, "@sha256:") || strings.HasSuffix(dir, "@sha256"):
+		return Ref{}, fmt.Errorf("reference %q: name a digest as oci:DIR@sha256:<hex>", s)
+	}
+	return Ref{Dir: dir, Reference: ref}, nil
+}
+
+// redactRef masks the user-info part of a registry reference
+// (user:password@host/... or scheme://user:password@host/...).
+func redactRef(s string) string {
+	scheme := ""
+	if i := strings.Index(s, "://"); i >= 0 {
+		scheme, s = s[:i+3], s[i+3:]
+	}
+	host := s
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		host = s[:i]
+	}
+	if j := strings.LastIndexByte(host, '@'); j >= 0 {
+		s = "***@" + s[j+1:]
+	}
+	return scheme + s
 }
 
 // TargetOptions say how to reach a registry.

@@ -1,0 +1,24 @@
+// Package repo holds the host's content store and moves snapshot chains
+// between it and OCI registries or OCI image layouts.
+//
+// Glossary:
+//
+//   - blob: an immutable file named by the sha256 of its bytes (a layer,
+//     or an artifact's config or manifest).
+//   - Store: the host's content store, Root/blobs/sha256/<hex>; a path
+//     that exists holds a complete, verified blob.
+//   - partial file: Root/partial/<hex>.part, a download in progress that
+//     a later pull resumes; <hex>.lazy and <hex>.map hold a lazy blob.
+//   - artifact: one snapshot as an OCI 1.1 image manifest whose layers
+//     are the chain, base first, and whose config is a ChainConfig
+//     (docs/artifact.md).
+//   - Ref: where an artifact lives: host[:port]/repo:tag, ...@sha256:...,
+//     or oci:DIR[:tag].
+//   - Target: an opened Ref (a registry repository or a layout).
+//   - origin: a repository a layer was pushed to or pulled from, which
+//     lazy reads and cross-repository mounts use.
+//
+// Push and Pull report through TransferResult and the Progress hooks and
+// never print. Pull stores blobs only after checking them; recording a
+// volume in the catalogue is the caller's step, after Pull succeeds.
+package repo
