@@ -338,3 +338,23 @@ func removeWritableDirs(dir string, keep ...uint64) error {
 	}
 	return nil
 }
+
+// OpenAfterCrash opens a volume whose previous owner process died while
+// serving it (ublk user recovery): the writable layer is reconciled with
+// its data file, so writes the dead process completed but had not yet
+// journaled are kept, then flushed.
+func (m *Manager) OpenAfterCrash(name string) (*Volume, uint64, error) {
+	v, err := m.Open(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	n, err := v.w.reconcile()
+	if err == nil {
+		err = v.w.flush()
+	}
+	if err != nil {
+		v.Close()
+		return nil, 0, fmt.Errorf("volume %s: reconcile after crash: %w", name, err)
+	}
+	return v, n, nil
+}

@@ -368,3 +368,56 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// reconcile brings the bitmap in line with the data file after the
+// process that owned the layer died (its page cache survived it, its
+// unflushed journal records did not): allocated ranges hold data written
+// since (a punched hole is never re-allocated but by a write), and
+// data-state blocks that are holes were discarded since. Only valid after
+// a process crash, not a host crash. The changes are journaled by the
+// next flush.
+func (w *writable) reconcile() (changed uint64, err error) {
+	fd := int(w.data.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, err
+	}
+	size := st.Size
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	mark := func(start, end int64, state uint8) {
+		first, last := uint64(start)/w.bs, uint64(end)/w.bs // whole blocks only for holes
+		if state == stData {
+			first, last = uint64(start)/w.bs, (uint64(end)+w.bs-1)/w.bs
+		}
+		last = min(last, w.bm.blocks)
+		for b := first; b < last; {
+			cur, n := w.bm.run(b, last-b)
+			if (state == stData && cur != stData) || (state == stZero && cur == stData) {
+				w.bm.set(b, n, state)
+				w.pending = append(w.pending, jrec{b, n, state})
+				changed += n
+			}
+			b += n
+		}
+	}
+	for pos := int64(0); pos < size; {
+		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if err != nil {
+			d = size // ENXIO: no more data
+		}
+		if hs := (pos + int64(w.bs) - 1) / int64(w.bs) * int64(w.bs); d > hs {
+			mark(hs, d, stZero)
+		}
+		if d >= size {
+			break
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			h = size
+		}
+		mark(d, h, stData)
+		pos = h
+	}
+	return changed, nil
+}

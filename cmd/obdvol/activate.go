@@ -26,6 +26,8 @@ type activateOptions struct {
 	Depth      int
 	ReadOnly   bool
 	NotifyFD   int
+	Recover    bool
+	recoverID  int
 }
 
 func newActivateCommand(g *globalOptions) *cobra.Command {
@@ -51,6 +53,7 @@ the device. Needs root and Linux 6.0+ with ublk_drv loaded; elsewhere use obdvol
 	f.BoolVar(&o.ReadOnly, "read-only", false, "a read-only device")
 	f.IntVar(&o.NotifyFD, "notify-fd", -1, "")
 	f.MarkHidden("notify-fd")
+	f.BoolVar(&o.Recover, "recover", false, "reattach to the device of a server that died (also done automatically)")
 	return cmd
 }
 
@@ -92,22 +95,45 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 		return err
 	}
 	defer e.close()
-	if d, err := activeDevice(e, vol); err != nil {
+	rec, err := volumeRecord(e, vol)
+	if err != nil {
 		return err
-	} else if d != nil {
-		return fmt.Errorf("volume %s is already active on %s (pid %d): %w", vol, d.Path, d.PID, volume.ErrRefused)
+	}
+	o.recoverID = -1
+	if d := rec.Device; d != nil {
+		if d.PID > 0 && syscall.Kill(d.PID, 0) != syscall.ESRCH {
+			return fmt.Errorf("volume %s is already active on %s (pid %d): %w", vol, d.Path, d.PID, volume.ErrRefused)
+		}
+		if d.Kind == "ublk" {
+			// Its server died: the kernel kept the device; reattach.
+			o.recoverID = d.ID
+		}
+	}
+	if o.Recover && o.recoverID < 0 {
+		return fmt.Errorf("volume %s has no device whose server died: nothing to recover: %w", vol, volume.ErrRefused)
 	}
 	if !o.Foreground {
 		return activateDetached(e, out, g, o, vol)
 	}
-	v, err := e.mgr.Open(vol)
-	if err != nil {
-		return err
-	}
-	defer v.Close()
-	dev, err := ublk.Start(v, ublk.Options{Queues: o.Queues, Depth: o.Depth, ReadOnly: o.ReadOnly})
-	if err != nil {
-		return err
+	var v *volume.Volume
+	var dev *ublk.Device
+	uopts := ublk.Options{Queues: o.Queues, Depth: o.Depth, ReadOnly: o.ReadOnly}
+	if o.recoverID >= 0 {
+		if v, _, err = e.mgr.OpenAfterCrash(vol); err != nil {
+			return err
+		}
+		defer v.Close()
+		if dev, err = ublk.Recover(v, o.recoverID, uopts); err != nil {
+			return err
+		}
+	} else {
+		if v, err = e.mgr.Open(vol); err != nil {
+			return err
+		}
+		defer v.Close()
+		if dev, err = ublk.Start(v, uopts); err != nil {
+			return err
+		}
 	}
 	stopDev := func() error { return dev.Stop() }
 	if err := setDevice(e, vol, &metadata.Device{Kind: "ublk", Path: dev.Path, PID: os.Getpid(), ID: dev.ID}); err != nil {

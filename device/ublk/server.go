@@ -1,6 +1,7 @@
 package ublk
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -131,7 +132,19 @@ func Start(b device.Backend, opts Options) (*Device, error) {
 		d.Stop()
 		return nil, fmt.Errorf("start ublk device: %w", err)
 	}
+	d.waitNode()
 	return d, nil
+}
+
+// waitNode waits (up to 10 s) for /dev/ublkbN to appear: the kernel adds
+// the disk before devtmpfs/udev creates the node.
+func (d *Device) waitNode() {
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(d.Path); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (d *Device) setParams() error {
@@ -148,7 +161,16 @@ func (d *Device) setParams() error {
 	var pin runtime.Pinner
 	pin.Pin(&p)
 	defer pin.Unpin()
-	_, err := d.control(cmdSetParams, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF, Len: uint16(p.Len), Addr: uint64(uintptr(unsafe.Pointer(&p)))})
+	var err error
+	for i := 0; i < 50; i++ {
+		// Seen under TCG right after the module loads: the new device is
+		// not yet findable (ENODEV) for a moment.
+		_, err = d.control(cmdSetParams, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF, Len: uint16(p.Len), Addr: uint64(uintptr(unsafe.Pointer(&p)))})
+		if !errors.Is(err, unix.ENODEV) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("set ublk parameters: %w", err)
 	}
@@ -297,4 +319,74 @@ func (d *Device) closeCtrl() {
 		d.ctrl = nil
 	}
 	unix.Close(d.ctrlFd)
+}
+
+// Recover reattaches a server to device id after its previous server
+// died (the device was added with user recovery, so the kernel kept
+// /dev/ublkbN and queued its I/O): START_USER_RECOVERY, queues with all
+// fetches, END_USER_RECOVERY. Requests that were in flight are reissued,
+// so b must tolerate a repeated write.
+func Recover(b device.Backend, id int, opts Options) (*Device, error) {
+	if err := Preflight(); err != nil {
+		return nil, err
+	}
+	d := &Device{b: b, opts: opts, charFd: -1, ID: id, Path: fmt.Sprintf("/dev/ublkb%d", id)}
+	var err error
+	if d.ctrlFd, err = unix.Open(ControlPath, unix.O_RDWR, 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", ControlPath, err)
+	}
+	if d.ctrl, err = newRing(32, setupSQE128); err != nil {
+		unix.Close(d.ctrlFd)
+		return nil, err
+	}
+	var pin runtime.Pinner
+	pin.Pin(&d.info)
+	get := ctrlCmd{DevID: uint32(id), QueueID: 0xFFFF, Len: uint16(unsafe.Sizeof(d.info)), Addr: uint64(uintptr(unsafe.Pointer(&d.info)))}
+	d.encode = true
+	if _, err = d.control(cmdGetDevInfo, get); err != nil {
+		d.encode = false
+		_, err = d.control(cmdGetDevInfo, get)
+	}
+	pin.Unpin()
+	if err != nil {
+		d.closeCtrl()
+		return nil, fmt.Errorf("ublk device %d: %w", id, err)
+	}
+	d.encode = d.info.Flags&FlagCmdIoctlEncode != 0
+	if d.info.Flags&FlagUserRecovery == 0 {
+		d.closeCtrl()
+		return nil, fmt.Errorf("ublk device %d was not created with user recovery", id)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err = d.control(cmdStartUserRecov, ctrlCmd{DevID: uint32(id), QueueID: 0xFFFF})
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		d.closeCtrl()
+		return nil, fmt.Errorf("start user recovery of ublk device %d: %w", id, err)
+	}
+	if err := d.openChar(); err != nil {
+		d.closeCtrl()
+		return nil, err
+	}
+	ready := make(chan error, int(d.info.NrHwQueues))
+	for q := 0; q < int(d.info.NrHwQueues); q++ {
+		d.wg.Add(1)
+		go d.queue(q, ready)
+	}
+	for q := 0; q < int(d.info.NrHwQueues); q++ {
+		if err := <-ready; err != nil {
+			d.Stop()
+			return nil, err
+		}
+	}
+	if _, err := d.control(cmdEndUserRecov, ctrlCmd{DevID: uint32(id), QueueID: 0xFFFF, Data: uint64(os.Getpid())}); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("end user recovery of ublk device %d: %w", id, err)
+	}
+	return d, nil
 }

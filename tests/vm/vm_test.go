@@ -40,7 +40,7 @@ func TestBootUblkKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	files["guest"], files["bin/obdvol"] = guest, obdvol
-	initrd, err := Initramfs(dir, k, files, "/guest preflight\n/guest io\n"+cliScenario+fsScenario)
+	initrd, err := Initramfs(dir, k, files, "/guest preflight\n/guest io\n"+cliScenario+fsScenario+recoveryScenario)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,10 +50,15 @@ func TestBootUblkKernel(t *testing.T) {
 		"OBDVOL-VM-ACTIVE-AGAIN-REFUSED", "OBDVOL-VM-LIVE-SNAPSHOT", "OBDVOL-VM-ROLLBACK-REFUSED-WHILE-ACTIVE",
 		"OBDVOL-VM-ROLLBACK-EXACT", "OBDVOL-VM-DEACTIVATED-CLEAN",
 		"OBDVOL-VM-FS-MOUNTED", "OBDVOL-VM-FS-SNAPSHOT-FILES-EXACT", "OBDVOL-VM-FS-NEWER-FILE-GONE", "OBDVOL-VM-FSCK-CLEAN",
-		"OBDVOL-VM-DEACTIVATE-UNDER-LOAD", "OBDVOL-VM-DATA-INTACT-AFTER-LOAD", "OBDVOL-VM-DONE"} {
+		"OBDVOL-VM-DEACTIVATE-UNDER-LOAD", "OBDVOL-VM-DATA-INTACT-AFTER-LOAD",
+		"OBDVOL-VM-SERVER-KILLED", "OBDVOL-VM-RECOVERED", "OBDVOL-VM-NO-IO-ERRORS-AFTER-RECOVERY",
+		"OBDVOL-VM-RECOVERY-DATA-INTACT", "OBDVOL-VM-RECOVERY-FSCK-CLEAN", "OBDVOL-VM-DONE"} {
 		if !strings.Contains(out, m) {
 			t.Fatalf("no %q in the console output (%v):\n%s", m, err, tail(out))
 		}
+	}
+	if strings.Contains(out, "OBDVOL-VM-WRITER-ERROR") {
+		t.Fatalf("the writer saw an I/O error across the server's crash and recovery:\n%s", markers(out))
 	}
 }
 
@@ -130,4 +135,32 @@ $O activate fs
 dd if=/dev/ublkb0 of=/tmp/h bs=1M skip=64 count=4 2>/dev/null
 cmp /tmp/g /tmp/h && echo OBDVOL-VM-DATA-INTACT-AFTER-LOAD
 $O deactivate fs
+`
+
+// recoveryScenario: ext4 mounted on the device, a writer busy, the server
+// killed with SIGKILL; activate reattaches a new server to the same
+// /dev/ublkbN (ublk user recovery): the writer and the mount go on without
+// I/O errors, flushed data is intact, and the filesystem checks clean.
+const recoveryScenario = `
+O="obdvol --root /tmp/rc --no-progress"
+dmesg -c >/dev/null
+$O create rv --size 128M
+$O activate rv
+/usr/local/bin/mke2fs -q -F -t ext4 /dev/ublkb0
+mount -t ext4 /dev/ublkb0 /mnt
+dd if=/dev/urandom of=/tmp/k1 bs=1M count=4 2>/dev/null
+cp /tmp/k1 /mnt/k1 && sync
+(i=0; while [ $i -lt 200 ]; do dd if=/dev/urandom of=/mnt/busy bs=64k count=4 conv=fsync 2>/dev/null || echo OBDVOL-VM-WRITER-ERROR; i=$((i+1)); done) &
+W=$!
+sleep 1
+P=$($O info rv | sed -n 's/.*pid \([0-9]*\)).*/\1/p')
+kill -9 $P && echo OBDVOL-VM-SERVER-KILLED
+sleep 1
+$O activate rv && echo OBDVOL-VM-RECOVERED
+wait $W
+dmesg | grep -q "I/O error, dev ublkb0" || echo OBDVOL-VM-NO-IO-ERRORS-AFTER-RECOVERY
+cmp /tmp/k1 /mnt/k1 && echo OBDVOL-VM-RECOVERY-DATA-INTACT
+umount /mnt
+/usr/local/bin/e2fsck -fn /dev/ublkb0 >/dev/null 2>&1 && echo OBDVOL-VM-RECOVERY-FSCK-CLEAN
+$O deactivate rv
 `

@@ -13,6 +13,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -75,6 +76,7 @@ func ioTest() error {
 	fmt.Println("OBDVOL-VM-DEVICE", d.Path)
 	f, err := os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
 	for i := 0; err != nil && i < 100; i++ {
+		time.Sleep(20 * time.Millisecond)
 		f, err = os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
 	}
 	if err != nil {
