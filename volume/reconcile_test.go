@@ -20,7 +20,7 @@ func TestReconcileAfterProcessCrash(t *testing.T) {
 	v.WriteAt(a, 8*4096)
 	v.Flush()
 	v.WriteAt(bytes.Repeat([]byte{'b'}, 4096), 4*4096) // not journaled
-	v.WriteZeroes(8*4096, 4096)                         // punched, not journaled
+	v.WriteZeroes(8*4096, 4096)                        // punched, not journaled
 	// "Crash": drop the in-memory state without flushing.
 	v.w.pending = nil
 	v.w.data.Close()
