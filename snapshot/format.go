@@ -181,8 +181,8 @@ func (t *Trailer) validate(blobSize int64) error {
 	if il > MaxIndexBytes {
 		return formatErr("index of %d bytes exceeds limit", il)
 	}
-	if blobSize < HeaderSize+TrailerSize || t.IndexOffset < HeaderSize ||
-		t.IndexOffset+il+TrailerSize != uint64(blobSize) {
+	if blobSize < HeaderSize+TrailerSize || t.IndexOffset < HeaderSize || il > uint64(blobSize) ||
+		t.IndexOffset > uint64(blobSize) || t.IndexOffset+il+TrailerSize != uint64(blobSize) {
 		return formatErr("index at %d+%d does not fit a blob of %d bytes", t.IndexOffset, il, blobSize)
 	}
 	return nil

@@ -21,6 +21,7 @@ var (
 	ErrRange   = errors.New("out of range")
 	ErrInUse   = errors.New("in use")
 	ErrRefused = errors.New("refused")
+	ErrClosed  = errors.New("volume is closed")
 )
 
 // BlobWriter is a blob being written into the content store.

@@ -64,6 +64,9 @@ func (v *Volume) checkRange(off int64, n int) error {
 	if v.broken != nil {
 		return v.broken
 	}
+	if v.w == nil {
+		return fmt.Errorf("volume %s: %w", v.name, ErrClosed)
+	}
 	if off < 0 || uint64(off) > v.size || uint64(n) > v.size-uint64(off) {
 		return fmt.Errorf("%w: [%d,+%d) beyond volume size %d", ErrRange, off, n, v.size)
 	}
@@ -119,7 +122,7 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
-	if err := v.checkRange(off, len(p)); err != nil {
+	if err := v.checkRange(off, len(p)); err != nil || len(p) == 0 {
 		return 0, err
 	}
 	if err := v.writeLocked(p, uint64(off)); err != nil {
@@ -171,7 +174,7 @@ func (v *Volume) WriteZeroes(off int64, n int64) error {
 	if n < 0 || int64(int(n)) != n {
 		return fmt.Errorf("%w: length %d", ErrRange, n)
 	}
-	if err := v.checkRange(off, int(n)); err != nil {
+	if err := v.checkRange(off, int(n)); err != nil || n == 0 {
 		return err
 	}
 	bs := v.bs
@@ -202,6 +205,9 @@ func (v *Volume) Discard(off int64, n int64) error { return v.WriteZeroes(off, n
 func (v *Volume) Flush() error {
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
+	if v.w == nil {
+		return fmt.Errorf("volume %s: %w", v.name, ErrClosed)
+	}
 	if err := v.w.flush(); err != nil {
 		return fmt.Errorf("volume %s: flush: %w", v.name, err)
 	}
@@ -212,11 +218,17 @@ func (v *Volume) Flush() error {
 func (v *Volume) WritableBytes() uint64 {
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
+	if v.w == nil {
+		return 0
+	}
 	return v.w.allocated()
 }
 
-// Close flushes and releases the volume.
+// Close flushes and releases the volume. It waits for a seal in progress.
+// I/O after Close fails with ErrClosed.
 func (v *Volume) Close() error {
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
 	v.ioMu.Lock()
 	defer v.ioMu.Unlock()
 	if v.w == nil {

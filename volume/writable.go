@@ -253,7 +253,11 @@ func (w *writable) flush() error {
 		return fmt.Errorf("writable layer: fsync data: %w", err)
 	}
 	if snap != nil {
-		return w.rewriteJournal(snap)
+		if err := w.rewriteJournal(snap); err != nil {
+			w.requeue(recs)
+			return err
+		}
+		return nil
 	}
 	if len(recs) == 0 {
 		return nil
@@ -263,6 +267,11 @@ func (w *writable) flush() error {
 		encodeJrec(buf[i*jrecSize:], r)
 	}
 	if _, err := w.jf.Write(buf); err != nil {
+		// Cut a partial append back off, so later records do not follow
+		// a torn one (replay stops at the first bad record).
+		good := int64(journalHeader + w.jrecs*jrecSize)
+		w.jf.Truncate(good)
+		w.jf.Seek(good, io.SeekStart)
 		w.requeue(recs)
 		return fmt.Errorf("writable layer: journal: %w", err)
 	}
@@ -383,6 +392,10 @@ func (w *writable) reconcile() (changed uint64, err error) {
 		return 0, err
 	}
 	size := st.Size
+	// Allocation is tracked in filesystem blocks: with smaller volume
+	// blocks an allocated range may cover blocks never written here, so
+	// only discards (holes) can be trusted then.
+	trustData := int64(w.bs) >= int64(st.Blksize)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	mark := func(start, end int64, state uint8) {
@@ -416,7 +429,9 @@ func (w *writable) reconcile() (changed uint64, err error) {
 		if err != nil {
 			h = size
 		}
-		mark(d, h, stData)
+		if trustData {
+			mark(d, h, stData)
+		}
 		pos = h
 	}
 	return changed, nil
