@@ -249,6 +249,11 @@ func (w *Writer) Close() (Info, error) {
 	if w.werr != nil {
 		return Info{}, w.werr
 	}
+	if len(w.exts) > 1<<32-1 || len(w.chunks) > 1<<32-1 ||
+		uint64(len(w.exts))*ExtentSize+uint64(len(w.chunks))*ChunkRecSize > MaxIndexBytes {
+		return Info{}, fmt.Errorf("layer would have %d extents and %d chunks: its index exceeds %d bytes; flatten the volume or use a larger chunk size",
+			len(w.exts), len(w.chunks), MaxIndexBytes)
+	}
 	t := Trailer{Version: Version, BlockSize: w.opts.BlockSize, ChunkSize: w.opts.ChunkSize, Codec: w.opts.Codec,
 		VirtualSize: w.opts.VirtualSize, DataBytes: w.data * w.bs, IndexOffset: w.off,
 		ExtentCount: uint32(len(w.exts)), ChunkCount: uint32(len(w.chunks))}
