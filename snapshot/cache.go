@@ -158,7 +158,9 @@ func (c *Cache) Stats() (hits, misses uint64) {
 
 func (c *Cache) getBuf(n int) []byte {
 	if c != nil {
-		if b, ok := c.pool.Get().(*[]byte); ok && cap(*b) >= n {
+		// Only a buffer of about the right size: a big one kept for a small
+		// chunk would count len, not cap, against the cache's limit.
+		if b, ok := c.pool.Get().(*[]byte); ok && cap(*b) >= n && cap(*b) <= 2*n {
 			return (*b)[:n]
 		}
 	}

@@ -139,13 +139,23 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 	if !empty {
 		return nil, fmt.Errorf("volume %s has writes since its last snapshot: snapshot or roll back first: %w", name, ErrRefused)
 	}
-	rec := *existing
-	rec.Layers, rec.Size, rec.Origin = digests, spec.Size, spec.Origin
+	var rec metadata.Volume
 	err = m.cat.Update(func(tx *metadata.Tx) error {
+		// Decide on the current record: opening may have finished an
+		// interrupted seal, which moved the chain on.
+		cur, err := tx.Volume(name)
+		if err != nil {
+			return err
+		}
+		if cur.Frozen != 0 || len(cur.Layers) > len(digests) || !slices.Equal(cur.Layers, digests[:len(cur.Layers)]) {
+			return fmt.Errorf("volume %s changed (a seal finished): %s is not a newer snapshot of it: %w", name, spec.Snapshot, ErrRefused)
+		}
 		if err := putLayers(tx); err != nil {
 			return err
 		}
-		if err := tx.PutVolume(&rec); err != nil {
+		cur.Layers, cur.Size, cur.Origin = digests, spec.Size, spec.Origin
+		rec = *cur
+		if err := tx.PutVolume(cur); err != nil {
 			return err
 		}
 		return tx.CreateSnapshot(snap)

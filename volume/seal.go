@@ -44,6 +44,9 @@ func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error)
 	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
+	if v.w == nil {
+		return nil, fmt.Errorf("volume %s: %w", v.name, ErrClosed)
+	}
 	start := time.Now()
 	if v.frozen != nil {
 		if _, err := v.sealFrozen(ctx); err != nil {
@@ -251,6 +254,9 @@ func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, fill fun
 func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
+	if v.w == nil {
+		return nil, fmt.Errorf("volume %s: %w", v.name, ErrClosed)
+	}
 	if v.frozen != nil {
 		if _, err := v.sealFrozen(ctx); err != nil {
 			return nil, fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
