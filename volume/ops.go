@@ -71,24 +71,61 @@ func (m *Manager) Recover() (recovered []string, err error) {
 	if err != nil {
 		return recovered, err
 	}
+	var errs []error
 	for _, e := range ents {
 		name := e.Name()
-		var exists bool
-		m.cat.View(func(tx *metadata.Tx) error {
-			_, err := tx.Volume(name)
-			exists = err == nil
-			return nil
-		})
-		if exists {
+		gone, err := m.removeIfDeleted(name)
+		if err != nil {
+			errs = append(errs, err) // keep the directory; look at the others
 			continue
 		}
-		if lock, err := m.lockVolume(name); err == nil {
-			os.RemoveAll(m.volDir(name))
-			lock.release()
+		if gone {
 			recovered = append(recovered, "removed leftover directory of volume "+name)
 		}
 	}
+	if len(errs) > 0 {
+		return recovered, fmt.Errorf("recovery kept volume directories it could not check: %w", errors.Join(errs...))
+	}
 	return recovered, nil
+}
+
+// removeIfDeleted removes the directory of volume name when the catalogue
+// positively says the volume does not exist (metadata.ErrNotFound), as
+// checked while holding the volume's lock: a volume being created holds
+// that lock until its record is committed, and one in use by another
+// process is left alone. Any other answer (a busy catalogue, a record
+// that does not decode) keeps the directory and is returned: a writable
+// layer is never removed on a guess.
+func (m *Manager) removeIfDeleted(name string) (bool, error) {
+	lookup := func() error {
+		return m.cat.View(func(tx *metadata.Tx) error { _, err := tx.Volume(name); return err })
+	}
+	// A cheap look first, without the lock, so that recovery does not
+	// make a concurrent Open of a live volume fail with ErrInUse.
+	err := lookup()
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, metadata.ErrNotFound) {
+		return false, fmt.Errorf("volume directory %s: %w", name, err)
+	}
+	lock, err := m.lockVolume(name)
+	if errors.Is(err, ErrInUse) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer lock.release()
+	if err := lookup(); err == nil {
+		return false, nil // created meanwhile
+	} else if !errors.Is(err, metadata.ErrNotFound) {
+		return false, fmt.Errorf("volume directory %s: %w", name, err)
+	}
+	if err := os.RemoveAll(m.volDir(name)); err != nil {
+		return false, fmt.Errorf("volume directory %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // SnapshotChain opens vol@snap read-only (no lock needed: layers are
