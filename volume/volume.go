@@ -35,6 +35,14 @@ type Volume struct {
 
 	sealMu sync.Mutex // one seal, flatten or resize at a time
 
+	// stripes order sub-block read-modify-writes against every other
+	// write of the same block: an RMW holds its block's stripe
+	// exclusively from the read to the rewrite, whole-block writes and
+	// zeroings hold the stripes of their blocks shared (taken in stripe
+	// order, so no two writers deadlock). A disk never loses sector A
+	// because sector B of the same block was written.
+	stripes [nStripes]sync.RWMutex
+
 	recorder atomic.Pointer[readRecorder] // prefetch-list recording, usually nil
 }
 
@@ -131,24 +139,76 @@ func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// nStripes is the number of block stripes (see Volume.stripes).
+const nStripes = 256
+
+// rlockBlocks takes the stripes of blocks [blk, blk+n) shared, in stripe
+// order; runlockBlocks releases them. Neither allocates.
+func (v *Volume) rlockBlocks(blk, n uint64) {
+	lo, hi, wrap := stripeSpan(blk, n)
+	for i := range wrap {
+		v.stripes[i].RLock()
+	}
+	for i := lo; i < hi; i++ {
+		v.stripes[i].RLock()
+	}
+}
+
+func (v *Volume) runlockBlocks(blk, n uint64) {
+	lo, hi, wrap := stripeSpan(blk, n)
+	for i := lo; i < hi; i++ {
+		v.stripes[i].RUnlock()
+	}
+	for i := range wrap {
+		v.stripes[i].RUnlock()
+	}
+}
+
+// stripeSpan returns the stripes of blocks [blk, blk+n): [lo, hi) plus
+// [0, wrap) when the range wraps around the stripe count.
+func stripeSpan(blk, n uint64) (lo, hi, wrap int) {
+	if n >= nStripes {
+		return 0, nStripes, 0
+	}
+	lo = int(blk % nStripes)
+	end := lo + int(n)
+	if end > nStripes {
+		return lo, nStripes, end - nStripes
+	}
+	return lo, end, 0
+}
+
+// rmwBlock writes p at byte in of block blk, which p does not cover
+// whole: the block is read, merged and rewritten holding its stripe
+// exclusively, so concurrent writes to other bytes of the block are kept.
+func (v *Volume) rmwBlock(p []byte, blk, in uint64) error {
+	mu := &v.stripes[blk%nStripes]
+	mu.Lock()
+	defer mu.Unlock()
+	buf := make([]byte, v.bs)
+	if err := v.readLocked(buf, blk*v.bs); err != nil {
+		return err
+	}
+	copy(buf[in:], p)
+	return v.w.writeBlocks(buf, blk)
+}
+
 func (v *Volume) writeLocked(p []byte, pos uint64) error {
 	bs := v.bs
 	if in := pos % bs; in != 0 || uint64(len(p)) < bs {
 		// Partial head block.
-		blk := make([]byte, bs)
-		start := pos - in
-		if err := v.readLocked(blk, start); err != nil {
-			return err
-		}
-		n := copy(blk[in:], p)
-		if err := v.w.writeBlocks(blk, start/bs); err != nil {
+		n := min(bs-in, uint64(len(p)))
+		if err := v.rmwBlock(p[:n], pos/bs, in); err != nil {
 			return err
 		}
 		p = p[n:]
-		pos += uint64(n)
+		pos += n
 	}
 	if full := uint64(len(p)) / bs * bs; full > 0 {
-		if err := v.w.writeBlocks(p[:full], pos/bs); err != nil {
+		v.rlockBlocks(pos/bs, full/bs)
+		err := v.w.writeBlocks(p[:full], pos/bs)
+		v.runlockBlocks(pos/bs, full/bs)
+		if err != nil {
 			return err
 		}
 		p = p[full:]
@@ -156,12 +216,7 @@ func (v *Volume) writeLocked(p []byte, pos uint64) error {
 	}
 	if len(p) > 0 {
 		// Partial tail block.
-		blk := make([]byte, bs)
-		if err := v.readLocked(blk, pos); err != nil {
-			return err
-		}
-		copy(blk, p)
-		return v.w.writeBlocks(blk, pos/bs)
+		return v.rmwBlock(p, pos/bs, 0)
 	}
 	return nil
 }
@@ -194,6 +249,8 @@ func (v *Volume) WriteZeroes(off int64, n int64) error {
 			return err
 		}
 	}
+	v.rlockBlocks(first, last-first)
+	defer v.runlockBlocks(first, last-first)
 	return v.w.zeroBlocks(first, last-first)
 }
 
