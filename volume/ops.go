@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -267,6 +268,21 @@ func (m *Manager) DeleteSnapshot(vol, snap string, force bool) error {
 
 // Resize changes the volume's size. Shrinking drops data past the new end
 // and requires shrink. Grown space reads as zeros.
+//
+// Order (each step durable before the next; the catalogue's size is the
+// truth, and blocks of the writable layer past it are ignored at open):
+//
+//	grow:   1. a zero extent for the new range is journaled (flushed);
+//	        2. one transaction records the new size;
+//	        3. the data file is extended.
+//	shrink: 1. one transaction records the new size;
+//	        2. the bitmap forgets the blocks past the end and the data
+//	           file is truncated.
+//
+// A crash before the transaction leaves the old volume intact (a journaled
+// zero extent past the old end is ignored at open); a crash after it leaves
+// the new size, and open finishes step 3 / 2 (extends or truncates the data
+// file to the recorded size).
 func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	v, err := m.Open(vol)
 	if err != nil {
@@ -275,8 +291,6 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	defer v.Close()
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
-	v.ioMu.Lock()
-	defer v.ioMu.Unlock()
 	if v.rec.Device != nil {
 		return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.rec.Device.Path, ErrRefused)
 	}
@@ -286,24 +300,60 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	if size < v.size && !shrink {
 		return fmt.Errorf("shrinking %s from %d to %d bytes drops data: use --shrink: %w", vol, v.size, size, ErrRefused)
 	}
-	if err := v.w.resize(v.size, size); err != nil {
-		return err
+	if v.frozen != nil {
+		// The frozen layer is sized like the old volume: seal it first.
+		if _, err := v.sealFrozen(context.Background()); err != nil {
+			return fmt.Errorf("finishing the previous snapshot of %s: %w", vol, err)
+		}
 	}
-	if err := v.w.flush(); err != nil {
+	v.ioMu.Lock()
+	defer v.ioMu.Unlock()
+	old := v.size
+	if size > old {
+		if err := v.w.growZero(old, size); err != nil {
+			v.w.setBlocks(old)
+			return err
+		}
+	}
+	if err := resizeHook("before-commit"); err != nil {
 		return err
 	}
 	rec := *v.rec
 	rec.Size = size
-	if err := m.cat.Update(func(tx *metadata.Tx) error { return tx.PutVolume(&rec) }); err != nil {
+	err = m.cat.Update(func(tx *metadata.Tx) error {
+		cur, err := tx.Volume(vol)
+		if err != nil {
+			return err
+		}
+		if cur.Writable != rec.Writable || cur.Size != old {
+			return fmt.Errorf("volume %s changed under the resize", vol)
+		}
+		return tx.PutVolume(&rec)
+	})
+	if err != nil {
+		if size > old {
+			v.w.setBlocks(old)
+		}
+		return err
+	}
+	if err := resizeHook("committed"); err != nil {
+		return err
+	}
+	if err := v.w.setSize(size); err != nil {
 		return err
 	}
 	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {
-		return err
+		v.broken = fmt.Errorf("volume %s: chain after resize: %w (reopen the volume)", vol, err)
+		return v.broken
 	}
 	v.rec, v.chain, v.size = &rec, chain, size
 	return nil
 }
+
+// resizeHook is called between Resize's steps; tests make it fail to
+// stand for a crash there.
+var resizeHook = func(step string) error { return nil }
 
 // WritableUsage is the disk space of a volume's writable layer, read
 // without opening (or locking) the volume.

@@ -99,11 +99,16 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	if w.data, err = os.OpenFile(filepath.Join(dir, "data"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return nil, err
 	}
-	if fi, err := w.data.Stat(); err == nil && uint64(fi.Size()) < size {
-		if err := w.data.Truncate(int64(size)); err != nil {
-			w.data.Close()
-			return nil, err
-		}
+	// The catalogue's size is the truth: a resize that committed before
+	// its data file was extended or truncated is finished here, and data
+	// past the end is dropped (journal records past it are ignored).
+	fi, err := w.data.Stat()
+	if err == nil && uint64(fi.Size()) != size {
+		err = w.data.Truncate(int64(size))
+	}
+	if err != nil {
+		w.data.Close()
+		return nil, fmt.Errorf("writable layer %s: data file: %w", dir, err)
 	}
 	if err := w.openJournal(); err != nil {
 		w.data.Close()
@@ -220,18 +225,36 @@ func (w *writable) zeroBlocks(blk, count uint64) error {
 	return nil
 }
 
-// resize changes the layer's size. Blocks added by growing read as zeros
-// (recorded as a zero extent, so data a lower layer had there before a
-// shrink never reappears).
-func (w *writable) resize(oldSize, newSize uint64) error {
+// growZero is the first step of growing the layer from oldSize to
+// newSize: the bitmap takes the new size and the new blocks are journaled
+// as a zero extent, durably, so that nothing a lower layer (or this one,
+// before a shrink) had there reappears once the new size is committed.
+// The data file is not extended yet (setSize does it).
+func (w *writable) growZero(oldSize, newSize uint64) error {
+	w.setBlocks(newSize)
+	first := oldSize / w.bs
 	w.mu.Lock()
-	w.bm.resize(newSize / w.bs)
+	w.bm.set(first, (newSize-oldSize)/w.bs, stZero)
+	w.pending = append(w.pending, jrec{first, (newSize - oldSize) / w.bs, stZero})
 	w.mu.Unlock()
-	if err := w.data.Truncate(int64(newSize)); err != nil {
-		return err
-	}
-	if newSize > oldSize {
-		return w.zeroBlocks(oldSize/w.bs, (newSize-oldSize)/w.bs)
+	return w.flush()
+}
+
+// setBlocks sets the bitmap's size (blocks past it are forgotten).
+func (w *writable) setBlocks(size uint64) {
+	w.mu.Lock()
+	w.bm.resize(size / w.bs)
+	w.mu.Unlock()
+}
+
+// setSize makes the layer size bytes large once that size is committed:
+// the bitmap forgets blocks past it and the data file is truncated or
+// extended to it. Journal records past the end stay; they are ignored at
+// open and overridden by the zero extent of any later grow.
+func (w *writable) setSize(size uint64) error {
+	w.setBlocks(size)
+	if err := w.data.Truncate(int64(size)); err != nil {
+		return fmt.Errorf("writable layer: resize data file: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,12 @@
+package volume
+
+// Test hooks for package volume_test.
+
+// SetResizeHook makes Resize call f between its steps (see Resize); an
+// error from f stops Resize there, as a crash would. It returns the
+// function that restores the previous hook.
+func SetResizeHook(f func(step string) error) (restore func()) {
+	old := resizeHook
+	resizeHook = f
+	return func() { resizeHook = old }
+}
