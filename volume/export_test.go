@@ -10,3 +10,11 @@ func SetResizeHook(f func(step string) error) (restore func()) {
 	resizeHook = f
 	return func() { resizeHook = old }
 }
+
+// SetSyncDirHook makes every directory fsync also call f with the
+// directory. It returns the function that restores the previous one.
+func SetSyncDirHook(f func(dir string)) (restore func()) {
+	old := syncDir
+	syncDir = func(dir string) error { f(dir); return old(dir) }
+	return func() { syncDir = old }
+}

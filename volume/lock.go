@@ -23,7 +23,7 @@ func (m *Manager) lockVolume(name string) (*volumeLock, error) {
 }
 
 func lockFile(path, what string) (*volumeLock, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := mkdirAllSync(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)

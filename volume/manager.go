@@ -303,16 +303,33 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	v := &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain, w: w,
 		bs: uint64(rec.BlockSize), size: rec.Size}
 	if rec.Frozen != 0 {
-		// A seal was interrupted: finish it before anything else.
-		if v.frozen, err = openWritable(m.writableDir(name, rec.Frozen), rec.Size, rec.BlockSize); err == nil {
-			_, err = v.sealFrozen(context.Background())
-		}
-		if err != nil {
+		// A seal was interrupted: finish it before anything else. If it
+		// cannot be finished now (a full disk), the volume still opens,
+		// with the frozen layer in its read path: its data stays readable
+		// and exportable, and the next Snapshot retries the seal.
+		if v.frozen, err = openWritable(m.writableDir(name, rec.Frozen), rec.Size, rec.BlockSize); err != nil {
 			v.Close()
-			return nil, fmt.Errorf("volume %s: finishing interrupted snapshot %s: %w", name, rec.FrozenSnapshot, err)
+			return nil, fmt.Errorf("volume %s: frozen layer of interrupted snapshot %s: %w", name, rec.FrozenSnapshot, err)
+		}
+		if _, err := v.sealFrozen(context.Background()); err != nil {
+			v.sealErr = fmt.Errorf("volume %s: snapshot %s is not finished (it is retried by the next snapshot): %w",
+				name, rec.FrozenSnapshot, err)
 		}
 	}
 	return v, nil
+}
+
+// SealPending reports a snapshot whose seal was interrupted and could not
+// be finished when the volume was opened (nil when there is none): the
+// volume works, its frozen layer is read through, and the next Snapshot
+// finishes it first. Callers print it as a warning.
+func (v *Volume) SealPending() error {
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	if v.frozen == nil {
+		return nil
+	}
+	return v.sealErr
 }
 
 // removeWritableDirs removes writable-layer directories other than the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -34,10 +35,12 @@ type SealResult struct {
 //  3. one transaction: layer record, chain + digest, snapshot record,
 //     Frozen cleared; then the frozen directory is removed.
 //
-// A crash after 1 leaves Frozen recorded: the next Open finishes the seal
-// before anything else, so no acknowledged write in either layer is lost.
-// A failed seal leaves the volume frozen and working; the next Snapshot
-// retries it first.
+// A crash after 1 leaves Frozen recorded: the next Open tries to finish
+// the seal before anything else, so no acknowledged write in either layer
+// is lost. A failed seal (a full disk) leaves the volume frozen and
+// working, reads falling through the fresh layer to the frozen one; an
+// Open that cannot finish it opens the volume that way too (SealPending
+// says why), and the next Snapshot, Flatten or Resize retries it first.
 func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error) {
 	if err := metadata.ValidateName("snapshot", name); err != nil {
 		return nil, err
@@ -87,7 +90,19 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 	}
 	rec.Frozen, rec.FrozenSnapshot = rec.Writable, name
 	rec.Writable++
-	err := v.m.cat.Update(func(tx *metadata.Tx) error {
+	// The new layer exists (durably, empty) before the transaction names
+	// it: a full disk fails the snapshot here with nothing recorded. A
+	// directory of that generation can only be a leftover of an earlier
+	// attempt whose transaction failed: it never took a write.
+	dir := v.m.writableDir(v.name, rec.Writable)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, false, err
+	}
+	w, err := openWritable(dir, rec.Size, rec.BlockSize)
+	if err != nil {
+		return nil, false, fmt.Errorf("volume %s: new writable layer: %w", v.name, err)
+	}
+	err = v.m.cat.Update(func(tx *metadata.Tx) error {
 		if _, err := tx.Snapshot(v.name, name); err == nil {
 			return fmt.Errorf("snapshot %s@%s: %w", v.name, name, metadata.ErrExists)
 		} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -101,12 +116,9 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 		return tx.PutVolume(&rec)
 	})
 	if err != nil {
+		w.close()
+		os.RemoveAll(dir)
 		return nil, false, err
-	}
-	w, err := openWritable(v.m.writableDir(v.name, rec.Writable), rec.Size, rec.BlockSize)
-	if err != nil {
-		v.broken = fmt.Errorf("volume %s: new writable layer: %w (reopen the volume)", v.name, err)
-		return nil, false, v.broken
 	}
 	v.frozen, v.w, v.rec = v.w, w, &rec
 	return nil, true, nil

@@ -33,7 +33,8 @@ type Volume struct {
 	size   uint64
 	broken error // set when a swap failed half-way: I/O refused
 
-	sealMu sync.Mutex // one seal, flatten or resize at a time
+	sealMu  sync.Mutex // one seal, flatten or resize at a time
+	sealErr error      // why the seal of frozen failed at open (under sealMu)
 
 	// stripes order sub-block read-modify-writes against every other
 	// write of the same block: an RMW holds its block's stripe

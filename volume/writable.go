@@ -91,7 +91,7 @@ func journalHeaderBytes(bs uint64) []byte {
 // openWritable opens (creating if needed) the writable layer in dir for a
 // volume of size bytes and replays its journal.
 func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := mkdirAllSync(dir); err != nil {
 		return nil, err
 	}
 	w := &writable{dir: dir, bs: uint64(bs), bm: newBitmap(size / uint64(bs)), compactN: minCompact}
@@ -113,6 +113,13 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	if err := w.openJournal(); err != nil {
 		w.data.Close()
 		return nil, err
+	}
+	// The names of data and journal (new ones included) are durable
+	// before the layer is used, or referenced by a catalogue commit.
+	if err := syncDir(dir); err != nil {
+		w.data.Close()
+		w.jf.Close()
+		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
 	}
 	return w, nil
 }
@@ -392,7 +399,31 @@ func writeFileSync(path string, b []byte) error {
 	return f.Close()
 }
 
-func syncDir(dir string) error {
+// mkdirAllSync is os.MkdirAll(dir, 0o700) that also fsyncs the parent of
+// every directory it creates, so that after a power cut a directory whose
+// contents were made durable is still reachable.
+func mkdirAllSync(dir string) error {
+	dir = filepath.Clean(dir)
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: not a directory", dir)
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirAllSync(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
+}
+
+// syncDir fsyncs a directory (a variable so tests can see which).
+var syncDir = func(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
