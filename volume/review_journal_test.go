@@ -41,7 +41,7 @@ func TestReviewFlushAfterFailedCompactionLosesRecords(t *testing.T) {
 	}
 	// ..."crash" now: drop the process state and replay the journal.
 	w.data.Close()
-	w.jf.Close()
+	w.j.close()
 	w2, err := openWritable(dir, 64*4096, 4096)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func TestReviewJournalShortWriteLosesLaterFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.data.Close()
-	w.jf.Close()
+	w.j.close()
 	w2, err := openWritable(dir, 64*4096, 4096)
 	if err != nil {
 		t.Fatal(err)

@@ -76,6 +76,9 @@ func (v *Volume) checkRange(off int64, n int) error {
 	if v.w == nil {
 		return fmt.Errorf("volume %s: %w", v.name, ErrClosed)
 	}
+	if err := v.w.err(); err != nil {
+		return fmt.Errorf("volume %s: %w", v.name, err) // fail-stop
+	}
 	if off < 0 || uint64(off) > v.size || uint64(n) > v.size-uint64(off) {
 		return fmt.Errorf("%w: [%d,+%d) beyond volume size %d", ErrRange, off, n, v.size)
 	}

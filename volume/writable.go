@@ -1,14 +1,13 @@
 package volume
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,75 +17,40 @@ import (
 //	data     a sparse file as large as the volume; block b lives at b*bs,
 //	         so overwrites happen in place and the file never outgrows the
 //	         volume.
-//	journal  a header then 24-byte records (start, count, state, crc32c)
-//	         saying which blocks hold data here and which read as zeros.
+//	journal  which blocks hold data here and which read as zeros (see
+//	         journal for its format and invariants).
 //
 // Durability (Flush): take the pending records, fdatasync data, then
 // append the records to the journal and fdatasync it. A record is only
 // ever written after the data it describes reached the disk, so after a
 // crash (kill -9 at any moment) every write a completed Flush covered is
-// there; later writes are there or not, block by block. A torn record at
-// the journal's tail fails its crc and ends the replay. When the journal
+// there; later writes are there or not, block by block. When the journal
 // grows past its bound it is rewritten from the bitmap (temp file, fsync,
 // rename), so it stays proportional to the layer's extents.
+//
+// A failed fdatasync (of data or journal) is fail-stop: the layer
+// refuses every later read, write and flush with that error, because
+// the kernel may have dropped the dirty pages and a retried fsync would
+// report success without them. Reopening replays what reached the disk.
 type writable struct {
 	dir  string
 	bs   uint64
 	data *os.File
-	jf   *os.File
+	j    *journal
 
 	mu      sync.RWMutex // guards bm, pending
 	bm      *bitmap
 	pending []jrec
 
-	flushMu  sync.Mutex // serializes Flush
-	jrecs    int        // records in the journal file
+	flushMu  sync.Mutex // serializes Flush; guards j and compactN
 	compactN int        // journal size that triggers a rewrite
-}
 
-type jrec struct {
-	start, count uint64
-	st           uint8
+	failed atomic.Pointer[error] // fail-stop: set once by a failed fsync
 }
-
-const (
-	journalMagic  = "OBDVJRN1"
-	journalHeader = 16
-	jrecSize      = 24
-)
 
 // minCompact is the journal size (records) below which it is never
 // rewritten; a variable so tests can exercise compaction.
 var minCompact = 1 << 16
-
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
-
-func encodeJrec(b []byte, r jrec) {
-	binary.LittleEndian.PutUint64(b[0:], r.start)
-	binary.LittleEndian.PutUint64(b[8:], r.count)
-	b[16], b[17], b[18], b[19] = r.st, 0, 0, 0
-	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[:20], crcTable))
-}
-
-// decodeJrec returns false for a torn or corrupt record.
-func decodeJrec(b []byte) (jrec, bool) {
-	if len(b) < jrecSize || binary.LittleEndian.Uint32(b[20:]) != crc32.Checksum(b[:20], crcTable) {
-		return jrec{}, false
-	}
-	r := jrec{start: binary.LittleEndian.Uint64(b[0:]), count: binary.LittleEndian.Uint64(b[8:]), st: b[16]}
-	if (r.st != stZero && r.st != stData) || b[17]|b[18]|b[19] != 0 || r.count == 0 || r.start+r.count < r.start {
-		return jrec{}, false
-	}
-	return r, true
-}
-
-func journalHeaderBytes(bs uint64) []byte {
-	h := make([]byte, journalHeader)
-	copy(h, journalMagic)
-	binary.LittleEndian.PutUint32(h[8:], uint32(bs))
-	binary.LittleEndian.PutUint32(h[12:], crc32.Checksum(h[:12], crcTable))
-	return h
-}
 
 // openWritable opens (creating if needed) the writable layer in dir for a
 // volume of size bytes and replays its journal.
@@ -110,78 +74,24 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 		w.data.Close()
 		return nil, fmt.Errorf("writable layer %s: data file: %w", dir, err)
 	}
-	if err := w.openJournal(); err != nil {
+	w.j, err = openJournal(filepath.Join(dir, "journal"), w.bs, func(r jrec) { w.bm.set(r.start, r.count, r.st) })
+	if err != nil {
 		w.data.Close()
-		return nil, err
+		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
 	}
+	// The compaction bound follows the live extents (not the journal's
+	// length, which would let it grow geometrically across restarts).
+	live := 0
+	w.bm.runs(func(uint64, uint64, uint8) error { live++; return nil })
+	w.compactN = max(minCompact, 4*live)
 	// The names of data and journal (new ones included) are durable
 	// before the layer is used, or referenced by a catalogue commit.
 	if err := syncDir(dir); err != nil {
 		w.data.Close()
-		w.jf.Close()
+		w.j.close()
 		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
 	}
 	return w, nil
-}
-
-func (w *writable) openJournal() error {
-	path := filepath.Join(w.dir, "journal")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	raw, err := io.ReadAll(f)
-	if err != nil {
-		f.Close()
-		return err
-	}
-	if len(raw) < journalHeader {
-		// New (or torn before its header reached disk: nothing was flushed).
-		err = f.Truncate(0)
-		if err == nil {
-			_, err = f.WriteAt(journalHeaderBytes(w.bs), 0)
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			f.Close()
-			return err
-		}
-		raw = journalHeaderBytes(w.bs)
-	}
-	h := raw[:journalHeader]
-	if string(h[:8]) != journalMagic || binary.LittleEndian.Uint32(h[12:]) != crc32.Checksum(h[:12], crcTable) {
-		f.Close()
-		return fmt.Errorf("writable layer %s: journal header is corrupt", w.dir)
-	}
-	if got := binary.LittleEndian.Uint32(h[8:]); uint64(got) != w.bs {
-		f.Close()
-		return fmt.Errorf("writable layer %s: journal block size %d, volume %d", w.dir, got, w.bs)
-	}
-	off := journalHeader
-	for ; off+jrecSize <= len(raw); off += jrecSize {
-		r, ok := decodeJrec(raw[off:])
-		if !ok {
-			break
-		}
-		w.bm.set(r.start, r.count, r.st)
-		w.jrecs++
-	}
-	if off != len(raw) {
-		// Drop a torn tail so new records follow valid ones.
-		if err := f.Truncate(int64(off)); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if _, err := f.Seek(int64(off), io.SeekStart); err != nil {
-		f.Close()
-		return err
-	}
-	w.jf = f
-	w.compactN = max(minCompact, 4*w.jrecs)
-	return nil
 }
 
 // run reports the state of blk and how many following blocks (at most
@@ -205,6 +115,9 @@ func (w *writable) readData(p []byte, off uint64) error {
 
 // writeBlocks writes whole blocks at blk.
 func (w *writable) writeBlocks(p []byte, blk uint64) error {
+	if err := w.err(); err != nil {
+		return err
+	}
 	if _, err := w.data.WriteAt(p, int64(blk*w.bs)); err != nil {
 		return fmt.Errorf("writable layer: %w", err)
 	}
@@ -220,6 +133,9 @@ func (w *writable) writeBlocks(p []byte, blk uint64) error {
 
 // zeroBlocks records count blocks at blk as zeros and frees their space.
 func (w *writable) zeroBlocks(blk, count uint64) error {
+	if err := w.err(); err != nil {
+		return err
+	}
 	w.mu.Lock()
 	w.bm.set(blk, count, stZero)
 	w.pending = append(w.pending, jrec{blk, count, stZero})
@@ -266,50 +182,54 @@ func (w *writable) setSize(size uint64) error {
 	return nil
 }
 
+// err is the fail-stop error, nil while the layer works.
+func (w *writable) err() error {
+	if e := w.failed.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// fail makes the layer fail-stop with err (the first error sticks) and
+// returns the error in force.
+func (w *writable) fail(err error) error {
+	w.failed.CompareAndSwap(nil, &err)
+	return w.err()
+}
+
 // flush makes every write that completed before it durable.
 func (w *writable) flush() error {
 	w.flushMu.Lock()
 	defer w.flushMu.Unlock()
+	if err := w.err(); err != nil {
+		return err
+	}
 	w.mu.Lock()
 	recs := w.pending
 	w.pending = nil
 	var snap []jrec
-	if w.jrecs+len(recs) > w.compactN {
+	if w.j.records()+len(recs) > w.compactN {
 		w.bm.runs(func(s, c uint64, st uint8) error { snap = append(snap, jrec{s, c, st}); return nil })
 	}
 	w.mu.Unlock()
-	if err := unix.Fdatasync(int(w.data.Fd())); err != nil {
-		w.requeue(recs)
-		return fmt.Errorf("writable layer: fsync data: %w", err)
+	if err := fdatasync(int(w.data.Fd())); err != nil {
+		return w.fail(fmt.Errorf("writable layer %s: fsync data: %w (the layer is stopped: reopen the volume to recover from its journal)", w.dir, err))
 	}
+	var err error
 	if snap != nil {
-		if err := w.rewriteJournal(snap); err != nil {
-			w.requeue(recs)
-			return err
+		if err = w.j.rewrite(snap); err == nil {
+			w.compactN = max(minCompact, 4*len(snap))
 		}
-		return nil
+	} else {
+		err = w.j.append(recs)
 	}
-	if len(recs) == 0 {
-		return nil
+	if err != nil {
+		if w.j.err != nil {
+			return w.fail(err)
+		}
+		w.requeue(recs) // nothing of them is in the journal: retry later
+		return fmt.Errorf("writable layer: %w", err)
 	}
-	buf := make([]byte, len(recs)*jrecSize)
-	for i, r := range recs {
-		encodeJrec(buf[i*jrecSize:], r)
-	}
-	if _, err := w.jf.Write(buf); err != nil {
-		// Cut a partial append back off, so later records do not follow
-		// a torn one (replay stops at the first bad record).
-		good := int64(journalHeader + w.jrecs*jrecSize)
-		w.jf.Truncate(good)
-		w.jf.Seek(good, io.SeekStart)
-		w.requeue(recs)
-		return fmt.Errorf("writable layer: journal: %w", err)
-	}
-	if err := unix.Fdatasync(int(w.jf.Fd())); err != nil {
-		w.requeue(recs)
-		return fmt.Errorf("writable layer: fsync journal: %w", err)
-	}
-	w.jrecs += len(recs)
 	return nil
 }
 
@@ -319,40 +239,6 @@ func (w *writable) requeue(recs []jrec) {
 	w.mu.Lock()
 	w.pending = append(recs, w.pending...)
 	w.mu.Unlock()
-}
-
-// rewriteJournal replaces the journal with the minimal records for snap.
-func (w *writable) rewriteJournal(snap []jrec) error {
-	path := filepath.Join(w.dir, "journal")
-	tmp := path + ".tmp"
-	buf := journalHeaderBytes(w.bs)
-	rec := make([]byte, jrecSize)
-	for _, r := range snap {
-		encodeJrec(rec, r)
-		buf = append(buf, rec...)
-	}
-	if err := writeFileSync(tmp, buf); err != nil {
-		return fmt.Errorf("writable layer: rewrite journal: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if err := syncDir(w.dir); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
-		f.Close()
-		return err
-	}
-	w.jf.Close()
-	w.jf = f
-	w.jrecs = len(snap)
-	w.compactN = max(minCompact, 4*len(snap))
-	return nil
 }
 
 // runs calls fn for each run of zero or data blocks, in block order. The
@@ -377,26 +263,10 @@ func (w *writable) close() error {
 	if e := w.data.Close(); err == nil {
 		err = e
 	}
-	if e := w.jf.Close(); err == nil {
+	if e := w.j.close(); err == nil {
 		err = e
 	}
 	return err
-}
-
-func writeFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // mkdirAllSync is os.MkdirAll(dir, 0o700) that also fsyncs the parent of
