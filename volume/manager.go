@@ -60,8 +60,9 @@ type Manager struct {
 	opts  Options
 	cache *snapshot.Cache
 
-	mu     sync.Mutex
-	layers map[string]*openLayer
+	mu      sync.Mutex
+	layers  map[string]*openLayer // opened layers
+	opening map[string]*layerCall // layers being opened (one open per digest)
 
 	cleanup sync.WaitGroup // background removals of discarded directories
 }
@@ -71,13 +72,22 @@ type openLayer struct {
 	closer io.Closer
 }
 
+// layerCall is an open of one layer in progress; callers wanting the same
+// digest wait for it (done), others are not held up.
+type layerCall struct {
+	done chan struct{}
+	l    *snapshot.Layer // set before done is closed
+	err  error
+}
+
 // NewManager returns a manager for the volumes under root.
 func NewManager(root string, cat *metadata.Catalog, blobs Blobs, opts Options) *Manager {
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = 256 << 20
 	}
 	return &Manager{root: root, cat: cat, blobs: blobs, opts: opts,
-		cache: snapshot.NewCache(opts.CacheBytes), layers: map[string]*openLayer{}}
+		cache: snapshot.NewCache(opts.CacheBytes), layers: map[string]*openLayer{},
+		opening: map[string]*layerCall{}}
 }
 
 // Catalog returns the manager's catalogue.
@@ -92,24 +102,48 @@ func (m *Manager) writableDir(name string, gen uint64) string {
 	return filepath.Join(m.volDir(name), fmt.Sprintf("w-%d", gen))
 }
 
-// Layer opens (once per manager) the sealed layer with this digest.
+// Layer opens (once per manager) the sealed layer with this digest. The
+// open (which may be range requests to a registry for a lazy layer) runs
+// outside the manager's mutex: one open per digest at a time, the callers
+// of other digests are not held up.
 func (m *Manager) Layer(digest string) (*snapshot.Layer, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if ol, ok := m.layers[digest]; ok {
+		m.mu.Unlock()
 		return ol.l, nil
 	}
+	if c, ok := m.opening[digest]; ok {
+		m.mu.Unlock()
+		<-c.done
+		return c.l, c.err
+	}
+	c := &layerCall{done: make(chan struct{})}
+	m.opening[digest] = c
+	m.mu.Unlock()
+
+	l, closer, err := m.openLayer(digest)
+	m.mu.Lock()
+	delete(m.opening, digest)
+	if err == nil {
+		m.layers[digest] = &openLayer{l: l, closer: closer}
+	}
+	m.mu.Unlock()
+	c.l, c.err = l, err
+	close(c.done)
+	return l, err
+}
+
+func (m *Manager) openLayer(digest string) (*snapshot.Layer, io.Closer, error) {
 	src, closer, err := m.blobs.OpenLayer(digest)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", digest, err)
+		return nil, nil, fmt.Errorf("layer %s: %w", digest, err)
 	}
 	l, err := snapshot.Open(src)
 	if err != nil {
 		closer.Close()
-		return nil, fmt.Errorf("layer %s: %w", digest, err)
+		return nil, nil, fmt.Errorf("layer %s: %w", digest, err)
 	}
-	m.layers[digest] = &openLayer{l: l, closer: closer}
-	return l, nil
+	return l, closer, nil
 }
 
 // Chain opens the chain of layers (base first) at the given size.
@@ -160,6 +194,14 @@ func (m *Manager) Close() error {
 	m.cleanup.Wait()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for len(m.opening) > 0 { // let opens in progress finish
+		for _, c := range m.opening {
+			m.mu.Unlock()
+			<-c.done
+			m.mu.Lock()
+			break
+		}
+	}
 	for d, ol := range m.layers {
 		m.cache.Drop(ol.l)
 		ol.closer.Close()

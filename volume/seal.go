@@ -274,9 +274,14 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 			return nil, fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
 		}
 	}
-	v.ioMu.Lock()
-	defer v.ioMu.Unlock()
-	if len(v.rec.Layers) == 0 {
+	// The new layer is built from the current chain with I/O running:
+	// the chain only changes under sealMu, which is held.
+	v.ioMu.RLock()
+	rec := *v.rec
+	rec.Layers = append([]string(nil), v.rec.Layers...)
+	chain := v.chain
+	v.ioMu.RUnlock()
+	if len(rec.Layers) == 0 {
 		return nil, nil
 	}
 	intent, err := v.m.addIntent("flatten", v.name, nil)
@@ -285,14 +290,15 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	}
 	gcl, err := sharedLock(filepath.Join(v.m.root, "gc.lock"))
 	if err != nil {
+		v.m.dropIntent(intent)
 		return nil, err
 	}
 	defer gcl.release()
-	chain := v.chain
-	layer, err := v.m.writeLayer(ctx, v.rec, func(lw *snapshot.Writer) error {
+	bs := uint64(rec.BlockSize)
+	layer, err := v.m.writeLayer(ctx, &rec, func(lw *snapshot.Writer) error {
 		buf := make([]byte, 1<<20)
 		for _, e := range chain.Index() {
-			err := copyBlocks(ctx, lw, buf, v.bs, e.Start, uint64(e.Count), func(p []byte, off uint64) error {
+			err := copyBlocks(ctx, lw, buf, bs, e.Start, uint64(e.Count), func(p []byte, off uint64) error {
 				_, err := chain.ReadAt(p, int64(off))
 				return err
 			})
@@ -306,23 +312,30 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 		v.m.dropIntent(intent)
 		return nil, err
 	}
-	rec := *v.rec
 	rec.Layers = []string{layer.Digest}
 	if err := v.m.commit(intent, func(tx *metadata.Tx) error {
 		if err := putLayerOnce(tx, layer); err != nil {
 			return err
 		}
-		if cur, err := tx.Volume(v.name); err == nil {
-			rec.Device = cur.Device
+		cur, err := tx.Volume(v.name)
+		if err != nil {
+			return err
 		}
+		rec.Device = cur.Device
 		return tx.PutVolume(&rec)
 	}); err != nil {
 		return nil, err
 	}
 	chain2, err := v.m.Chain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {
+		v.ioMu.Lock()
+		v.broken = fmt.Errorf("volume %s: flattened chain: %w (reopen the volume)", v.name, err)
+		v.ioMu.Unlock()
 		return nil, err
 	}
+	// I/O pauses for the pointer swap only.
+	v.ioMu.Lock()
 	v.rec, v.chain = &rec, chain2
+	v.ioMu.Unlock()
 	return layer, nil
 }
