@@ -27,6 +27,10 @@ type ChainSpec struct {
 	Lease *Lease
 }
 
+// testHookAdopt, set by tests, runs once AdoptChain has opened the
+// layers and before it records anything.
+var testHookAdopt func()
+
 // Adopted says what AdoptChain did.
 type Adopted struct {
 	Volume      *metadata.Volume
@@ -67,6 +71,9 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 		if t := l.Trailer(); t.BlockSize != spec.BlockSize {
 			return nil, fmt.Errorf("layer %s has block size %d, the chain says %d: %w", d, t.BlockSize, spec.BlockSize, snapshot.ErrFormat)
 		}
+	}
+	if testHookAdopt != nil {
+		testHookAdopt() // the layers are fetched and open, not yet referenced
 	}
 	lock, err := m.lockVolume(name)
 	if err != nil {

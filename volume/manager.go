@@ -268,6 +268,10 @@ func (m *Manager) createRecordTx(name string, build func(tx *metadata.Tx) (*meta
 	return v, nil
 }
 
+// testHookClone, set by tests, runs inside Clone between reading the
+// snapshot and recording the clone.
+var testHookClone func()
+
 // Clone makes a writable volume whose chain is snapshot vol@snap's: it
 // shares every layer, no data is copied. The snapshot is read, its layers
 // checked (each has a layer record, so gc has not taken it) and the clone
@@ -282,6 +286,9 @@ func (m *Manager) Clone(name, vol, snap string) (*metadata.Volume, error) {
 		s, err := tx.Snapshot(vol, snap)
 		if err != nil {
 			return nil, err
+		}
+		if testHookClone != nil {
+			testHookClone() // the snapshot is read, the clone not yet recorded
 		}
 		for _, d := range s.Layers {
 			if _, err := tx.Layer(d); err != nil {
