@@ -214,3 +214,32 @@ func checkLeaseOwner(dir, id string, remove bool) (leaseOwner, error) {
 	}
 	return ownerGone, nil
 }
+
+// blobDigester is implemented by blob writers that can say the digest of
+// what they hold before Commit makes it visible (repo.Writer).
+type blobDigester interface {
+	Digest() string
+}
+
+// commitBlob commits a finished blob into the content store under a
+// lease: the digest is added to l before the blob appears under it, so
+// gc never sees it unleased and unreferenced. A writer that cannot say
+// its digest first is committed, then leased: a gc in between could take
+// it, which the transaction referencing it would then not notice, so
+// stores used with gc must implement blobDigester.
+func (l *Lease) commitBlob(bw BlobWriter) (string, int64, error) {
+	bd, ok := bw.(blobDigester)
+	if !ok {
+		d, n, err := bw.Commit("")
+		if err == nil {
+			err = l.Add(d)
+		}
+		return d, n, err
+	}
+	d := bd.Digest()
+	if err := l.Add(d); err != nil {
+		bw.Abort()
+		return "", 0, err
+	}
+	return bw.Commit(d)
+}
