@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -58,18 +57,12 @@ type leftoverCleaner interface {
 //     (their lock is free) and present-maps whose lazy file is gone.
 //
 // A crash in 1 before the commit leaves layer records of removed blobs,
-// which nothing references: the next gc deletes them. Sealing processes
-// hold gc.lock shared from writing a blob until it is referenced; gc
-// takes it exclusively and fails at once if a seal is running.
+// which nothing references: the next gc deletes them. Seals, flattens
+// and pulls run meanwhile: their leases keep what they write or fetch.
 func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string) int64) (*GCResult, error) {
-	lock, err := lockFile(filepath.Join(m.root, "gc.lock"), "the content store (a snapshot is being written)")
-	if err != nil {
-		return nil, err
-	}
-	defer lock.release()
 	var res *GCResult
 	var stopped error
-	err = m.cat.Update(func(tx *metadata.Tx) error {
+	err := m.cat.Update(func(tx *metadata.Tx) error {
 		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}}
 		refs, err := m.liveDigests(tx, dryRun, res)
 		if err != nil {

@@ -398,3 +398,96 @@ func TestGCRemovesLeftovers(t *testing.T) {
 		t.Fatal("committed blob missing")
 	}
 }
+
+// hookBlobs is the real content store with a hook run after each new
+// blob is committed (renamed into the store), before the seal that wrote
+// it has recorded it.
+type hookBlobs struct {
+	repo.Blobs
+	afterCommit func(digest string)
+}
+
+type hookWriter struct {
+	*repo.Writer
+	after func(string)
+}
+
+func (h hookBlobs) NewBlob() (volume.BlobWriter, error) {
+	w, err := h.Store.Create()
+	if err != nil {
+		return nil, err
+	}
+	return hookWriter{w, h.afterCommit}, nil
+}
+
+func (w hookWriter) Commit(expected string) (string, int64, error) {
+	d, n, err := w.Writer.Commit(expected)
+	if err == nil && w.after != nil {
+		w.after(d)
+	}
+	return d, n, err
+}
+
+// gc (another manager on the root) runs while a snapshot and a flatten
+// have written their layer and not yet recorded it: it neither fails nor
+// takes the layer, and both read back byte-exact.
+func TestGCDuringSealAndFlatten(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st := mustStore(t, root)
+	var gcErr error
+	var taken []string
+	ran := 0
+	hb := hookBlobs{Blobs: repo.Blobs{Store: st}}
+	hb.afterCommit = func(d string) {
+		other := managerWith(t, root, repo.Blobs{Store: st})
+		defer other.Close()
+		res, err := other.GC(ctx, false, nil)
+		ran++
+		if err != nil {
+			gcErr = err
+			return
+		}
+		if slices.Contains(res.Blobs, d) || !st.Has(d) {
+			taken = append(taken, d)
+		}
+	}
+	m := managerWith(t, root, hb)
+	if _, err := m.Create("v", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := m.Open("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	rand.New(rand.NewSource(3)).Read(want[:512<<10])
+	if _, err := v.WriteAt(want[:512<<10], 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Snapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	rand.New(rand.NewSource(4)).Read(want[256<<10 : 768<<10])
+	if _, err := v.WriteAt(want[256<<10:768<<10], 256<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Snapshot(ctx, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Flatten(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if ran != 3 || gcErr != nil || len(taken) != 0 {
+		t.Fatalf("gc during seals and flatten: ran %d times, error %v, took %v", ran, gcErr, taken)
+	}
+	m.Close()
+	fresh := managerWith(t, root, repo.Blobs{Store: st})
+	if got := exportAll(t, fresh, "v"); !bytes.Equal(got, want) {
+		t.Fatal("volume differs after seals and flatten under gc")
+	}
+	if got := mustSnapshotData(t, fresh, "v", "s2"); !bytes.Equal(got, want) {
+		t.Fatal("snapshot s2 differs")
+	}
+}
