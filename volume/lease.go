@@ -35,30 +35,34 @@ import (
 type Lease struct {
 	m  *Manager
 	id string
+	op string
 
-	mu        sync.Mutex
-	lock      *os.File // nil once released
-	committed bool     // Commit was called in a transaction
+	mu        sync.Mutex // held across Add's transaction: Adds are serial
+	lock      *os.File   // nil once released
+	recorded  bool       // the catalogue has (or had) the record
+	committed bool       // Commit was called in a transaction
 }
 
 func (m *Manager) leaseDir() string { return filepath.Join(m.root, "leases") }
 
 func leaseLockPath(dir, id string) string { return filepath.Join(dir, id+".lock") }
 
-// Lease records a lease of op on digests (there may be none yet: Add
-// names them as they are learnt). It takes the owner lock first, then
-// commits the record, so that gc never sees a record whose owner has not
-// locked it yet.
+// Lease starts a lease of op on digests. It takes the owner lock first,
+// then commits the record, so that gc never sees a record whose owner has
+// not locked it yet. With no digests (a seal, which learns its digest at
+// the end) nothing is recorded until the first Add.
 func (m *Manager) Lease(op string, digests ...string) (*Lease, error) {
 	id, lock, err := m.newLeaseLock()
 	if err != nil {
 		return nil, err
 	}
-	l := &Lease{m: m, id: id, lock: lock}
-	rec := &metadata.Lease{ID: id, Op: op, Digests: digests, PID: os.Getpid()}
-	if err := m.cat.Update(func(tx *metadata.Tx) error { return tx.CreateLease(rec) }); err != nil {
+	l := &Lease{m: m, id: id, op: op, lock: lock}
+	if len(digests) == 0 {
+		return l, nil
+	}
+	if err := l.Add(digests...); err != nil {
 		l.unlock()
-		return nil, fmt.Errorf("lease for %s: %w", op, err)
+		return nil, err
 	}
 	return l, nil
 }
@@ -118,12 +122,21 @@ func (l *Lease) Add(digests ...string) error {
 		return nil
 	}
 	l.mu.Lock()
-	released := l.lock == nil
-	l.mu.Unlock()
-	if released {
+	defer l.mu.Unlock()
+	if l.lock == nil {
 		return fmt.Errorf("lease %s: released", l.id)
 	}
-	return l.m.cat.Update(func(tx *metadata.Tx) error { return tx.AddLeaseDigests(l.id, digests...) })
+	err := l.m.cat.Update(func(tx *metadata.Tx) error {
+		if l.recorded {
+			return tx.AddLeaseDigests(l.id, digests...)
+		}
+		return tx.CreateLease(&metadata.Lease{ID: l.id, Op: l.op, Digests: digests, PID: os.Getpid()})
+	})
+	if err != nil {
+		return fmt.Errorf("lease for %s: %w", l.op, err)
+	}
+	l.recorded = true
+	return nil
 }
 
 // Commit deletes the lease in tx, the transaction that references its
@@ -157,7 +170,7 @@ func (l *Lease) Release() error {
 		return nil
 	}
 	var err error
-	if !l.committed {
+	if l.recorded && !l.committed {
 		err = l.m.cat.Update(func(tx *metadata.Tx) error { return tx.DeleteLease(l.id) })
 	}
 	l.unlockLocked()

@@ -491,3 +491,62 @@ func TestGCDuringSealAndFlatten(t *testing.T) {
 		t.Fatal("snapshot s2 differs")
 	}
 }
+
+// The lease lifecycle: nothing is recorded before a digest is named;
+// Add records, then extends; Release deletes the record and the lock
+// file; a released lease refuses Add; Release twice is fine.
+func TestLeaseLifecycle(t *testing.T) {
+	root := t.TempDir()
+	m := managerWith(t, root, repo.Blobs{Store: mustStore(t, root)})
+	leases := func() []*metadata.Lease {
+		var ls []*metadata.Lease
+		if err := m.Catalog().View(func(tx *metadata.Tx) (err error) { ls, err = tx.Leases(); return }); err != nil {
+			t.Fatal(err)
+		}
+		return ls
+	}
+	l, err := m.Lease("seal v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockPath := filepath.Join(root, "leases", l.ID()+".lock")
+	if _, err := os.Stat(lockPath); err != nil {
+		t.Fatalf("lock file: %v", err)
+	}
+	if ls := leases(); len(ls) != 0 {
+		t.Fatalf("a lease with no digests is recorded: %+v", ls[0])
+	}
+	d1, d2 := "sha256:"+strings.Repeat("1", 64), "sha256:"+strings.Repeat("2", 64)
+	if err := l.Add(d1); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(d2, d1); err != nil {
+		t.Fatal(err)
+	}
+	if ls := leases(); len(ls) != 1 || ls[0].ID != l.ID() || !slices.Equal(ls[0].Digests, []string{d1, d2}) || ls[0].PID != os.Getpid() {
+		t.Fatalf("leases after Add: %+v", ls)
+	}
+	if err := l.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if ls := leases(); len(ls) != 0 {
+		t.Fatalf("lease recorded after Release: %+v", ls[0])
+	}
+	if _, err := os.Stat(lockPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lock file after Release: %v", err)
+	}
+	if err := l.Add(d1); err == nil {
+		t.Fatal("Add on a released lease succeeded")
+	}
+	if err := l.Release(); err != nil {
+		t.Fatalf("second Release: %v", err)
+	}
+	if err := m.Catalog().Update(func(tx *metadata.Tx) error { return tx.CreateLease(&metadata.Lease{ID: l.ID(), Op: "x"}) }); err != nil {
+		t.Fatal(err)
+	}
+	// A record whose lock file is gone has expired.
+	res, err := m.GC(context.Background(), false, nil)
+	if err != nil || !slices.Equal(res.ExpiredLeases, []string{l.ID()}) {
+		t.Fatalf("gc of a lease with no lock file: %+v %v", res, err)
+	}
+}
