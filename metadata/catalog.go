@@ -13,8 +13,11 @@ import (
 
 // SchemaVersion is the catalogue layout this package reads and writes.
 // Bump it, and teach Open to migrate, when a bucket or record changes
-// incompatibly.
-const SchemaVersion uint32 = 1
+// incompatibly. Version 2 added the leases bucket: an obdvol that does not
+// know leases would let gc delete the blobs of a pull in flight, so it
+// must refuse the catalogue (ErrSchema) rather than use it. Open migrates
+// a version 1 catalogue by creating the bucket.
+const SchemaVersion uint32 = 2
 
 // DefaultTimeout is how long a call waits for another process to release
 // the catalogue file's lock before failing with ErrBusy.
@@ -26,10 +29,11 @@ var (
 	bucketSnapshots = []byte("snapshots")
 	bucketLayers    = []byte("layers")
 	bucketIntents   = []byte("intents")
+	bucketLeases    = []byte("leases")
 
 	keySchema = []byte("schema")
 
-	allBuckets = [][]byte{bucketMeta, bucketVolumes, bucketSnapshots, bucketLayers, bucketIntents}
+	allBuckets = [][]byte{bucketMeta, bucketVolumes, bucketSnapshots, bucketLayers, bucketIntents, bucketLeases}
 )
 
 // Catalog is the handle on one catalogue file. It holds no open database
@@ -91,11 +95,12 @@ func open(path string, timeout time.Duration) (*Catalog, error) {
 	return c, nil
 }
 
-// initSchema creates what a new catalogue lacks and checks an old one's
-// schema version before touching anything else.
+// initSchema creates what a new catalogue lacks, checks an old one's
+// schema version before touching anything else, and migrates an older
+// version: every migration so far only adds buckets.
 func initSchema(btx *bolt.Tx) error {
 	if meta := btx.Bucket(bucketMeta); meta != nil {
-		if err := checkSchema(btx); err != nil {
+		if _, err := checkVersion(btx); err != nil {
 			return err
 		}
 	}
@@ -105,25 +110,41 @@ func initSchema(btx *bolt.Tx) error {
 		}
 	}
 	meta := btx.Bucket(bucketMeta)
-	if meta.Get(keySchema) == nil {
-		return meta.Put(keySchema, encodeSchema(SchemaVersion))
+	if val := meta.Get(keySchema); val != nil {
+		if v, err := decodeSchema(val); err != nil || v >= SchemaVersion {
+			return err
+		}
 	}
-	return nil
+	return meta.Put(keySchema, encodeSchema(SchemaVersion))
+}
+
+// checkVersion reads the schema version and refuses one newer than
+// SchemaVersion.
+func checkVersion(btx *bolt.Tx) (uint32, error) {
+	meta := btx.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, fmt.Errorf("no %q bucket: %w", bucketMeta, ErrCorrupt)
+	}
+	v, err := decodeSchema(meta.Get(keySchema))
+	if err != nil {
+		return 0, err
+	}
+	if v > SchemaVersion {
+		return 0, fmt.Errorf("schema version %d is newer than version %d, the newest this obdvol reads: upgrade obdvol: %w",
+			v, SchemaVersion, ErrSchema)
+	}
+	return v, nil
 }
 
 // checkSchema fails unless the catalogue has every bucket and a schema
 // version this package reads.
 func checkSchema(btx *bolt.Tx) error {
-	meta := btx.Bucket(bucketMeta)
-	if meta == nil {
-		return fmt.Errorf("no %q bucket: %w", bucketMeta, ErrCorrupt)
-	}
-	v, err := decodeSchema(meta.Get(keySchema))
+	v, err := checkVersion(btx)
 	if err != nil {
 		return err
 	}
-	if v > SchemaVersion {
-		return fmt.Errorf("schema version %d is newer than version %d, the newest this obdvol reads: upgrade obdvol: %w",
+	if v < SchemaVersion {
+		return fmt.Errorf("schema version %d is older than version %d: open the catalogue with metadata.Open to migrate it: %w",
 			v, SchemaVersion, ErrSchema)
 	}
 	for _, name := range allBuckets {

@@ -90,7 +90,7 @@ func TestSchemaNewer(t *testing.T) {
 	if !errors.Is(err, ErrSchema) {
 		t.Fatalf("Open = %v, want ErrSchema", err)
 	}
-	for _, want := range []string{"version 2", "version 1", c.Path()} {
+	for _, want := range []string{fmt.Sprintf("version %d", SchemaVersion+1), fmt.Sprintf("version %d", SchemaVersion), c.Path()} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
@@ -113,7 +113,7 @@ func TestSchemaCorrupt(t *testing.T) {
 		t.Errorf("Open = %v, want ErrCorrupt", err)
 	}
 	rawUpdate(t, c.Path(), func(btx *bolt.Tx) error {
-		if err := btx.Bucket(bucketMeta).Put(keySchema, encodeSchema(1)); err != nil {
+		if err := btx.Bucket(bucketMeta).Put(keySchema, encodeSchema(SchemaVersion)); err != nil {
 			return err
 		}
 		return btx.DeleteBucket(bucketLayers)

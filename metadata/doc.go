@@ -22,6 +22,11 @@
 //   - Intent: a record of an operation written before its side effects on
 //     files and removed in the transaction that records its outcome; one
 //     still present at the next start marks a crash to recover from.
+//   - Lease: a record naming the blobs (layer digests) an operation in
+//     flight is about to reference: a pull, a lazy pull, a seal, a flatten.
+//     gc treats leased digests as referenced. Its owner holds a lock (an
+//     flock on a file outside the catalogue) while it lives; a lease whose
+//     lock is free has expired.
 //
 // # Layout
 //
@@ -32,6 +37,26 @@
 //	snapshots  vol@snap -> Snapshot (a volume's snapshots are one key range)
 //	layers     digest -> Layer
 //	intents    uint64 big-endian id -> Intent (id = the bucket's sequence)
+//	leases     id (32 hex digits) -> Lease (since schema version 2)
+//
+// # Lease invariants
+//
+// The containerd leases pattern, for a catalogue shared by processes:
+//
+//  1. A lease is recorded (CreateLease or AddLeaseDigests, committed)
+//     before any blob it names is written, fetched or opened lazily, and
+//     before the operation looks at whether the store already has it.
+//  2. It is deleted (DeleteLease) in the same transaction that makes a
+//     volume or snapshot reference its digests, or after the operation
+//     failed. A digest is therefore always either referenced by a chain,
+//     or leased, or free for gc to take.
+//  3. gc decides and deletes in one Update: it reads the chains and the
+//     leases, drops the leases whose owner's lock is free, and removes the
+//     layer records and blobs neither references before that transaction
+//     ends, so that a lease recorded after its decision (which waits for
+//     the catalogue's lock) finds a blob either gone or kept.
+//  4. A lease whose owner is gone is harmless until gc drops it: it only
+//     keeps blobs that gc would otherwise have removed.
 //
 // # Processes and locking
 //
@@ -59,5 +84,5 @@
 //
 // Errors wrap the sentinels of errors.go (ErrNotFound, ErrExists,
 // ErrInvalidName, ErrInvalid, ErrBusy, ErrSchema, ErrCorrupt) with the
-// name, digest or path concerned.
+// name, digest, lease or path concerned.
 package metadata

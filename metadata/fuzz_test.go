@@ -13,6 +13,7 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add([]byte("sha256:0000000000000000000000000000000000000000000000000000000000000001"),
 		[]byte(`{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","state":"full","created":"2025-01-01T00:00:00Z"}`))
 	f.Add([]byte("\x00\x00\x00\x00\x00\x00\x00\x01"), []byte(`{"id":1,"op":"create","volume":"db","args":{"k":"v"}}`))
+	f.Add([]byte("0123456789abcdef0123456789abcdef"), []byte(`{"id":"0123456789abcdef0123456789abcdef","op":"pull","digests":["sha256:0000000000000000000000000000000000000000000000000000000000000001"]}`))
 	f.Add([]byte{}, []byte{})
 	f.Add([]byte("x"), []byte("null"))
 	f.Add([]byte("x"), []byte(`{"created":"not a time"}`))
@@ -39,6 +40,11 @@ func FuzzDecodeRecords(f *testing.F) {
 		check("layer", l, err)
 		in, err := decodeIntent(key, val)
 		check("intent", in, err)
+		le, err := decodeLease(key, val)
+		check("lease", le, err)
+		if err == nil && (le.ID != string(key) || le.validate() != nil) {
+			t.Errorf("decodeLease accepted %+v under %q", le, key)
+		}
 		_, err = decodeSchema(val)
 		check("schema", nil, err)
 	})

@@ -27,6 +27,9 @@ func TestCorruptValues(t *testing.T) {
 		{bucketLayers, digest(1), `{"digest":"` + digest(1) + `","state":"weird"}`, func(tx *Tx) error { _, err := tx.Layer(digest(1)); return err }},
 		{bucketLayers, digest(1), `"x"`, func(tx *Tx) error { _, err := tx.Layers(); return err }},
 		{bucketIntents, "\x00\x00\x00\x00\x00\x00\x00\x01", `{"id":2,"op":"x"}`, func(tx *Tx) error { _, err := tx.Intents(); return err }},
+		{bucketLeases, "0123456789abcdef0123456789abcdef", `{"id":"0123456789abcdef0123456789abcdef","op":"pull","digests":["sha256:x"]}`, func(tx *Tx) error { _, err := tx.Leases(); return err }},
+		{bucketLeases, "0123456789abcdef0123456789abcdef", `{"id":"1123456789abcdef0123456789abcdef","op":"pull"}`, func(tx *Tx) error { _, err := tx.Lease("0123456789abcdef0123456789abcdef"); return err }},
+		{bucketLeases, "../x", `{"id":"../x","op":"pull"}`, func(tx *Tx) error { _, err := tx.Leases(); return err }},
 		{bucketIntents, "short", `{"id":1,"op":"x"}`, func(tx *Tx) error { _, err := tx.Intents(); return err }},
 	} {
 		c := newCatalog(t)

@@ -17,6 +17,12 @@ type PullOptions struct {
 	// ManifestOnly fetches the manifest and config but no layers (lazy
 	// pulls fetch layers on demand).
 	ManifestOnly bool
+	// Lease, when set, is called with the layer digests once the manifest
+	// and config are checked, before the store is asked whether it has
+	// any of them and before any is fetched; an error stops the pull.
+	// The caller records a lease there (volume.Manager.Lease), so that gc
+	// keeps the layers until the caller references them.
+	Lease func(digests []string) error
 }
 
 // Pulled is what a pull brought.
@@ -41,7 +47,7 @@ type LayerPull struct {
 // against concurrent pulls of the same blob). A blob that fails its check
 // gives an error wrapping ErrDigestMismatch and stores nothing. Nothing is
 // recorded anywhere else: the caller records the volume once Pull
-// succeeded. With ManifestOnly, Layers says which layers are present and
+// succeeded, under the lease opts.Lease took. With ManifestOnly, Layers says which layers are present and
 // nothing is fetched.
 func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, error) {
 	start := time.Now()
@@ -73,6 +79,15 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	}
 	if err := matchLayers(m, cfg); err != nil {
 		return nil, err
+	}
+	if opts.Lease != nil {
+		digests := make([]string, len(m.Layers))
+		for i, d := range m.Layers {
+			digests[i] = d.Digest.String()
+		}
+		if err := opts.Lease(digests); err != nil {
+			return nil, fmt.Errorf("pull %s: %w", t.Ref, err)
+		}
 	}
 	res := &Pulled{Config: cfg, Layers: make([]LayerPull, len(m.Layers))}
 	res.Manifest = mdesc.Digest.String()

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 // ErrNotFound is returned when a blob is not in the store.
@@ -141,7 +140,10 @@ func (s *Store) List() ([]string, error) {
 
 // Writer writes a new blob: bytes go to a temporary file while their sha256
 // is taken; Commit fsyncs and renames the file into place under its digest.
-// Abort (or a crash) leaves nothing but a temp file that CleanTemp removes.
+// The writer holds an exclusive flock on its temp file from creation to
+// the rename, so CleanLeftovers (gc) tells a live writer's file from a
+// dead one's by the lock, not by its age. Abort removes the file; a crash
+// leaves it, unlocked, for CleanLeftovers.
 type Writer struct {
 	s    *Store
 	f    *os.File
@@ -153,7 +155,7 @@ type Writer struct {
 
 // Create starts a new blob.
 func (s *Store) Create() (*Writer, error) {
-	f, err := os.CreateTemp(s.tmpDir(), "blob-*")
+	f, err := createLocked(s.tmpDir(), "blob-*")
 	if err != nil {
 		return nil, fmt.Errorf("content store: %w", err)
 	}
@@ -204,14 +206,18 @@ func (w *Writer) Commit(expected string) (digest string, size int64, err error) 
 		w.f.Close()
 		return "", 0, fmt.Errorf("content store: fsync: %w", err)
 	}
-	if err := w.f.Close(); err != nil {
-		return "", 0, fmt.Errorf("content store: %w", err)
-	}
 	dst, err := w.s.Path(digest)
 	if err != nil {
+		w.f.Close()
 		return "", 0, err
 	}
+	// Rename while the file is still open and locked: once closed, gc
+	// would take it for a dead writer's.
 	if err := os.Rename(w.f.Name(), dst); err != nil {
+		w.f.Close()
+		return "", 0, fmt.Errorf("content store: %w", err)
+	}
+	if err := w.f.Close(); err != nil {
 		return "", 0, fmt.Errorf("content store: %w", err)
 	}
 	if err := syncDir(filepath.Dir(dst)); err != nil {
@@ -227,8 +233,8 @@ func (w *Writer) Abort() {
 	}
 	w.done = true
 	w.pw.finish()
+	os.Remove(w.f.Name()) // while locked: gc never sees it unlocked
 	w.f.Close()
-	os.Remove(w.f.Name())
 }
 
 // Ingest copies r into the store, checking it against expected (if set).
@@ -242,21 +248,6 @@ func (s *Store) Ingest(r io.Reader, expected string) (string, int64, error) {
 		return "", 0, fmt.Errorf("content store: %w", err)
 	}
 	return w.Commit(expected)
-}
-
-// CleanTemp removes temp files older than age, left by crashed writers
-// (younger ones may belong to a writer still running in another process).
-func (s *Store) CleanTemp(age time.Duration) error {
-	ents, err := os.ReadDir(s.tmpDir())
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > age {
-			os.Remove(filepath.Join(s.tmpDir(), e.Name()))
-		}
-	}
-	return nil
 }
 
 func syncDir(dir string) error {

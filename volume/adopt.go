@@ -20,7 +20,16 @@ type ChainSpec struct {
 	Layers    []metadata.Layer // base first; Digest, sizes, State, Origins
 	Snapshot  string
 	Origin    string // where it came from (a registry reference)
+	// Lease, when set, is the lease the caller took on the layers'
+	// digests before fetching any of them (see Manager.Lease); AdoptChain
+	// ends it in the transaction that references them. Without one, gc
+	// may remove the layers between their fetch and that transaction.
+	Lease *Lease
 }
+
+// testHookAdopt, set by tests, runs once AdoptChain has opened the
+// layers and before it records anything.
+var testHookAdopt func()
 
 // Adopted says what AdoptChain did.
 type Adopted struct {
@@ -33,7 +42,9 @@ type Adopted struct {
 // new volume is created; an existing one is fast-forwarded when its chain
 // is a prefix of spec's and it has no writes since its last snapshot
 // (like a pull of a newer tag); anything else is refused. All records are
-// written in one transaction, so nothing half-pulled is ever visible.
+// written in one transaction, so nothing half-pulled is ever visible; the
+// same transaction ends spec.Lease. The caller still releases the lease
+// (a failed adopt leaves it recorded until then).
 func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 	if err := metadata.ValidateName("volume", name); err != nil {
 		return nil, err
@@ -61,6 +72,9 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 			return nil, fmt.Errorf("layer %s has block size %d, the chain says %d: %w", d, t.BlockSize, spec.BlockSize, snapshot.ErrFormat)
 		}
 	}
+	if testHookAdopt != nil {
+		testHookAdopt() // the layers are fetched and open, not yet referenced
+	}
 	lock, err := m.lockVolume(name)
 	if err != nil {
 		return nil, err
@@ -87,11 +101,15 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 		for i := range spec.Layers {
 			l := spec.Layers[i]
 			if old, err := tx.Layer(l.Digest); err == nil {
-				// Keep local state; learn new origins.
+				// Keep local state unless the blob is now complete;
+				// learn new origins.
 				for _, o := range l.Origins {
 					if !slices.Contains(old.Origins, o) {
 						old.Origins = append(old.Origins, o)
 					}
+				}
+				if l.State == metadata.LayerFull {
+					old.State = metadata.LayerFull
 				}
 				l = *old
 			}
@@ -117,7 +135,10 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 			if err := tx.CreateVolume(v); err != nil {
 				return err
 			}
-			return tx.CreateSnapshot(snap)
+			if err := tx.CreateSnapshot(snap); err != nil {
+				return err
+			}
+			return spec.Lease.Commit(tx)
 		})
 		return &Adopted{Volume: v}, err
 	}
@@ -158,7 +179,10 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 		if err := tx.PutVolume(cur); err != nil {
 			return err
 		}
-		return tx.CreateSnapshot(snap)
+		if err := tx.CreateSnapshot(snap); err != nil {
+			return err
+		}
+		return spec.Lease.Commit(tx)
 	})
 	return &Adopted{Volume: &rec, FastForward: true}, err
 }

@@ -4,79 +4,211 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
+	"os"
+	"strings"
 
 	"github.com/obdvol/obdvol/metadata"
 )
 
 // GCResult lists what gc removed (or would remove, with dry run).
 type GCResult struct {
-	Blobs []string `json:"blobs"`
-	Bytes uint64   `json:"bytes"`
+	Blobs []string `json:"blobs"` // complete blobs no chain or lease references
+	Bytes uint64   `json:"bytes"` // their size, as sizeOf says
+	// Lazy are the digests whose lazily fetched partial files were removed:
+	// no chain or lease references them, or the complete blob is local.
+	Lazy []string `json:"lazy"`
+	// ExpiredLeases are the leases whose owner's lock was free: their
+	// owner died before committing or releasing them.
+	ExpiredLeases []string `json:"expired_leases"`
+	// Leftovers are the temp and partial files of writers that are gone
+	// (a killed seal or flatten, a failed pull) and orphan present-maps.
+	Leftovers     []string `json:"leftovers"`
+	LeftoverBytes uint64   `json:"leftover_bytes"`
 }
 
-// GC removes blobs and layer records that no volume or snapshot
-// references. The catalogue decides: a blob is removed only after its
-// layer record is gone, in that order, so a crash leaves at worst an
-// unreferenced blob for the next gc. Sealing processes hold gc.lock shared
-// from writing a blob until it is referenced; gc takes it exclusively and
-// fails at once if a seal is running.
+// lazyFiles is implemented by content stores that keep lazily fetched
+// blobs beside complete ones (repo.Blobs): gc removes the lazy files
+// nothing references.
+type lazyFiles interface {
+	LazyDigests() ([]string, error)
+	RemoveLazy(digest string) error
+	Has(digest string) bool
+}
+
+// leftoverCleaner is implemented by content stores that keep temp and
+// partial files (repo.Blobs): CleanLeftovers removes (or, with dryRun,
+// lists) those whose writer is gone, which the store knows by their
+// locks, never by their age.
+type leftoverCleaner interface {
+	CleanLeftovers(dryRun bool) (paths []string, bytes int64, err error)
+}
+
+// GC removes what the catalogue no longer needs:
+//
+//  1. In one catalogue transaction (so that no lease, clone or pull can
+//     slip in between the decision and the removal; see metadata's lease
+//     invariants): drop the leases whose owner's lock is free; take as
+//     referenced every digest of a chain or of a live lease; delete the
+//     other layer records, then their blobs and lazy files.
+//  2. Then, outside it, temp and partial files whose writer is gone
+//     (their lock is free) and present-maps whose lazy file is gone.
+//
+// A crash in 1 before the commit leaves layer records of removed blobs,
+// which nothing references: the next gc deletes them. Seals, flattens
+// and pulls run meanwhile: their leases keep what they write or fetch.
 func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string) int64) (*GCResult, error) {
-	lock, err := lockFile(filepath.Join(m.root, "gc.lock"), "the content store (a snapshot is being written)")
-	if err != nil {
-		return nil, err
-	}
-	defer lock.release()
-	res := &GCResult{Blobs: []string{}}
-	var refs map[string]bool
-	err = m.cat.Update(func(tx *metadata.Tx) error {
-		if refs, err = tx.ReferencedLayers(); err != nil {
-			return err
-		}
-		if dryRun {
-			return nil
-		}
-		layers, err := tx.Layers()
+	var res *GCResult
+	var stopped error
+	err := m.cat.Update(func(tx *metadata.Tx) error {
+		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}}
+		refs, err := m.liveDigests(tx, dryRun, res)
 		if err != nil {
 			return err
 		}
-		for _, l := range layers {
-			if !refs[l.Digest] {
-				if err := tx.DeleteLayer(l.Digest); err != nil {
-					return err
+		if !dryRun {
+			layers, err := tx.Layers()
+			if err != nil {
+				return err
+			}
+			for _, l := range layers {
+				if !refs[l.Digest] {
+					if err := tx.DeleteLayer(l.Digest); err != nil {
+						return err
+					}
 				}
 			}
 		}
+		// Removing inside the transaction keeps the catalogue's lock: a
+		// lease waits, then looks for the blob and finds it gone.
+		stopped = m.removeUnreferenced(ctx, refs, dryRun, sizeOf, res)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	blobs, err := m.blobs.List()
+	if !dryRun {
+		// Outside the transaction: Layer holds m.mu while it may read
+		// the catalogue (to find a remote origin).
+		for _, d := range res.Blobs {
+			m.forgetLayer(d)
+		}
+	}
+	if stopped != nil {
+		return res, stopped
+	}
+	if lc, ok := m.blobs.(leftoverCleaner); ok {
+		paths, n, err := lc.CleanLeftovers(dryRun)
+		res.Leftovers = append(res.Leftovers, paths...)
+		res.LeftoverBytes += uint64(max(0, n))
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// liveDigests returns every digest a chain or a live lease names, and
+// drops (records in res) the expired leases and stray lease lock files.
+func (m *Manager) liveDigests(tx *metadata.Tx, dryRun bool, res *GCResult) (map[string]bool, error) {
+	refs, err := tx.ReferencedLayers()
 	if err != nil {
 		return nil, err
+	}
+	leases, err := tx.Leases()
+	if err != nil {
+		return nil, err
+	}
+	dir := m.leaseDir()
+	known := map[string]bool{}
+	for _, l := range leases {
+		known[l.ID] = true
+		owner, err := checkLeaseOwner(dir, l.ID, !dryRun)
+		if err != nil {
+			return nil, err
+		}
+		if owner == ownerAlive {
+			for _, d := range l.Digests {
+				refs[d] = true
+			}
+			continue
+		}
+		res.ExpiredLeases = append(res.ExpiredLeases, l.ID)
+		if !dryRun {
+			if err := tx.DeleteLease(l.ID); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Lock files with no record: an owner that died between locking and
+	// recording, or one that has just locked and will record next (its
+	// flock is held, so it is kept).
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".lock")
+		if !ok || known[id] || metadata.ValidateLeaseID(id) != nil || dryRun {
+			continue
+		}
+		if _, err := checkLeaseOwner(dir, id, true); err != nil {
+			return nil, err
+		}
+	}
+	return refs, nil
+}
+
+// removeUnreferenced removes the blobs and lazy files of digests not in
+// refs. It stops, returning ctx's error, when ctx ends; what it removed
+// until then stays removed (the caller commits).
+func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, dryRun bool, sizeOf func(string) int64, res *GCResult) error {
+	blobs, err := m.blobs.List()
+	if err != nil {
+		return err
 	}
 	for _, d := range blobs {
 		if refs[d] {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
-			return res, err
+			return err
 		}
 		res.Blobs = append(res.Blobs, d)
 		if sizeOf != nil {
 			res.Bytes += uint64(max(0, sizeOf(d)))
 		}
 		if !dryRun {
-			m.forgetLayer(d)
 			if err := m.blobs.Remove(d); err != nil {
-				return res, err
+				return err
 			}
 		}
 	}
-	return res, nil
+	lf, ok := m.blobs.(lazyFiles)
+	if !ok {
+		return nil
+	}
+	lazy, err := lf.LazyDigests()
+	if err != nil {
+		return err
+	}
+	for _, d := range lazy {
+		if refs[d] && !lf.Has(d) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		res.Lazy = append(res.Lazy, d)
+		if !dryRun {
+			if err := lf.RemoveLazy(d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (m *Manager) forgetLayer(d string) {

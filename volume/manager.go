@@ -254,55 +254,93 @@ func checkSize(size uint64, bs uint32) error {
 // createRecord records a new volume, first clearing any directory a
 // crashed earlier attempt (or a deleted volume) left under its name.
 func (m *Manager) createRecord(v *metadata.Volume) error {
-	if err := metadata.ValidateName("volume", v.Name); err != nil {
-		return err
+	_, err := m.createRecordTx(v.Name, func(*metadata.Tx) (*metadata.Volume, error) { return v, nil })
+	return err
+}
+
+// createRecordTx records a new volume named name, the record that build
+// makes inside the creating transaction: whatever build reads (a
+// snapshot's chain, its layer records) is still true when the volume is
+// created. It holds the volume's lock throughout and first clears any
+// directory a crashed earlier attempt (or a deleted volume) left under
+// the name.
+func (m *Manager) createRecordTx(name string, build func(tx *metadata.Tx) (*metadata.Volume, error)) (*metadata.Volume, error) {
+	if err := metadata.ValidateName("volume", name); err != nil {
+		return nil, err
 	}
-	err := m.cat.View(func(tx *metadata.Tx) error {
-		_, err := tx.Volume(v.Name)
+	exists := func(tx *metadata.Tx) error {
+		_, err := tx.Volume(name)
 		if err == nil {
-			return fmt.Errorf("volume %s: %w", v.Name, metadata.ErrExists)
+			return fmt.Errorf("volume %s: %w", name, metadata.ErrExists)
 		}
 		if errors.Is(err, metadata.ErrNotFound) {
 			return nil
 		}
 		return err
-	})
-	if err != nil {
-		return err
 	}
-	lock, err := m.lockVolume(v.Name)
+	// Refuse a taken name before touching its directory.
+	if err := m.cat.View(exists); err != nil {
+		return nil, err
+	}
+	lock, err := m.lockVolume(name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer lock.release()
-	if err := removeWritableDirs(m.volDir(v.Name)); err != nil {
-		return err
+	if err := removeWritableDirs(m.volDir(name)); err != nil {
+		return nil, err
 	}
-	return m.cat.Update(func(tx *metadata.Tx) error { return tx.CreateVolume(v) })
-}
-
-// Clone makes a writable volume whose chain is snapshot vol@snap's: it
-// shares every layer, no data is copied.
-func (m *Manager) Clone(name, vol, snap string) (*metadata.Volume, error) {
 	var v *metadata.Volume
-	err := m.cat.View(func(tx *metadata.Tx) error {
-		src, err := tx.Volume(vol)
-		if err != nil {
+	err = m.cat.Update(func(tx *metadata.Tx) error {
+		if err := exists(tx); err != nil {
 			return err
 		}
-		s, err := tx.Snapshot(vol, snap)
-		if err != nil {
+		var err error
+		if v, err = build(tx); err != nil {
 			return err
 		}
-		v = &metadata.Volume{Name: name, Size: s.Size, BlockSize: src.BlockSize, Codec: src.Codec,
-			ChunkSize: src.ChunkSize, Layers: append([]string(nil), s.Layers...), Writable: 1,
-			Origin: vol + "@" + snap, Created: time.Now().UTC()}
-		return nil
+		if v.Name != name {
+			return fmt.Errorf("volume %s: record names %s: %w", name, v.Name, metadata.ErrInvalid)
+		}
+		return tx.CreateVolume(v)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return v, m.createRecord(v)
+	return v, nil
+}
+
+// testHookClone, set by tests, runs inside Clone between reading the
+// snapshot and recording the clone.
+var testHookClone func()
+
+// Clone makes a writable volume whose chain is snapshot vol@snap's: it
+// shares every layer, no data is copied. The snapshot is read, its layers
+// checked (each has a layer record, so gc has not taken it) and the clone
+// recorded in one transaction: a delete of vol and a gc cannot come in
+// between and leave the clone naming removed layers.
+func (m *Manager) Clone(name, vol, snap string) (*metadata.Volume, error) {
+	return m.createRecordTx(name, func(tx *metadata.Tx) (*metadata.Volume, error) {
+		src, err := tx.Volume(vol)
+		if err != nil {
+			return nil, err
+		}
+		s, err := tx.Snapshot(vol, snap)
+		if err != nil {
+			return nil, err
+		}
+		if testHookClone != nil {
+			testHookClone() // the snapshot is read, the clone not yet recorded
+		}
+		for _, d := range s.Layers {
+			if _, err := tx.Layer(d); err != nil {
+				return nil, fmt.Errorf("clone of %s@%s: %w", vol, snap, err)
+			}
+		}
+		return &metadata.Volume{Name: name, Size: s.Size, BlockSize: src.BlockSize, Codec: src.Codec,
+			ChunkSize: src.ChunkSize, Layers: append([]string(nil), s.Layers...), Writable: 1,
+			Origin: vol + "@" + snap, Created: time.Now().UTC()}, nil
+	})
 }
 
 // Open opens a volume for I/O, taking its lock.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -31,9 +30,10 @@ type SealResult struct {
 //  1. freeze: flush; one transaction records Frozen = current generation,
 //     FrozenSnapshot = name, Writable = generation+1; open the new layer;
 //  2. seal the frozen layer into a blob (temp, fsync, rename by digest),
-//     holding gc.lock shared so gc cannot take the unreferenced blob;
+//     under a lease that names the digest before the rename, so gc
+//     cannot take the unreferenced blob;
 //  3. one transaction: layer record, chain + digest, snapshot record,
-//     Frozen cleared; then the frozen directory is removed.
+//     Frozen cleared, lease deleted; then the frozen directory is removed.
 //
 // A crash after 1 leaves Frozen recorded: the next Open tries to finish
 // the seal before anything else, so no acknowledged write in either layer
@@ -127,12 +127,12 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 // sealFrozen runs steps 2 and 3 for the frozen layer. Callers hold sealMu.
 func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 	rec := v.Record()
-	gcl, err := sharedLock(filepath.Join(v.m.root, "gc.lock"))
+	lease, err := v.m.Lease("seal " + v.name)
 	if err != nil {
 		return nil, err
 	}
-	defer gcl.release()
-	layer, err := v.m.sealWritable(ctx, &rec, v.frozen)
+	defer lease.Release()
+	layer, err := v.m.sealWritable(ctx, &rec, v.frozen, lease)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +157,10 @@ func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 		if err := tx.PutVolume(&next); err != nil {
 			return err
 		}
-		return tx.CreateSnapshot(snap)
+		if err := tx.CreateSnapshot(snap); err != nil {
+			return err
+		}
+		return lease.Commit(tx)
 	})
 	if err != nil {
 		return nil, err
@@ -185,10 +188,11 @@ func putLayerOnce(tx *metadata.Tx, l *metadata.Layer) error {
 }
 
 // sealWritable writes w's live extents as a sealed layer for volume rec
-// into the content store. w must not change meanwhile (it is frozen).
-func (m *Manager) sealWritable(ctx context.Context, rec *metadata.Volume, w *writable) (*metadata.Layer, error) {
+// into the content store, under lease. w must not change meanwhile (it is
+// frozen).
+func (m *Manager) sealWritable(ctx context.Context, rec *metadata.Volume, w *writable, lease *Lease) (*metadata.Layer, error) {
 	bs := uint64(rec.BlockSize)
-	return m.writeLayer(ctx, rec, func(lw *snapshot.Writer) error {
+	return m.writeLayer(ctx, rec, lease, func(lw *snapshot.Writer) error {
 		buf := make([]byte, 1<<20)
 		return w.runs(func(start, count uint64, st uint8) error {
 			if err := ctx.Err(); err != nil {
@@ -226,8 +230,8 @@ func copyBlocks(ctx context.Context, lw *snapshot.Writer, buf []byte, bs, start,
 }
 
 // writeLayer builds a layer for volume rec with fill and commits it into
-// the content store.
-func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, fill func(*snapshot.Writer) error) (*metadata.Layer, error) {
+// the content store, its digest added to lease before it appears there.
+func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, lease *Lease, fill func(*snapshot.Writer) error) (*metadata.Layer, error) {
 	codec, err := snapshot.ParseCodec(rec.Codec)
 	if err != nil {
 		return nil, err
@@ -252,7 +256,7 @@ func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, fill fun
 		bw.Abort()
 		return nil, err
 	}
-	digest, size, err := bw.Commit("")
+	digest, size, err := lease.commitBlob(bw)
 	if err != nil {
 		return nil, err
 	}
@@ -288,14 +292,14 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	gcl, err := sharedLock(filepath.Join(v.m.root, "gc.lock"))
+	lease, err := v.m.Lease("flatten " + v.name)
 	if err != nil {
 		v.m.dropIntent(intent)
 		return nil, err
 	}
-	defer gcl.release()
+	defer lease.Release()
 	bs := uint64(rec.BlockSize)
-	layer, err := v.m.writeLayer(ctx, &rec, func(lw *snapshot.Writer) error {
+	layer, err := v.m.writeLayer(ctx, &rec, lease, func(lw *snapshot.Writer) error {
 		buf := make([]byte, 1<<20)
 		for _, e := range chain.Index() {
 			err := copyBlocks(ctx, lw, buf, bs, e.Start, uint64(e.Count), func(p []byte, off uint64) error {
@@ -322,7 +326,10 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 			return err
 		}
 		rec.Device = cur.Device
-		return tx.PutVolume(&rec)
+		if err := tx.PutVolume(&rec); err != nil {
+			return err
+		}
+		return lease.Commit(tx)
 	}); err != nil {
 		return nil, err
 	}

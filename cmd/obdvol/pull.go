@@ -69,7 +69,15 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	defer e.close()
 	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
 	p := newBarProgress(g, "pull")
-	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy})
+	// The lease keeps gc (in any process) away from the layers from
+	// before the first is fetched until AdoptChain references them.
+	var lease *volume.Lease
+	defer func() { lease.Release() }()
+	takeLease := func(digests []string) (err error) {
+		lease, err = e.mgr.Lease("pull "+vol, digests...)
+		return err
+	}
+	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease})
 	finishBar(p)
 	if err != nil {
 		return err
@@ -77,7 +85,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	cfg := res.Config
 	org := origin(t, &o.transferFlags)
 	spec := volume.ChainSpec{Size: cfg.VirtualSize, BlockSize: cfg.BlockSize, ChunkSize: cfg.ChunkSize, Codec: cfg.Codec,
-		Snapshot: cfg.Snapshot, Origin: t.Ref.String()}
+		Snapshot: cfg.Snapshot, Origin: t.Ref.String(), Lease: lease}
 	var remote int
 	for _, l := range cfg.Layers {
 		state := metadata.LayerFull
@@ -90,8 +98,14 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 			VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents, State: state, Origins: []string{org}})
 	}
 	start := time.Now()
+	if testHookBeforeAdopt != nil {
+		testHookBeforeAdopt()
+	}
 	ad, err := e.mgr.AdoptChain(vol, spec)
 	if err != nil {
+		return err
+	}
+	if err := lease.Release(); err != nil {
 		return err
 	}
 	ready := time.Since(start) + res.Duration
@@ -136,6 +150,10 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	}
 	return nil
 }
+
+// testHookBeforeAdopt, set by tests, runs between the fetch of a pull's
+// layers and the transaction that references them.
+var testHookBeforeAdopt func()
 
 // startBackgroundFill runs `obdvol fill VOL --rate R` detached (its own
 // session, surviving this command), logging under --root/run/.
