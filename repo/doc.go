@@ -9,6 +9,9 @@
 //     that exists holds a complete, verified blob.
 //   - partial file: Root/partial/<hex>.part, a download in progress that
 //     a later pull resumes; <hex>.lazy and <hex>.map hold a lazy blob.
+//   - leftover: a tmp/ or .part file whose writer is gone (its flock is
+//     free: writers hold one from creation to rename), or a .map whose
+//     .lazy is gone; CleanLeftovers (gc) removes them, never by age.
 //   - artifact: one snapshot as an OCI 1.1 image manifest whose layers
 //     are the chain, base first, and whose config is a ChainConfig
 //     (docs/artifact.md).
@@ -20,5 +23,6 @@
 //
 // Push and Pull report through TransferResult and the Progress hooks and
 // never print. Pull stores blobs only after checking them; recording a
-// volume in the catalogue is the caller's step, after Pull succeeds.
+// volume in the catalogue is the caller's step, after Pull succeeds, under
+// the lease PullOptions.Lease took before any layer was looked at.
 package repo

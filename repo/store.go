@@ -122,6 +122,22 @@ func (s *Store) Remove(digest string) error {
 	return nil
 }
 
+// Detach moves blob digest out of the store into directory dir, which
+// must be on the same filesystem: a rename, however large the blob, so
+// that gc can take blobs out while it holds the catalogue's lock and
+// unlink them after. Callers must have removed every catalogue reference
+// first. A missing blob is not an error.
+func (s *Store) Detach(digest, dir string) error {
+	p, err := s.Path(digest)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(p, filepath.Join(dir, digest[len("sha256:"):])); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("content store: %w", err)
+	}
+	return nil
+}
+
 // List returns the digests of every complete blob.
 func (s *Store) List() ([]string, error) {
 	ents, err := os.ReadDir(s.blobDir())

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -38,6 +39,13 @@ type lazyFiles interface {
 	Has(digest string) bool
 }
 
+// blobDetacher is implemented by content stores that can move a blob out
+// of the store by a rename (repo.Blobs): gc then holds the catalogue's
+// lock only for renames and unlinks the blobs after it.
+type blobDetacher interface {
+	Detach(digest, dir string) error
+}
+
 // leftoverCleaner is implemented by content stores that keep temp and
 // partial files (repo.Blobs): CleanLeftovers removes (or, with dryRun,
 // lists) those whose writer is gone, which the store knows by their
@@ -52,8 +60,11 @@ type leftoverCleaner interface {
 //     slip in between the decision and the removal; see metadata's lease
 //     invariants): drop the leases whose owner's lock is free; take as
 //     referenced every digest of a chain or of a live lease; delete the
-//     other layer records, then their blobs and lazy files.
-//  2. Then, outside it, temp and partial files whose writer is gone
+//     other layer records, then take their blobs out of the store (a
+//     rename into trash/gc-*) and remove their lazy files.
+//  2. Unlink the trashed blobs, outside the transaction (a crash leaves
+//     them to Recover, which empties the trash).
+//  3. Then temp and partial files whose writer is gone
 //     (their lock is free) and present-maps whose lazy file is gone.
 //
 // A crash in 1 before the commit leaves layer records of removed blobs,
@@ -62,6 +73,19 @@ type leftoverCleaner interface {
 func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string) int64) (*GCResult, error) {
 	var res *GCResult
 	var stopped error
+	var trash string // where removed blobs wait for their unlink
+	if _, ok := m.blobs.(blobDetacher); ok && !dryRun {
+		dir := filepath.Join(m.root, "trash")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		var err error
+		if trash, err = os.MkdirTemp(dir, "gc-"); err != nil {
+			return nil, err
+		}
+		// A crash leaves it for Recover, which empties the trash.
+		defer os.RemoveAll(trash)
+	}
 	err := m.cat.Update(func(tx *metadata.Tx) error {
 		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}}
 		refs, err := m.liveDigests(tx, dryRun, res)
@@ -83,7 +107,7 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 		}
 		// Removing inside the transaction keeps the catalogue's lock: a
 		// lease waits, then looks for the blob and finds it gone.
-		stopped = m.removeUnreferenced(ctx, refs, dryRun, sizeOf, res)
+		stopped = m.removeUnreferenced(ctx, refs, dryRun, trash, sizeOf, res)
 		return nil
 	})
 	if err != nil {
@@ -162,9 +186,10 @@ func (m *Manager) liveDigests(tx *metadata.Tx, dryRun bool, res *GCResult) (map[
 }
 
 // removeUnreferenced removes the blobs and lazy files of digests not in
-// refs. It stops, returning ctx's error, when ctx ends; what it removed
-// until then stays removed (the caller commits).
-func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, dryRun bool, sizeOf func(string) int64, res *GCResult) error {
+// refs; blobs go into trash when it is set (the store is a blobDetacher).
+// It stops, returning ctx's error, when ctx ends; what it removed until
+// then stays removed (the caller commits).
+func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, dryRun bool, trash string, sizeOf func(string) int64, res *GCResult) error {
 	blobs, err := m.blobs.List()
 	if err != nil {
 		return err
@@ -180,10 +205,16 @@ func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, 
 		if sizeOf != nil {
 			res.Bytes += uint64(max(0, sizeOf(d)))
 		}
-		if !dryRun {
-			if err := m.blobs.Remove(d); err != nil {
-				return err
-			}
+		var err error
+		switch {
+		case dryRun:
+		case trash != "":
+			err = m.blobs.(blobDetacher).Detach(d, trash)
+		default:
+			err = m.blobs.Remove(d)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	lf, ok := m.blobs.(lazyFiles)

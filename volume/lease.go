@@ -23,15 +23,15 @@ import (
 //	if err != nil { ... }
 //	defer l.Release()                      // a failure leaves nothing leased
 //	... fetch or write the blobs; l.Add(d) for a digest learnt on the way ...
-//	err = m.cat.Update(func(tx *metadata.Tx) error {
+//	err = m.Catalog().Update(func(tx *metadata.Tx) error {
 //		... reference the digests (a volume, a snapshot) ...
 //		return l.Commit(tx)                // the lease ends with the reference
 //	})
 //
 // The owner holds an exclusive flock on root/leases/<id>.lock from before
 // the record exists until Release; the kernel drops it when the process
-// dies, and gc then drops the lease (see ownerGone). A Lease is safe for
-// concurrent use.
+// dies, and gc then drops the lease (see checkLeaseOwner). A Lease is
+// safe for concurrent use.
 type Lease struct {
 	m  *Manager
 	id string

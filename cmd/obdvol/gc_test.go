@@ -6,8 +6,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/obdvol/obdvol/repo"
 	"github.com/obdvol/obdvol/tests/regtest"
 )
 
@@ -86,5 +88,41 @@ func TestGCBadFlagRemovesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(dead); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("gc kept a dead writer's temp file: %v %v", err, out)
+	}
+}
+
+// Any command run with --lazy-cache-max bounds lazily fetched data after
+// it; it must not remove the lazy files of a pull in flight (leased, not
+// yet referenced): only gc removes lazy files, and it honours leases.
+func TestLazyCacheMaxSparesPullInFlight(t *testing.T) {
+	ctx := context.Background()
+	h := newHost(t)
+	e := mustEnv(t, h.g)
+	d := "sha256:" + strings.Repeat("ab", 32)
+	lease, err := e.mgr.Lease("pull x", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Release()
+	lb, err := e.store.OpenLazy(d, 1<<20, nil, repo.LazyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb.Close()
+	lazyFile := filepath.Join(e.store.PartialDir(), d[len("sha256:"):]+".lazy")
+	if _, err := os.Stat(lazyFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gcLazy(e, &gcOptions{CacheMax: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	h.run(func(o *bytes.Buffer) error { return runGC(ctx, o, h.g, &gcOptions{CacheMax: "0"}) })
+	if _, err := os.Stat(lazyFile); err != nil {
+		t.Fatalf("the lazy file of a pull in flight was removed: %v", err)
+	}
+	lease.Release()
+	out := h.run(func(o *bytes.Buffer) error { return runGC(ctx, o, h.g, &gcOptions{}) })
+	if _, err := os.Stat(lazyFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("gc kept an unreferenced, unleased lazy file: %v %v", err, out)
 	}
 }
