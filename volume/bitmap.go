@@ -31,6 +31,14 @@ func newBitmap(blocks uint64) *bitmap {
 
 func (b *bitmap) resize(blocks uint64) {
 	np := int((blocks + pageBlocks - 1) >> pageShift)
+	if np > cap(b.pages) {
+		// Exactly the new size: no doubling of a large page table.
+		pages := make([]*[pageWords]uint64, len(b.pages), np)
+		copy(pages, b.pages)
+		uniform := make([]uint8, len(b.uniform), np)
+		copy(uniform, b.uniform)
+		b.pages, b.uniform = pages, uniform
+	}
 	for len(b.pages) < np {
 		b.pages = append(b.pages, nil)
 		b.uniform = append(b.uniform, stUnset)

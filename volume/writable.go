@@ -70,6 +70,9 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	if err == nil && uint64(fi.Size()) != size {
 		err = w.data.Truncate(int64(size))
 	}
+	if errors.Is(err, unix.EFBIG) {
+		err = fmt.Errorf("the filesystem under the root cannot hold a %d-byte sparse data file (ext4: at most 16 TiB - 4 KiB; XFS or btrfs can): %w", size, err)
+	}
 	if err != nil {
 		w.data.Close()
 		return nil, fmt.Errorf("writable layer %s: data file: %w", dir, err)
