@@ -1,10 +1,12 @@
 package volume
 
-// Block states of the writable layer.
+import "github.com/obdvol/obdvol/journal"
+
+// Block states of the writable layer (the journal's record states).
 const (
-	stUnset = 0 // not written here: read through to the chain
-	stZero  = 1 // discarded or zeroed here: reads as zeros
-	stData  = 2 // written here: read the data file
+	stUnset = 0            // not written here: read through to the chain
+	stZero  = journal.Zero // discarded or zeroed here: reads as zeros
+	stData  = journal.Data // written here: read the data file
 )
 
 const (
