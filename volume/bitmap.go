@@ -1,10 +1,12 @@
 package volume
 
-// Block states of the writable layer.
+import "github.com/obdvol/obdvol/journal"
+
+// Block states of the writable layer (the journal's record states).
 const (
-	stUnset = 0 // not written here: read through to the chain
-	stZero  = 1 // discarded or zeroed here: reads as zeros
-	stData  = 2 // written here: read the data file
+	stUnset = 0            // not written here: read through to the chain
+	stZero  = journal.Zero // discarded or zeroed here: reads as zeros
+	stData  = journal.Data // written here: read the data file
 )
 
 const (
@@ -31,6 +33,14 @@ func newBitmap(blocks uint64) *bitmap {
 
 func (b *bitmap) resize(blocks uint64) {
 	np := int((blocks + pageBlocks - 1) >> pageShift)
+	if np > cap(b.pages) {
+		// Exactly the new size: no doubling of a large page table.
+		pages := make([]*[pageWords]uint64, len(b.pages), np)
+		copy(pages, b.pages)
+		uniform := make([]uint8, len(b.uniform), np)
+		copy(uniform, b.uniform)
+		b.pages, b.uniform = pages, uniform
+	}
 	for len(b.pages) < np {
 		b.pages = append(b.pages, nil)
 		b.uniform = append(b.uniform, stUnset)

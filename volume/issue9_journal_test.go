@@ -7,15 +7,17 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/obdvol/obdvol/journal"
 )
 
-// failSync makes fdatasync fail with EIO for the file with descriptor fd
-// (or every file when fd < 0) while *on is true.
-func failSync(t *testing.T, fd *int, on *bool) {
+// failSync makes fdatasync fail with EIO for the descriptors match
+// accepts while *on is true.
+func failSync(t *testing.T, match func(fd int) bool, on *bool) {
 	t.Helper()
 	old := fdatasync
 	fdatasync = func(f int) error {
-		if *on && (*fd < 0 || f == *fd) {
+		if *on && match(f) {
 			return syscall.EIO
 		}
 		return old(f)
@@ -43,11 +45,8 @@ func TestFailedFsyncIsFailStop(t *testing.T) {
 			if err := w.flush(); err != nil {
 				t.Fatal(err)
 			}
-			fd, on := int(w.data.Fd()), true
-			if which == "journal" {
-				fd = int(w.j.f.Fd())
-			}
-			failSync(t, &fd, &on)
+			dataFd, on := int(w.data.Fd()), true
+			failSync(t, func(fd int) bool { return (fd == dataFd) == (which == "data") }, &on)
 			w.writeBlocks(blockOf(2), 2)
 			if err := w.flush(); !errors.Is(err, syscall.EIO) {
 				t.Fatalf("flush with a failing fsync = %v, want EIO", err)
@@ -108,8 +107,8 @@ func TestVolumeFailStopAfterFsyncError(t *testing.T) {
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	fd, on := -1, true
-	failSync(t, &fd, &on)
+	on := true
+	failSync(t, func(int) bool { return true }, &on)
 	v.WriteAt(blockOf(8), 4096)
 	if err := v.Flush(); err == nil {
 		t.Fatal("flush with failing fsync succeeded")
@@ -139,10 +138,10 @@ func TestVolumeFailStopAfterFsyncError(t *testing.T) {
 // writeJournal writes a journal file of the given records to dir.
 func writeJournal(t *testing.T, dir string, recs []jrec) []byte {
 	t.Helper()
-	b := journalHeaderBytes(4096)
-	r := make([]byte, jrecSize)
+	b := journal.EncodeHeader(4096)
+	r := make([]byte, journal.RecordSize)
 	for _, x := range recs {
-		encodeJrec(r, x)
+		journal.EncodeRecord(r, x)
 		b = append(b, r...)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -163,7 +162,7 @@ func TestCompactionBoundFromLiveExtents(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "w-1")
 	var recs []jrec
 	for i := range 100 {
-		recs = append(recs, jrec{start: uint64(i % 2), count: 1, st: stData})
+		recs = append(recs, jrec{Start: uint64(i % 2), Count: 1, State: stData})
 	}
 	writeJournal(t, dir, recs)
 	w, err := openWritable(dir, 64*4096, 4096)
@@ -182,7 +181,7 @@ func TestCompactionBoundFromLiveExtents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := (fi.Size() - journalHeader) / jrecSize; n > 8 {
+	if n := (fi.Size() - journal.HeaderSize) / journal.RecordSize; n > 8 {
 		t.Fatalf("journal has %d records after a flush, want it compacted to the live extents", n)
 	}
 }
@@ -191,10 +190,13 @@ func TestCompactionBoundFromLiveExtents(t *testing.T) {
 // valid one is damage: the layer refuses to open with ErrJournalCorrupt
 // and the journal is left byte for byte as it was.
 func TestJournalDamageIsNotATornTail(t *testing.T) {
-	recs := []jrec{{0, 1, stData}, {2, 1, stData}, {4, 1, stData}, {6, 1, stZero}}
+	recs := []jrec{
+		{Start: 0, Count: 1, State: stData}, {Start: 2, Count: 1, State: stData},
+		{Start: 4, Count: 1, State: stData}, {Start: 6, Count: 1, State: stZero},
+	}
 	dir := filepath.Join(t.TempDir(), "w-1")
 	raw := writeJournal(t, dir, recs)
-	raw[journalHeader+jrecSize+3] ^= 0x10 // one bit in the second record
+	raw[journal.HeaderSize+journal.RecordSize+3] ^= 0x10 // one bit in the second record
 	jp := filepath.Join(dir, "journal")
 	os.WriteFile(jp, raw, 0o600)
 	_, err := openWritable(dir, 64*4096, 4096)
@@ -220,10 +222,10 @@ func TestJournalDamageIsNotATornTail(t *testing.T) {
 	v.Close()
 	vjp := filepath.Join(root, "volumes", "v", "w-1", "journal")
 	vraw, _ := os.ReadFile(vjp)
-	if len(vraw) != journalHeader+4*jrecSize {
+	if len(vraw) != journal.HeaderSize+4*journal.RecordSize {
 		t.Fatalf("precondition: journal of %d bytes, want 4 records", len(vraw))
 	}
-	vraw[journalHeader+8] ^= 1
+	vraw[journal.HeaderSize+8] ^= 1
 	os.WriteFile(vjp, vraw, 0o600)
 	if _, err := m.Open("v"); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("volume open with a damaged journal = %v, want ErrCorrupt", err)
@@ -237,16 +239,18 @@ func TestJournalDamageIsNotATornTail(t *testing.T) {
 // bad records to the end) are dropped; the valid records before them
 // replay and later appends follow them.
 func TestJournalTornTails(t *testing.T) {
-	recs := []jrec{{0, 1, stData}, {2, 1, stData}, {4, 1, stData}}
+	recs := []jrec{
+		{Start: 0, Count: 1, State: stData}, {Start: 2, Count: 1, State: stData}, {Start: 4, Count: 1, State: stData},
+	}
 	for name, mangle := range map[string]func([]byte) []byte{
 		"bad last record":  func(b []byte) []byte { b[len(b)-5] ^= 1; return b },
 		"bad then partial": func(b []byte) []byte { b[len(b)-5] ^= 1; return append(b, 1, 2, 3) },
 		"zeroed tail": func(b []byte) []byte {
-			clear(b[journalHeader+2*jrecSize:])
-			return append(b, make([]byte, 3*jrecSize)...)
+			clear(b[journal.HeaderSize+2*journal.RecordSize:])
+			return append(b, make([]byte, 3*journal.RecordSize)...)
 		},
 		"partial record":           func(b []byte) []byte { return append(b, 9, 9, 9, 9, 9) },
-		"bad last of many appends": func(b []byte) []byte { return append(b, bytes.Repeat([]byte{0xff}, jrecSize)...) },
+		"bad last of many appends": func(b []byte) []byte { return append(b, bytes.Repeat([]byte{0xff}, journal.RecordSize)...) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "w-1")

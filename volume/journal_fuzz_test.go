@@ -4,17 +4,19 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/obdvol/obdvol/journal"
 )
 
 // FuzzJournal feeds arbitrary journal bytes to the writable layer's
 // replay: it must open (replaying the valid prefix) or fail with an
 // error, never panic, and reads must stay within the volume.
 func FuzzJournal(f *testing.F) {
-	hdr := journalHeaderBytes(4096)
-	rec := make([]byte, jrecSize)
-	encodeJrec(rec, jrec{start: 3, count: 5, st: stData})
+	hdr := journal.EncodeHeader(4096)
+	rec := make([]byte, journal.RecordSize)
+	journal.EncodeRecord(rec, jrec{Start: 3, Count: 5, State: stData})
 	f.Add(append(append([]byte{}, hdr...), rec...))
-	encodeJrec(rec, jrec{start: 1 << 62, count: 1 << 62, st: stZero})
+	journal.EncodeRecord(rec, jrec{Start: 1 << 62, Count: 1 << 62, State: stZero})
 	f.Add(append(append([]byte{}, hdr...), rec...))
 	f.Add(hdr[:10])
 	f.Add([]byte{})
@@ -108,7 +110,7 @@ func TestJournalCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	fi, _ := os.Stat(filepath.Join(dir, "journal"))
-	if fi.Size() > journalHeader+int64(4*100+blocks)*jrecSize {
+	if fi.Size() > journal.HeaderSize+int64(4*100+blocks)*journal.RecordSize {
 		t.Fatalf("journal is %d bytes after 1000 ops on %d blocks: not compacted", fi.Size(), blocks)
 	}
 	w, err = openWritable(dir, blocks*4096, 4096)

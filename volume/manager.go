@@ -244,9 +244,27 @@ func (m *Manager) Create(name string, size uint64, o CreateOptions) (*metadata.V
 	return v, m.createRecord(v)
 }
 
+// MaxVolumeBlocks is the most blocks a volume may have: the writable
+// layer keeps an in-memory bitmap over every block (18 MiB of page table
+// at this size, plus 4 KiB per 16384-block page written), so 2^35 blocks:
+// 16 TiB with 512-byte blocks, 128 TiB with 4 KiB blocks. The writable
+// data file is a sparse file as large as the volume, so the filesystem
+// under the root must allow such a file too (ext4: just under 16 TiB;
+// XFS and btrfs: 8 EiB).
+const MaxVolumeBlocks = 1 << 35
+
+// MaxVolumeSize is the largest volume of block size bs.
+func MaxVolumeSize(bs uint32) uint64 {
+	return min(uint64(bs)*MaxVolumeBlocks, uint64(snapshot.MaxVirtualSize))
+}
+
 func checkSize(size uint64, bs uint32) error {
-	if size == 0 || size%uint64(bs) != 0 || size > snapshot.MaxVirtualSize {
-		return fmt.Errorf("%w: size %d must be a non-zero multiple of the block size %d, at most %d", ErrRange, size, bs, uint64(snapshot.MaxVirtualSize))
+	if bs == 0 || size == 0 || size%uint64(bs) != 0 {
+		return fmt.Errorf("%w: size %d must be a non-zero multiple of the block size %d", ErrRange, size, bs)
+	}
+	if limit := MaxVolumeSize(bs); size > limit {
+		return fmt.Errorf("%w: size %d is larger than the largest volume with %d-byte blocks, %d bytes (%d TiB: at most 2^35 blocks, as the writable layer keeps a bitmap over every block)",
+			ErrRange, size, bs, limit, limit>>40)
 	}
 	return nil
 }
@@ -364,6 +382,9 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	var rec *metadata.Volume
 	if err := m.cat.View(func(tx *metadata.Tx) (err error) { rec, err = tx.Volume(name); return }); err != nil {
 		return nil, err
+	}
+	if err := checkSize(rec.Size, rec.BlockSize); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", name, err) // before allocating for its size
 	}
 	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {

@@ -42,9 +42,11 @@ func (m *Manager) commit(intent uint64, fn func(tx *metadata.Tx) error) error {
 // Recover finishes what crashed processes left: an intent still recorded
 // means its catalogue transaction never committed, so the volume is as it
 // was before the operation; the intent is dropped (the blob it may have
-// written is unreferenced and gc removes it). Directories of volumes the
-// catalogue no longer has are removed. Volumes locked by a live process
-// are left alone.
+// written is unreferenced and gc removes it). The directory of a volume
+// is removed only when the catalogue positively says it does not exist
+// (see removeIfDeleted); a lookup that fails otherwise keeps it and makes
+// Recover return an error after looking at the other volumes. Volumes
+// locked by a live process are left alone.
 func (m *Manager) Recover() (recovered []string, err error) {
 	var intents []*metadata.Intent
 	if err := m.cat.View(func(tx *metadata.Tx) (err error) { intents, err = tx.Intents(); return }); err != nil {

@@ -24,7 +24,7 @@ func TestReconcileAfterProcessCrash(t *testing.T) {
 	// "Crash": drop the in-memory state without flushing.
 	v.w.pending = nil
 	v.w.data.Close()
-	v.w.j.close()
+	v.w.j.Close()
 	v.w = nil
 	v.lock.release()
 

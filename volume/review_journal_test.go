@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/obdvol/obdvol/journal"
 )
 
 // A flush whose journal compaction fails loses its records: they were
@@ -41,7 +43,7 @@ func TestReviewFlushAfterFailedCompactionLosesRecords(t *testing.T) {
 	}
 	// ..."crash" now: drop the process state and replay the journal.
 	w.data.Close()
-	w.j.close()
+	w.j.Close()
 	w2, err := openWritable(dir, 64*4096, 4096)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +75,7 @@ func TestReviewJournalShortWriteLosesLaterFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Room for the header and 1.5 records: the second record tears.
-	small := syscall.Rlimit{Cur: journalHeader + jrecSize + jrecSize/2, Max: lim.Max}
+	small := syscall.Rlimit{Cur: journal.HeaderSize + journal.RecordSize + journal.RecordSize/2, Max: lim.Max}
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &small); err != nil {
 		t.Skip(err)
 	}
@@ -90,7 +92,7 @@ func TestReviewJournalShortWriteLosesLaterFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.data.Close()
-	w.j.close()
+	w.j.Close()
 	w2, err := openWritable(dir, 64*4096, 4096)
 	if err != nil {
 		t.Fatal(err)

@@ -30,7 +30,7 @@ func TestReviewReconcileSmallBlocksHidesChain(t *testing.T) {
 	// "Crash" of the owning process.
 	v.w.pending = nil
 	v.w.data.Close()
-	v.w.j.close()
+	v.w.j.Close()
 	v.w = nil
 	v.lock.release()
 

@@ -186,10 +186,19 @@ func stripeSpan(blk, n uint64) (lo, hi, wrap int) {
 // whole: the block is read, merged and rewritten holding its stripe
 // exclusively, so concurrent writes to other bytes of the block are kept.
 func (v *Volume) rmwBlock(p []byte, blk, in uint64) error {
+	buf := make([]byte, v.bs)
+	if st, _ := v.w.run(blk, 1); st == stUnset {
+		// The block comes from a lower layer, maybe over the network (a
+		// lazy layer): fetch it before taking the stripe, so that a slow
+		// fetch holds up no other writer; the read under the stripe
+		// below is then served from the chunk cache.
+		if err := v.readLocked(buf, blk*v.bs); err != nil {
+			return err
+		}
+	}
 	mu := &v.stripes[blk%nStripes]
 	mu.Lock()
 	defer mu.Unlock()
-	buf := make([]byte, v.bs)
 	if err := v.readLocked(buf, blk*v.bs); err != nil {
 		return err
 	}

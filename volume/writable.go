@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/obdvol/obdvol/journal"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,8 +18,8 @@ import (
 //	data     a sparse file as large as the volume; block b lives at b*bs,
 //	         so overwrites happen in place and the file never outgrows the
 //	         volume.
-//	journal  which blocks hold data here and which read as zeros (see
-//	         journal for its format and invariants).
+//	journal  which blocks hold data here and which read as zeros
+//	         (package journal has its format and invariants).
 //
 // Durability (Flush): take the pending records, fdatasync data, then
 // append the records to the journal and fdatasync it. A record is only
@@ -36,7 +37,7 @@ type writable struct {
 	dir  string
 	bs   uint64
 	data *os.File
-	j    *journal
+	j    *journal.Journal
 
 	mu      sync.RWMutex // guards bm, pending
 	bm      *bitmap
@@ -47,6 +48,17 @@ type writable struct {
 
 	failed atomic.Pointer[error] // fail-stop: set once by a failed fsync
 }
+
+// jrec is a journal record: (start, count, state).
+type jrec = journal.Record
+
+// ErrJournalCorrupt is returned when a writable layer's journal is
+// damaged, not merely torn by a crash; such an error also wraps
+// ErrCorrupt.
+var ErrJournalCorrupt = journal.ErrCorrupt
+
+// fdatasync is unix.Fdatasync; tests replace it to inject failures.
+var fdatasync = unix.Fdatasync
 
 // minCompact is the journal size (records) below which it is never
 // rewritten; a variable so tests can exercise compaction.
@@ -70,11 +82,18 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	if err == nil && uint64(fi.Size()) != size {
 		err = w.data.Truncate(int64(size))
 	}
+	if errors.Is(err, unix.EFBIG) {
+		err = fmt.Errorf("the filesystem under the root cannot hold a %d-byte sparse data file (ext4: at most 16 TiB - 4 KiB; XFS or btrfs can): %w", size, err)
+	}
 	if err != nil {
 		w.data.Close()
 		return nil, fmt.Errorf("writable layer %s: data file: %w", dir, err)
 	}
-	w.j, err = openJournal(filepath.Join(dir, "journal"), w.bs, func(r jrec) { w.bm.set(r.start, r.count, r.st) })
+	w.j, err = journal.Open(filepath.Join(dir, "journal"), bs, journal.Options{Sync: func(fd int) error { return fdatasync(fd) }},
+		func(r jrec) { w.bm.set(r.Start, r.Count, r.State) })
+	if errors.Is(err, journal.ErrCorrupt) {
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
 	if err != nil {
 		w.data.Close()
 		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
@@ -88,7 +107,7 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	// before the layer is used, or referenced by a catalogue commit.
 	if err := syncDir(dir); err != nil {
 		w.data.Close()
-		w.j.close()
+		w.j.Close()
 		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
 	}
 	return w, nil
@@ -125,7 +144,7 @@ func (w *writable) writeBlocks(p []byte, blk uint64) error {
 	w.mu.Lock()
 	if st, m := w.bm.run(blk, n); st != stData || m < n {
 		w.bm.set(blk, n, stData)
-		w.pending = append(w.pending, jrec{blk, n, stData})
+		w.pending = append(w.pending, jrec{Start: blk, Count: n, State: stData})
 	}
 	w.mu.Unlock()
 	return nil
@@ -138,7 +157,7 @@ func (w *writable) zeroBlocks(blk, count uint64) error {
 	}
 	w.mu.Lock()
 	w.bm.set(blk, count, stZero)
-	w.pending = append(w.pending, jrec{blk, count, stZero})
+	w.pending = append(w.pending, jrec{Start: blk, Count: count, State: stZero})
 	w.mu.Unlock()
 	err := unix.Fallocate(int(w.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE,
 		int64(blk*w.bs), int64(count*w.bs))
@@ -158,7 +177,7 @@ func (w *writable) growZero(oldSize, newSize uint64) error {
 	first := oldSize / w.bs
 	w.mu.Lock()
 	w.bm.set(first, (newSize-oldSize)/w.bs, stZero)
-	w.pending = append(w.pending, jrec{first, (newSize - oldSize) / w.bs, stZero})
+	w.pending = append(w.pending, jrec{Start: first, Count: (newSize - oldSize) / w.bs, State: stZero})
 	w.mu.Unlock()
 	return w.flush()
 }
@@ -208,8 +227,11 @@ func (w *writable) flush() error {
 	recs := w.pending
 	w.pending = nil
 	var snap []jrec
-	if w.j.records()+len(recs) > w.compactN {
-		w.bm.runs(func(s, c uint64, st uint8) error { snap = append(snap, jrec{s, c, st}); return nil })
+	if w.j.Len()+len(recs) > w.compactN {
+		w.bm.runs(func(s, c uint64, st uint8) error {
+			snap = append(snap, jrec{Start: s, Count: c, State: st})
+			return nil
+		})
 	}
 	w.mu.Unlock()
 	if err := fdatasync(int(w.data.Fd())); err != nil {
@@ -217,14 +239,14 @@ func (w *writable) flush() error {
 	}
 	var err error
 	if snap != nil {
-		if err = w.j.rewrite(snap); err == nil {
+		if err = w.j.Rewrite(snap); err == nil {
 			w.compactN = max(minCompact, 4*len(snap))
 		}
 	} else {
-		err = w.j.append(recs)
+		err = w.j.Append(recs)
 	}
 	if err != nil {
-		if w.j.err != nil {
+		if w.j.Err() != nil {
 			return w.fail(err)
 		}
 		w.requeue(recs) // nothing of them is in the journal: retry later
@@ -263,7 +285,7 @@ func (w *writable) close() error {
 	if e := w.data.Close(); err == nil {
 		err = e
 	}
-	if e := w.j.close(); err == nil {
+	if e := w.j.Close(); err == nil {
 		err = e
 	}
 	return err
@@ -332,7 +354,7 @@ func (w *writable) reconcile() (changed uint64, err error) {
 			cur, n := w.bm.run(b, last-b)
 			if (state == stData && cur != stData) || (state == stZero && cur == stData) {
 				w.bm.set(b, n, state)
-				w.pending = append(w.pending, jrec{b, n, state})
+				w.pending = append(w.pending, jrec{Start: b, Count: n, State: state})
 				changed += n
 			}
 			b += n
