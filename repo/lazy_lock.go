@@ -1,0 +1,125 @@
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// blobLock is the lock of one lazy blob, shared by every process and
+// every LazyBlob on the store: an exclusive flock on
+// Root/partial/<hex>.lock. Whoever changes the blob's data file or its
+// present-map holds it (merging fetched pages, evicting, invalidating,
+// adopting, removing), for disk work only, never across a network fetch.
+//
+// The lock file's first 8 bytes, mapped shared, count removals: every
+// change that makes a page absent (eviction, invalidation, adoption,
+// removal) adds one, after the map that no longer names the page is in
+// place and before any hole is punched. A reader loads the counter before
+// and after it reads local bytes and reads again if it moved (a seqlock):
+// it never returns bytes of a page evicted under it.
+type blobLock struct {
+	path string
+
+	mu  sync.Mutex // holders in this LazyBlob; flock does not exclude them
+	f   *os.File
+	shm []byte
+}
+
+var errLockGone = errors.New("lazy blob was adopted or removed")
+
+// openBlobLock opens the lock file (creating it when create is set) and
+// maps its counter.
+func openBlobLock(path string, create bool) (*blobLock, error) {
+	l := &blobLock{path: path}
+	if err := l.open(create); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *blobLock) open(create bool) error {
+	flag := os.O_RDWR
+	if create {
+		flag |= os.O_CREATE
+	}
+	f, err := os.OpenFile(l.path, flag, 0o600)
+	if errors.Is(err, os.ErrNotExist) && !create {
+		return errLockGone
+	}
+	if err != nil {
+		return fmt.Errorf("lazy blob lock: %w", err)
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() < 8 {
+		if err == nil {
+			err = f.Truncate(8) // only ever grows: a racing truncate to 8 is a no-op
+		}
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("lazy blob lock: %w", err)
+		}
+	}
+	shm, err := unix.Mmap(int(f.Fd()), 0, 8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("lazy blob lock: mmap: %w", err)
+	}
+	l.close()
+	l.f, l.shm = f, shm
+	return nil
+}
+
+func (l *blobLock) counter() *atomic.Uint64 {
+	return (*atomic.Uint64)(unsafe.Pointer(&l.shm[0]))
+}
+
+// epoch is the removal counter (see blobLock).
+func (l *blobLock) epoch() uint64 { return l.counter().Load() }
+
+// bump adds one to the removal counter; call it holding the lock.
+func (l *blobLock) bump() { l.counter().Add(1) }
+
+// lock takes the lock. When the lock file was removed or replaced (the
+// blob was adopted or removed by its holder) it returns errLockGone.
+func (l *blobLock) lock() error {
+	l.mu.Lock()
+	for {
+		if err := unix.Flock(int(l.f.Fd()), unix.LOCK_EX); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			l.mu.Unlock()
+			return fmt.Errorf("lazy blob lock %s: %w", l.path, err)
+		}
+		if samePath(l.f, l.path) {
+			return nil
+		}
+		unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+		l.mu.Unlock()
+		return errLockGone
+	}
+}
+
+func (l *blobLock) unlock() {
+	unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	l.mu.Unlock()
+}
+
+func (l *blobLock) close() {
+	if l.shm != nil {
+		unix.Munmap(l.shm)
+		l.shm = nil
+	}
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
+
+func syncDirOf(path string) error { return syncDir(filepath.Dir(path)) }
