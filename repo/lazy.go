@@ -141,6 +141,11 @@ func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts Laz
 		return nil, fmt.Errorf("lazy blob %s: page size %d is not a power of two from %d to %d", digest, opts.Page, minLazyPage, maxLazyPage)
 	}
 	base := filepath.Join(s.PartialDir(), digest[len("sha256:"):])
+	if !create {
+		if _, err := os.Stat(base + ".lazy"); errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+	}
 	blobPath, _ := s.Path(digest)
 	b := &LazyBlob{digest: digest, size: size, page: opts.Page, path: base + ".lazy", mapPath: base + ".map",
 		blobPath: blobPath, fetch: fetch, opts: opts, lastEnd: -1, inflight: map[int64]*fetchCall{}}
@@ -158,8 +163,12 @@ func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts Laz
 		b.lk.close()
 		return nil, err
 	}
-	defer b.lk.unlock()
-	if err := b.openFile(create); err != nil || b.f == nil {
+	err = b.openFile(create)
+	if err == nil && b.f == nil { // adopted or removed since the Stat: take our lock file back
+		os.Remove(b.lk.path)
+	}
+	b.lk.unlock()
+	if err != nil || b.f == nil {
 		b.lk.close()
 		return nil, err
 	}
