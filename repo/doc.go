@@ -8,7 +8,8 @@
 //   - Store: the host's content store, Root/blobs/sha256/<hex>; a path
 //     that exists holds a complete, verified blob.
 //   - partial file: Root/partial/<hex>.part, a download in progress that
-//     a later pull resumes; <hex>.lazy and <hex>.map hold a lazy blob.
+//     a later pull resumes; <hex>.lazy, <hex>.map and <hex>.lock hold a
+//     lazy blob shared by every process (see LazyBlob).
 //   - artifact: one snapshot as an OCI 1.1 image manifest whose layers
 //     are the chain, base first, and whose config is a ChainConfig
 //     (docs/artifact.md).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -100,6 +101,8 @@ type LazyBlob struct {
 	lk       *blobLock
 	fetch    RangeFetcher
 	opts     LazyOptions
+
+	sizeChecked atomic.Bool // the remote stated the blob's size, and it is size
 
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written

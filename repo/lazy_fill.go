@@ -37,6 +37,14 @@ func (b *LazyBlob) fetchPages(ctx context.Context, p, q int64) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("lazy blob %s: fetch [%d,+%d): %w", b.digest, start, n, ctx.Err())
 		}
+		// A range past the blob's real end fails in ways that look like a
+		// network fault: ask for the first byte, whose answer states the
+		// real size, before retrying.
+		if !b.sizeChecked.Load() && start > 0 {
+			if _, perr := b.fetchOnce(ctx, 0, 1); errors.Is(perr, ErrDigestMismatch) {
+				return fmt.Errorf("lazy blob %s: fetch [%d,+%d): %w", b.digest, start, n, perr)
+			}
+		}
 		if time.Now().Add(delay).After(deadline) {
 			return fmt.Errorf("lazy blob %s: fetch [%d,+%d): %w: %w", b.digest, start, n, ErrUnavailable, err)
 		}
@@ -63,11 +71,14 @@ func (b *LazyBlob) fetchOnce(ctx context.Context, start, n int64) ([]byte, error
 	} else {
 		data, err = b.fetch.FetchRange(ctx, b.digest, start, n)
 	}
-	if err != nil {
-		return nil, err
-	}
 	if total >= 0 && total != b.size {
 		return nil, fmt.Errorf("the registry has %d bytes, the manifest claims %d: %w", total, b.size, ErrDigestMismatch)
+	}
+	if total >= 0 {
+		b.sizeChecked.Store(true)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if int64(len(data)) != n {
 		return nil, fmt.Errorf("got %d bytes, want %d", len(data), n)

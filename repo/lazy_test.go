@@ -547,6 +547,13 @@ func TestLazyClaimedSizeCheckedAgainstRegistry(t *testing.T) {
 	if rp.ranges.Load() != 1 {
 		t.Fatalf("a size mismatch was retried: %d range requests", rp.ranges.Load())
 	}
+	// Reading where the manifest puts the trailer: past the blob's end.
+	if _, err := b.ReadAt(make([]byte, 64), int64(2*len(data)-64)); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("read of the claimed trailer past the blob's end: %v", err)
+	}
+	if rp.ranges.Load() > 5 { // a retried GET may count twice
+		t.Fatalf("a size mismatch was retried: %d range requests", rp.ranges.Load())
+	}
 	s.RemoveLazy(d)
 	b = openLazy(t, s, d, rp.fetcher(t), len(data))
 	readAll(t, b, data)

@@ -39,7 +39,8 @@ func (r RegistryRanges) FetchRange(ctx context.Context, digest string, off, n in
 // may be "*") and, when it states one, a Content-Length of n; anything
 // else is an error wrapping ErrBadRange. A registry that ignores Range
 // answers 200 with the whole blob: the range is taken from it (correct,
-// not cheap), and a body too short for it is an error wrapping ErrBadRange.
+// not cheap), and one too short for it is an error wrapping ErrBadRange, as
+// is a 416 (the range is past the blob's end; its total is returned).
 func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off, n int64) ([]byte, int64, error) {
 	if err := ValidateDigest(digest); err != nil {
 		return nil, -1, err
@@ -92,6 +93,15 @@ func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off,
 		if _, err := io.CopyN(io.Discard, body, off); err != nil {
 			return nil, total, fmt.Errorf("blob %s range [%d,+%d): %w", digest, off, n, err)
 		}
+	case http.StatusRequestedRangeNotSatisfiable:
+		// "bytes */<total>": the blob is shorter than the range.
+		if t, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes */"); ok {
+			if _, _, v, err := parseContentRange("bytes 0-0/" + t); err == nil {
+				total = v
+			}
+		}
+		return nil, total, fmt.Errorf("blob %s range [%d,+%d): registry answered %s (blob of %d bytes): %w",
+			digest, off, n, resp.Status, total, ErrBadRange)
 	default:
 		return nil, -1, fmt.Errorf("blob %s range [%d,+%d): registry answered %s", digest, off, n, resp.Status)
 	}
