@@ -105,16 +105,22 @@ func (s *Store) LocalBytes(digest string) int64 {
 	return m.bytes(pg, size)
 }
 
-// LazyDigests lists the blobs that have a lazy partial file.
+// LazyDigests lists the blobs that have lazy files: a partial file, or a
+// map or lock left without one (which RemoveLazy also removes).
 func (s *Store) LazyDigests() ([]string, error) {
 	ents, err := os.ReadDir(s.PartialDir())
 	if err != nil {
 		return nil, err
 	}
 	var out []string
+	seen := map[string]bool{}
 	for _, e := range ents {
-		if hex, ok := strings.CutSuffix(e.Name(), ".lazy"); ok && ValidateDigest("sha256:"+hex) == nil {
-			out = append(out, "sha256:"+hex)
+		for _, ext := range []string{".lazy", ".map", ".lock"} {
+			hex, ok := strings.CutSuffix(e.Name(), ext)
+			if d := "sha256:" + hex; ok && !seen[d] && ValidateDigest(d) == nil {
+				seen[d] = true
+				out = append(out, d)
+			}
 		}
 	}
 	return out, nil
@@ -128,15 +134,25 @@ func (s *Store) RemoveLazy(digest string) error {
 	if err != nil {
 		return err
 	}
-	if lk, err := openBlobLock(base+".lock", false); err == nil {
-		if lk.lock() == nil {
+	for tries := 0; tries < 3; tries++ {
+		lk, err := openBlobLock(base+".lock", false)
+		if errors.Is(err, errLockGone) {
+			break // no lock file: nobody has the blob open
+		}
+		if err != nil {
+			return err
+		}
+		err = lk.lock()
+		if err == nil {
 			err = removeLazyFiles(base)
 			lk.bump()
 			os.Remove(lk.path)
 			lk.unlock()
 		}
 		lk.close()
-		return err
+		if !errors.Is(err, errLockGone) { // else removed by its holder meanwhile: look again
+			return err
+		}
 	}
 	return removeLazyFiles(base)
 }

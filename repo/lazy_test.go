@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -656,5 +657,31 @@ func TestLazyFillVerifiesSharedPages(t *testing.T) {
 	}
 	if fileDigest(t, mustPath(s, d)) != d {
 		t.Fatal("adopted blob is wrong")
+	}
+}
+
+// A map left without its data file never claims pages of a new one, and
+// RemoveLazy clears every lazy file of a blob.
+func TestLazyOrphanMap(t *testing.T) {
+	s, f, d := lazyFixture(t, 1<<20)
+	a := openLazy(t, s, d, f, len(f.data))
+	readAll(t, a, f.data)
+	a.Close()
+	base := filepath.Join(s.PartialDir(), d[len("sha256:"):])
+	if err := os.Remove(base + ".lazy"); err != nil { // as a crashed removal or gc leaves it
+		t.Fatal(err)
+	}
+	b := openLazy(t, s, d, f, len(f.data))
+	readAll(t, b, f.data)
+	b.Close()
+	os.Remove(base + ".lazy")
+	if ds, err := s.LazyDigests(); err != nil || len(ds) != 1 || ds[0] != d {
+		t.Fatalf("LazyDigests with an orphan map: %v, %v", ds, err)
+	}
+	if err := s.RemoveLazy(d); err != nil {
+		t.Fatal(err)
+	}
+	if ents := partials(t, s); len(ents) != 0 {
+		t.Fatalf("partial/ holds %v after RemoveLazy", ents)
 	}
 }
