@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/tests/regtest"
 	"oras.land/oras-go/v2/registry/remote"
 )
@@ -683,5 +684,78 @@ func TestLazyOrphanMap(t *testing.T) {
 	}
 	if ents := partials(t, s); len(ents) != 0 {
 		t.Fatalf("partial/ holds %v after RemoveLazy", ents)
+	}
+}
+
+// A real layer whose index spans many pages: after another LazyBlob
+// evicts them and a third writes its map, the layer still opens (its index
+// is fetched again, never read from holes), lazily and through the stale
+// LazyBlob that had it.
+func TestLazyLayerIndexSurvivesEviction(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := snapshot.NewWriter(&buf, snapshot.WriterOptions{Codec: snapshot.CodecNone, VirtualSize: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk := make([]byte, 4096)
+	for i := uint64(0); i < 2000; i++ { // 2000 extents: an index of about 50 KiB
+		blk[0] = byte(i)
+		if err := w.AddData(2*i, blk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	sum := sha256.Sum256(data)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	s := newStore(t)
+	f := &memFetcher{data: data}
+	lazy := func() *LazyBlob {
+		b, err := s.OpenLazy(d, int64(len(data)), f, LazyOptions{Page: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	a := lazy()
+	if _, err := snapshot.Open(a); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync()
+	b := lazy()
+	if freed, err := b.Evict(0); err != nil || freed < 40<<10 {
+		t.Fatalf("evict: freed %d, %v", freed, err)
+	}
+	if _, err := a.ReadAt(make([]byte, 10), 4096); err != nil { // a fetches, and writes its map
+		t.Fatal(err)
+	}
+	a.Close()
+	l, err := snapshot.Open(lazy())
+	if err != nil {
+		t.Fatalf("open after eviction: %v", err)
+	}
+	ref, err := snapshot.Open(snapshot.BytesSource(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, q := make([]byte, 1<<20), make([]byte, 1<<20)
+	if err := l.ReadData(p, 3<<20, nil); err != nil {
+		t.Fatalf("read after eviction: %v", err)
+	}
+	if ref.ReadData(q, 3<<20, nil); !bytes.Equal(p, q) {
+		t.Fatal("read after eviction: wrong bytes")
+	}
+	e := lazy()
+	if _, err := snapshot.Open(e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EvictLazy(d, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snapshot.Open(e); err != nil {
+		t.Fatalf("open through a LazyBlob whose pages were evicted: %v", err)
 	}
 }
