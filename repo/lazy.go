@@ -102,7 +102,8 @@ type LazyBlob struct {
 	fetch    RangeFetcher
 	opts     LazyOptions
 
-	sizeChecked atomic.Bool // the remote stated the blob's size, and it is size
+	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
+	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
 
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written

@@ -19,7 +19,8 @@ import (
 // written durably (fsync, rename, directory fsync), the removal counter
 // moves, then the holes are punched. A crash in between leaves pages the
 // map does not claim (fetched again), never the reverse. A blob that was
-// adopted into the store is complete and verified: it is never touched.
+// adopted into the store is complete and verified: it is never touched;
+// one being filled (by any process) is left alone too.
 func (b *LazyBlob) Evict(keep int64) (int64, error) {
 	if err := b.lk.lock(); err != nil {
 		if errors.Is(err, errLockGone) {
@@ -28,8 +29,8 @@ func (b *LazyBlob) Evict(keep int64) (int64, error) {
 		return 0, err
 	}
 	defer b.lk.unlock()
-	if !samePath(b.f, b.path) {
-		return 0, nil
+	if !samePath(b.f, b.path) || b.filling.Load() > 0 || b.lk.pinned() {
+		return 0, nil // adopted, removed, or being filled
 	}
 	pg := b.page
 	pages := lazyPages(b.size, pg)

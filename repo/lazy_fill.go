@@ -194,7 +194,8 @@ var errNotFull = errors.New("lazy blob lost pages before adoption")
 // Fill fetches every missing page, in order, at most opts.Rate bytes a
 // second, then checks the whole file against the digest and moves it
 // into the store as an ordinary complete blob. It returns ErrDigestMismatch
-// (and forgets every page) if the assembled blob is wrong.
+// (and forgets every page) if the assembled blob is wrong. While it runs,
+// eviction (by any process) leaves the blob alone.
 func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	if opts.Span <= 0 {
 		opts.Span = 4 << 20
@@ -203,6 +204,21 @@ func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 2
 	}
+	// Pinned, the blob is not evicted while it fills (see blobLock.pin).
+	b.lk.mu.Lock()
+	if err := b.lk.pin(); err != nil {
+		b.lk.mu.Unlock()
+		return fmt.Errorf("lazy blob %s: pin: %w", b.digest, err)
+	}
+	b.filling.Add(1)
+	b.lk.mu.Unlock()
+	defer func() {
+		b.lk.mu.Lock()
+		if b.filling.Add(-1) == 0 && b.lk.f != nil {
+			b.lk.unpin()
+		}
+		b.lk.mu.Unlock()
+	}()
 	for tries := 0; ; tries++ {
 		if err := b.fillPages(ctx, opts); err != nil {
 			return err

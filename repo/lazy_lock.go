@@ -111,6 +111,39 @@ func (l *blobLock) unlock() {
 	l.mu.Unlock()
 }
 
+// A fill pins the blob with a shared OFD lock on byte 8 of the lock file
+// (released by the kernel if the process dies); eviction skips a pinned
+// blob, so that a fill and a cache bound do not undo each other for ever.
+var pinRange = unix.Flock_t{Whence: 0, Start: 8, Len: 1}
+
+// pin takes the fill pin (shared: several fills may pin at once).
+func (l *blobLock) pin() error {
+	fl := pinRange
+	fl.Type = unix.F_RDLCK
+	for {
+		err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLKW, &fl)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+func (l *blobLock) unpin() {
+	fl := pinRange
+	fl.Type = unix.F_UNLCK
+	unix.FcntlFlock(l.f.Fd(), unix.F_OFD_SETLK, &fl)
+}
+
+// pinned reports whether another open lock file holds the fill pin.
+func (l *blobLock) pinned() bool {
+	fl := pinRange
+	fl.Type = unix.F_WRLCK
+	if err := unix.FcntlFlock(l.f.Fd(), unix.F_OFD_GETLK, &fl); err != nil {
+		return false
+	}
+	return fl.Type != unix.F_UNLCK
+}
+
 func (l *blobLock) close() {
 	if l.shm != nil {
 		unix.Munmap(l.shm)

@@ -313,10 +313,50 @@ func TestLazyEvictByAnotherProcess(t *testing.T) {
 // lazyHelper runs TestLazyHelperProcess in a child process on s's blob d.
 func lazyHelper(t *testing.T, s *Store, d, op string) {
 	t.Helper()
+	if out, err := lazyHelperCmd(s, d, op).CombinedOutput(); err != nil {
+		t.Fatalf("helper process %s: %v\n%s", op, err, out)
+	}
+}
+
+func lazyHelperCmd(s *Store, d, op string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestLazyHelperProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "OBDVOL_LAZY_HELPER="+op, "OBDVOL_LAZY_ROOT="+s.Root, "OBDVOL_LAZY_DIGEST="+d)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("helper process %s: %v\n%s", op, err, out)
+	return cmd
+}
+
+// Another process reads and evicts in a loop while this one reads and
+// then fills: every read returns the blob's bytes, the fill adopts the
+// right blob, and the other process's evictions never touch it.
+func TestLazyTwoProcessesChurn(t *testing.T) {
+	s, f, d := lazyFixture(t, 2<<20)
+	a := openLazy(t, s, d, f, len(f.data))
+	cmd := lazyHelperCmd(s, d, "churn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 192<<10)
+	for i := 0; i < 100; i++ {
+		off := int64(i*37%10) * (192 << 10)
+		if _, err := a.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, f.data[off:off+int64(len(p))]) {
+			t.Fatalf("read %d at %d: wrong bytes", i, off)
+		}
+		if i%10 == 0 {
+			a.Evict(256 << 10)
+		}
+	}
+	if err := a.Fill(context.Background(), s, FillOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper process: %v\n%s", err, out.String())
+	}
+	if got := fileDigest(t, mustPath(s, d)); got != d {
+		t.Fatalf("the adopted blob is %s", got)
 	}
 }
 
@@ -340,6 +380,23 @@ func TestLazyHelperProcess(t *testing.T) {
 	case "fill":
 		if err := b.Fill(context.Background(), s, FillOptions{}); err != nil {
 			t.Fatal(err)
+		}
+	case "churn": // read everything and evict it, until the blob is adopted
+		for i := 0; !b.isComplete(); i++ {
+			p := make([]byte, 256<<10)
+			off := int64(i%8) * (256 << 10)
+			if _, err := b.ReadAt(p, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(p, f.data[off:off+int64(len(p))]) {
+				t.Fatalf("churn read %d at %d: wrong bytes", i, off)
+			}
+			if _, err := b.Evict(int64(i%3) * (512 << 10)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if freed, err := b.Evict(0); err != nil || freed != 0 {
+			t.Fatalf("evict after adoption: %d, %v", freed, err)
 		}
 	}
 }
