@@ -362,6 +362,9 @@ func (b *LazyBlob) ensure(ctx context.Context, off, fetchEnd, need int64) error 
 		}
 		if c := b.inflight[p]; c != nil {
 			b.mu.Unlock()
+			if p*pg >= need {
+				return nil // read-ahead another read is fetching already
+			}
 			select {
 			case <-c.done:
 			case <-ctx.Done():
