@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -485,6 +486,9 @@ func TestLazyClaimedSizeBoundsNothing(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	huge, err := s.OpenLazy(d, 1<<43, zeroFetcher{}, LazyOptions{})
+	if errors.Is(err, syscall.EFBIG) {
+		t.Skipf("the test directory's filesystem cannot hold an 8 TiB sparse file: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +501,7 @@ func TestLazyClaimedSizeBoundsNothing(t *testing.T) {
 	}
 	huge.Close()
 	runtime.ReadMemStats(&after)
-	if n := after.TotalAlloc - before.TotalAlloc; n > 8<<20 {
+	if n := after.TotalAlloc - before.TotalAlloc; n > 32<<20 { // a bitmap would take 64 MiB
 		t.Fatalf("a lazy blob claiming 8 TiB allocated %d bytes", n)
 	}
 	if _, err := s.OpenLazy(d, 1<<60, zeroFetcher{}, LazyOptions{}); err == nil {
