@@ -86,21 +86,29 @@ func (b *LazyBlob) fetchOnce(ctx context.Context, start, n int64) ([]byte, error
 	return data, nil
 }
 
-// commit writes the fetched pages [p, q] that are still missing on disk,
-// fdatasyncs them and merges them into the on-disk map, holding the blob's
-// lock. A file that was adopted meanwhile is complete and left alone.
+// commit stores fetched pages [p, q]:
+//
+//  1. under the blob's lock, unless the file was adopted meanwhile (then
+//     it is complete and left alone), write the pages the on-disk map
+//     lacks (pages in the map are never rewritten: their bytes may be
+//     read at any moment, and a full map freezes the file for adoption);
+//  2. without the lock, fdatasync them;
+//  3. under the lock, merge [p, q] into the on-disk map, unless pages were
+//     removed since step 1 (another process may have merged and evicted
+//     the same pages in between: they are fetched again).
 func (b *LazyBlob) commit(p, q int64, data []byte) error {
 	if err := b.lk.lock(); err != nil {
 		return b.lost(err)
 	}
-	defer b.lk.unlock()
 	if !samePath(b.f, b.path) {
+		b.lk.unlock()
 		return b.lost(errLockGone)
 	}
 	pg := b.page
 	disk := readLazyMap(b.mapPath, pg, b.size)
 	wrote := false
-	for a := p; a <= q; {
+	var err error
+	for a := p; a <= q && err == nil; {
 		if disk.has(a) {
 			a++
 			continue
@@ -110,20 +118,33 @@ func (b *LazyBlob) commit(p, q int64, data []byte) error {
 			c++
 		}
 		lo, hi := (a-p)*pg, min((c+1-p)*pg, int64(len(data)))
-		if _, err := b.f.WriteAt(data[lo:hi], a*pg); err != nil {
-			return fmt.Errorf("lazy blob %s: %w", b.digest, err)
-		}
+		_, err = b.f.WriteAt(data[lo:hi], a*pg)
 		wrote = true
 		a = c + 1
+	}
+	e := b.lk.epoch()
+	b.lk.unlock()
+	if err != nil {
+		return fmt.Errorf("lazy blob %s: %w", b.digest, err)
 	}
 	if wrote {
 		if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
 			return fmt.Errorf("lazy blob %s: fdatasync: %w", b.digest, err)
 		}
 	}
-	disk.add(p, q+1)
-	if err := writeLazyMap(b.mapPath, pg, b.size, &disk, false); err != nil {
-		return fmt.Errorf("lazy blob %s: %w", b.digest, err)
+	if err := b.lk.lock(); err != nil {
+		return b.lost(err)
+	}
+	defer b.lk.unlock()
+	if !samePath(b.f, b.path) {
+		return b.lost(errLockGone)
+	}
+	disk = readLazyMap(b.mapPath, pg, b.size)
+	if b.lk.epoch() == e {
+		disk.add(p, q+1)
+		if err := writeLazyMap(b.mapPath, pg, b.size, &disk, false); err != nil {
+			return fmt.Errorf("lazy blob %s: %w", b.digest, err)
+		}
 	}
 	b.mu.Lock()
 	b.present = disk
