@@ -240,6 +240,17 @@ func TestLazyAdoptedBlobNeverChanges(t *testing.T) {
 	if freed, err := s.EvictLazy(d, 0); err != nil || freed != 0 {
 		t.Fatalf("EvictLazy after adoption: freed %d, %v", freed, err)
 	}
+	if freed, err := a.Evict(0); err != nil || freed != 0 { // the LazyBlob that adopted it
+		t.Fatalf("eviction by the adopter: freed %d, %v", freed, err)
+	}
+	a.Close()
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("blobs/ holds %v: a lazy file's map followed it there", names)
+	}
 	if got := fileDigest(t, path); got != d {
 		t.Fatalf("the adopted blob changed: now %s", got)
 	}
