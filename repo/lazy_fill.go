@@ -235,7 +235,7 @@ func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	b.lk.mu.Unlock()
 	defer func() {
 		b.lk.mu.Lock()
-		if b.filling.Add(-1) == 0 && b.lk.f != nil {
+		if b.filling.Add(-1) == 0 && !b.lk.closed {
 			b.lk.unpin()
 		}
 		b.lk.mu.Unlock()

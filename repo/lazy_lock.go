@@ -1,13 +1,12 @@
 package repo
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,24 +17,24 @@ import (
 // present-map holds it (merging fetched pages, evicting, invalidating,
 // adopting, removing), for disk work only, never across a network fetch.
 //
-// The lock file's first 8 bytes, mapped shared, count removals: every
-// change that makes a page absent (eviction, invalidation, adoption,
-// removal) adds one, after the map that no longer names the page is in
-// place and before any hole is punched. A reader loads the counter before
-// and after it reads local bytes and reads again if it moved (a seqlock):
-// it never returns bytes of a page evicted under it.
+// The lock file's first 8 bytes count removals: every change that makes a
+// page absent (eviction, invalidation, adoption, removal) adds one, after
+// the map that no longer names the page is in place and before any hole
+// is punched. A reader loads the counter (pread: page-cache coherent
+// across processes, and safe against Close, unlike a shared mapping)
+// before and after it reads local bytes and reads again if it moved (a
+// seqlock): it never returns bytes of a page evicted under it.
 type blobLock struct {
 	path string
 
-	mu  sync.Mutex // holders in this LazyBlob; flock does not exclude them
-	f   *os.File
-	shm []byte
+	mu     sync.Mutex // holders in this LazyBlob; flock does not exclude them
+	f      *os.File
+	closed bool // under mu once the LazyBlob is shared
 }
 
 var errLockGone = errors.New("lazy blob was adopted or removed")
 
-// openBlobLock opens the lock file (creating it when create is set) and
-// maps its counter.
+// openBlobLock opens the lock file (creating it when create is set).
 func openBlobLock(path string, create bool) (*blobLock, error) {
 	l := &blobLock{path: path}
 	if err := l.open(create); err != nil {
@@ -65,25 +64,32 @@ func (l *blobLock) open(create bool) error {
 			return fmt.Errorf("lazy blob lock: %w", err)
 		}
 	}
-	shm, err := unix.Mmap(int(f.Fd()), 0, 8, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("lazy blob lock: mmap: %w", err)
-	}
 	l.close()
-	l.f, l.shm = f, shm
+	l.f, l.closed = f, false
 	return nil
 }
 
-func (l *blobLock) counter() *atomic.Uint64 {
-	return (*atomic.Uint64)(unsafe.Pointer(&l.shm[0]))
-}
+// epochUnknown is what epoch reads when the counter cannot be read (the
+// LazyBlob was closed): never the value a read started with, so that the
+// read does not trust what it read.
+const epochUnknown = ^uint64(0)
 
 // epoch is the removal counter (see blobLock).
-func (l *blobLock) epoch() uint64 { return l.counter().Load() }
+func (l *blobLock) epoch() uint64 {
+	var b [8]byte
+	if _, err := l.f.ReadAt(b[:], 0); err != nil {
+		return epochUnknown
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
 
-// bump adds one to the removal counter; call it holding the lock.
-func (l *blobLock) bump() { l.counter().Add(1) }
+// bump adds one to the removal counter; call it holding the lock (which
+// makes the read-modify-write atomic across processes).
+func (l *blobLock) bump() {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], (l.epoch()+1)%epochUnknown)
+	l.f.WriteAt(b[:], 0)
+}
 
 // lock takes the lock. When the lock file was removed or replaced (the
 // blob was adopted or removed by its holder) it returns errLockGone.
@@ -144,14 +150,12 @@ func (l *blobLock) pinned() bool {
 	return fl.Type != unix.F_UNLCK
 }
 
+// close closes the lock file (the pointer stays: a read racing with
+// Close gets os.ErrClosed, not a nil dereference).
 func (l *blobLock) close() {
-	if l.shm != nil {
-		unix.Munmap(l.shm)
-		l.shm = nil
-	}
-	if l.f != nil {
+	if l.f != nil && !l.closed {
 		l.f.Close()
-		l.f = nil
+		l.closed = true
 	}
 }
 

@@ -831,3 +831,19 @@ func TestLazyLayerIndexSurvivesEviction(t *testing.T) {
 		t.Fatalf("open through a LazyBlob whose pages were evicted: %v", err)
 	}
 }
+
+// A read after Close fails; it does not crash.
+func TestLazyReadAfterClose(t *testing.T) {
+	s, f, d := lazyFixture(t, 1<<20)
+	b, err := s.OpenLazy(d, int64(len(f.data)), f, LazyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if _, err := b.ReadAt(make([]byte, 10), 0); err == nil {
+		t.Fatal("read after Close succeeded")
+	}
+}
