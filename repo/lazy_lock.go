@@ -70,8 +70,7 @@ func (l *blobLock) open(create bool) error {
 }
 
 // epochUnknown is what epoch reads when the counter cannot be read (the
-// LazyBlob was closed): never the value a read started with, so that the
-// read does not trust what it read.
+// LazyBlob was closed: its data file fails the read too).
 const epochUnknown = ^uint64(0)
 
 // epoch is the removal counter (see blobLock).
