@@ -2,20 +2,14 @@ package repo
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
-	"math/rand"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,14 +21,24 @@ type RangeFetcher interface {
 	FetchRange(ctx context.Context, digest string, off, n int64) ([]byte, error)
 }
 
+// rangeTotaler is a RangeFetcher that also says the blob's total size when
+// the remote states it (the total of a Content-Range), or -1. A lazy blob
+// checks it against the size the manifest claims.
+type rangeTotaler interface {
+	fetchRangeTotal(ctx context.Context, digest string, off, n int64) ([]byte, int64, error)
+}
+
 // LazyOptions bound what a lazy blob does on its own.
 type LazyOptions struct {
 	// ReadAhead is how far past a sequential read's end to fetch (bytes).
 	ReadAhead int64
 	// RetryFor is how long a read that needs remote data keeps retrying
-	// with backoff before failing with an I/O error.
+	// with backoff before failing with an error wrapping ErrUnavailable.
+	// The read's context ends the retries sooner.
 	RetryFor time.Duration
-	// Page is the granularity of the present-map (bytes, power of two).
+	// Page is the granularity of the present-map (bytes, a power of two
+	// from 512 B to 1 GiB) of a new lazy blob; one that exists keeps the
+	// page size of its map.
 	Page int64
 }
 
@@ -50,103 +54,175 @@ func (o *LazyOptions) defaults() {
 	}
 }
 
-// LazyBlob is a blob being fetched on demand: a sparse file of the blob's
-// size in Root/partial/<hex>.lazy, and a map of which pages of it are
-// present (Root/partial/<hex>.map, rewritten with temp+rename at Sync).
+// maxLazySize bounds the size a manifest may claim for a lazy blob. The
+// present-map is sparse (it grows with what was fetched), so the bound is
+// about the sparse file, not memory.
+const maxLazySize = 1 << 50
+
+// maxFetchSpan bounds one range request (and so the buffer it needs):
+// reads, read-ahead and fills ask for at most this much at a time, however
+// large the read (a layer's index can be up to 1 GiB).
+const maxFetchSpan = 8 << 20
+
+// maxEvictedRereads bounds how often one read starts over because pages
+// it read were evicted under it by another LazyBlob or process.
+const maxEvictedRereads = 16
+
+// LazyBlob is a blob being fetched on demand, shared by every process on
+// the store:
+//
+//   - Root/partial/<hex>.lazy: a sparse file of the blob's size;
+//   - Root/partial/<hex>.map: which pages of it are present (lazy_map.go);
+//   - Root/partial/<hex>.lock: the blob's lock and removal counter
+//     (lazy_lock.go).
+//
 // ReadAt serves present pages from the file and fetches missing ones
-// (rounded out to pages, plus read-ahead for sequential reads), writing
-// them to the file before use. The map may lag the file after a crash
-// (pages are fetched again) but never claims a page that was not written:
-// the file is fdatasynced before the map that names its pages.
+// (rounded out to pages, plus read-ahead for sequential reads). One fetch
+// per page is in flight in a LazyBlob at a time: concurrent misses of a
+// page wait for it. A fetch runs without any lock; then, under the blob's
+// lock, the pages still missing on disk are written, fdatasynced, and
+// merged into the on-disk map (read, add, write temp, rename), so that
+// the map never names a page that was not written and no process undoes
+// another's update. Eviction and invalidation remove pages from the
+// on-disk map under the same lock before any hole is punched; adoption
+// (Fill) renames the verified file into the store under it, and nothing
+// writes or punches the file after that.
 //
 // Bytes served are not verified here: layers verify each chunk's crc32c
-// on every read, and Complete checks the whole blob's sha256.
+// on every read, and Fill checks the whole blob's sha256.
 type LazyBlob struct {
-	digest string
-	size   int64
-	path   string
-	f      *os.File
-	fetch  RangeFetcher
-	opts   LazyOptions
+	digest   string
+	size     int64
+	page     int64
+	path     string // partial/<hex>.lazy
+	mapPath  string // partial/<hex>.map
+	blobPath string // where adoption puts the file
+	f        *os.File
+	lk       *blobLock
+	fetch    RangeFetcher
+	opts     LazyOptions
 
-	mu      sync.Mutex
-	present []uint64 // bitmap of pages
-	dirty   bool
-	lastEnd int64 // end of the previous read, to detect sequential reads
-	raSize  int64 // current read-ahead window
-	fetched int64 // bytes fetched remotely
+	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
+	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
+
+	mu       sync.Mutex
+	present  pageSet // the on-disk map as last read or written
+	seen     uint64  // removal counter present was read at
+	complete bool    // f is the adopted blob: every byte is local for good
+	inflight map[int64]*fetchCall
+	lastEnd  int64 // end of the previous read, to detect sequential reads
+	raSize   int64 // current read-ahead window
+	fetched  int64 // bytes fetched remotely
 }
 
-const lazyMapMagic = "OBDVLMAP"
+// fetchCall is one range fetch in flight; its pages wait on done.
+type fetchCall struct {
+	done chan struct{}
+	err  error
+}
 
 // OpenLazy opens (creating if needed) the lazy blob digest of size bytes.
 func (s *Store) OpenLazy(digest string, size int64, fetch RangeFetcher, opts LazyOptions) (*LazyBlob, error) {
+	b, err := s.openLazy(digest, size, fetch, opts, true)
+	if err == nil && b == nil {
+		err = fmt.Errorf("lazy blob %s: %w", digest, ErrNotFound)
+	}
+	return b, err
+}
+
+// openLazy opens lazy blob digest. Without create it opens only an
+// existing partial file (returning nil, nil when there is none) and takes
+// its size from the file when size < 0.
+func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts LazyOptions, create bool) (*LazyBlob, error) {
 	if err := ValidateDigest(digest); err != nil {
 		return nil, err
 	}
-	if size < 0 || size > 1<<50 {
-		return nil, fmt.Errorf("lazy blob %s: size %d out of range", digest, size)
+	if size > maxLazySize || (create && size < 0) {
+		return nil, fmt.Errorf("lazy blob %s: size %d out of range (at most %d)", digest, size, int64(maxLazySize))
 	}
 	opts.defaults()
-	path := filepath.Join(s.PartialDir(), digest[len("sha256:"):]+".lazy")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if opts.Page < minLazyPage || opts.Page > maxLazyPage || opts.Page&(opts.Page-1) != 0 {
+		return nil, fmt.Errorf("lazy blob %s: page size %d is not a power of two from %d to %d", digest, opts.Page, minLazyPage, maxLazyPage)
+	}
+	base := filepath.Join(s.PartialDir(), digest[len("sha256:"):])
+	if !create {
+		if _, err := os.Stat(base + ".lazy"); errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+	}
+	blobPath, _ := s.Path(digest)
+	b := &LazyBlob{digest: digest, size: size, page: opts.Page, path: base + ".lazy", mapPath: base + ".map",
+		blobPath: blobPath, fetch: fetch, opts: opts, lastEnd: -1, inflight: map[int64]*fetchCall{}}
+	var err error
+	for tries := 0; ; tries++ {
+		if b.lk, err = openBlobLock(base+".lock", true); err != nil {
+			return nil, err
+		}
+		if err = b.lk.lock(); !errors.Is(err, errLockGone) || tries == 3 {
+			break
+		}
+		b.lk.close() // removed by its holder: a fresh lock file
+	}
 	if err != nil {
+		b.lk.close()
 		return nil, err
 	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
+	err = b.openFile(create)
+	if err == nil && b.f == nil { // adopted or removed since the Stat: take our lock file back
+		os.Remove(b.lk.path)
+	}
+	b.lk.unlock()
+	if err != nil || b.f == nil {
+		b.lk.close()
 		return nil, err
 	}
-	pages := (size + opts.Page - 1) / opts.Page
-	b := &LazyBlob{digest: digest, size: size, path: path, f: f, fetch: fetch, opts: opts,
-		present: make([]uint64, (pages+63)/64), lastEnd: -1}
-	b.loadMap()
 	return b, nil
 }
 
-func (b *LazyBlob) mapPath() string { return b.path[:len(b.path)-len(".lazy")] + ".map" }
-
-// loadMap reads the present-map; a missing or damaged map means nothing
-// is known present (pages are fetched again).
-func (b *LazyBlob) loadMap() {
-	raw, err := os.ReadFile(b.mapPath())
-	if err != nil || len(raw) != 20+8*len(b.present) || string(raw[:8]) != lazyMapMagic {
-		return
+// openFile opens the data file and loads the map, holding the lock.
+func (b *LazyBlob) openFile(create bool) error {
+	f, err := os.OpenFile(b.path, os.O_RDWR, 0)
+	fresh := false
+	if errors.Is(err, os.ErrNotExist) && create {
+		f, err = os.OpenFile(b.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		fresh = true
 	}
-	le := binary.LittleEndian
-	if int64(le.Uint64(raw[8:])) != b.opts.Page || le.Uint32(raw[16:]) != crc32.ChecksumIEEE(raw[20:]) {
-		return
-	}
-	for i := range b.present {
-		b.present[i] = le.Uint64(raw[20+8*i:])
-	}
-}
-
-// Sync makes the present-map durable (after the pages it names).
-func (b *LazyBlob) Sync() error {
-	b.mu.Lock()
-	if !b.dirty {
-		b.mu.Unlock()
+	if errors.Is(err, os.ErrNotExist) && !create {
 		return nil
 	}
-	raw := make([]byte, 20+8*len(b.present))
-	copy(raw, lazyMapMagic)
-	le := binary.LittleEndian
-	le.PutUint64(raw[8:], uint64(b.opts.Page))
-	for i, w := range b.present {
-		le.PutUint64(raw[20+8*i:], w)
+	if err != nil {
+		return fmt.Errorf("lazy blob %s: %w", b.digest, err)
 	}
-	b.dirty = false
-	b.mu.Unlock()
-	le.PutUint32(raw[16:], crc32.ChecksumIEEE(raw[20:]))
-	if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
-		return err
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("lazy blob %s: %w", b.digest, err)
 	}
-	tmp := b.mapPath() + ".tmp"
-	if err := os.WriteFile(tmp, raw, 0o600); err != nil {
-		return err
+	if b.size < 0 {
+		b.size = fi.Size()
 	}
-	return os.Rename(tmp, b.mapPath())
+	if raw, err := os.ReadFile(b.mapPath); err == nil {
+		if pg, sz, _, err := decodeLazyMap(raw); err == nil && sz == b.size {
+			b.page = pg // the blob keeps its page size
+		}
+	}
+	// A new data file, or one of another size (another manifest's claim),
+	// has no present page, whatever a map left behind says.
+	if fresh || fi.Size() != b.size {
+		if err := f.Truncate(b.size); err != nil {
+			f.Close()
+			return fmt.Errorf("lazy blob %s: %w", b.digest, err)
+		}
+		if err := os.Remove(b.mapPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			f.Close()
+			return fmt.Errorf("lazy blob %s: %w", b.digest, err)
+		}
+		b.lk.bump()
+	}
+	b.f = f
+	b.present = readLazyMap(b.mapPath, b.page, b.size)
+	b.seen = b.lk.epoch()
+	return nil
 }
 
 // Size is the blob's size.
@@ -159,44 +235,54 @@ func (b *LazyBlob) Fetched() int64 {
 	return b.fetched
 }
 
-func (b *LazyBlob) has(page int64) bool { return b.present[page/64]&(1<<(page%64)) != 0 }
-
-// missing returns the first run of missing pages within [first, last].
-func (b *LazyBlob) missing(first, last int64) (int64, int64, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for p := first; p <= last; p++ {
-		if !b.has(p) {
-			q := p
-			for q+1 <= last && !b.has(q+1) {
-				q++
-			}
-			return p, q, true
-		}
-	}
-	return 0, 0, false
-}
-
 // Present reports how many bytes of the blob are local.
 func (b *LazyBlob) Present() int64 {
+	b.refresh()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var n int64
-	pages := (b.size + b.opts.Page - 1) / b.opts.Page
-	for p := int64(0); p < pages; p++ {
-		if b.has(p) {
-			n += min(b.opts.Page, b.size-p*b.opts.Page)
-		}
+	if b.complete {
+		return b.size
 	}
-	return n
+	return b.present.bytes(b.page, b.size)
 }
 
-// ReadAt implements io.ReaderAt, fetching what is missing.
+// refresh rereads the on-disk map when pages were removed since it was
+// read (or the blob was adopted) and returns the removal counter.
+func (b *LazyBlob) refresh() uint64 {
+	e := b.lk.epoch()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e != b.seen && !b.complete {
+		b.reloadLocked()
+		b.seen = e
+	}
+	return e
+}
+
+func (b *LazyBlob) reloadLocked() {
+	if samePath(b.f, b.blobPath) {
+		b.complete = true
+		return
+	}
+	b.present = readLazyMap(b.mapPath, b.page, b.size)
+}
+
+func (b *LazyBlob) isComplete() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.complete
+}
+
+// ReadAt implements io.ReaderAt, fetching what is missing. Remote
+// fetches retry with backoff for at most LazyOptions.RetryFor (30 s by
+// default), then fail with an error wrapping ErrUnavailable; use
+// ReadAtContext to end them sooner.
 func (b *LazyBlob) ReadAt(p []byte, off int64) (int, error) {
 	return b.ReadAtContext(context.Background(), p, off)
 }
 
-// ReadAtContext is ReadAt with a context bounding the remote fetches.
+// ReadAtContext is ReadAt with a context: when it ends, remote fetches
+// and their retries stop and the read fails with its error.
 func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 || off > b.size {
 		return 0, fmt.Errorf("lazy blob %s: read at %d beyond size %d", b.digest, off, b.size)
@@ -209,306 +295,141 @@ func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 		return 0, nil
 	}
 	end := off + n
-	// Read-ahead, as the kernel does it: a random read fetches what it
-	// needs; a sequential read that misses fetches a window past its end,
-	// twice as large each time it misses again, up to ReadAhead. Reads
-	// inside an earlier window fetch nothing.
+	fetchEnd := b.readAhead(off, end)
+	for attempt := 0; ; attempt++ {
+		e0 := b.refresh()
+		complete := b.isComplete()
+		if !complete {
+			if err := b.ensure(ctx, off, fetchEnd, end); err != nil {
+				return 0, err
+			}
+		}
+		m, err := b.f.ReadAt(p[:n], off)
+		if err != nil {
+			return m, fmt.Errorf("lazy blob %s: %w", b.digest, err)
+		}
+		// Pages removed while we read them may have read as holes.
+		if complete || b.lk.epoch() == e0 {
+			if int64(m) < int64(len(p)) {
+				return m, io.EOF
+			}
+			return m, nil
+		}
+		if attempt == maxEvictedRereads {
+			return 0, fmt.Errorf("lazy blob %s: pages evicted under %d reads in a row: %w", b.digest, attempt, ErrUnavailable)
+		}
+		fetchEnd = end
+	}
+}
+
+// readAhead returns where the fetch for a read of [off, end) ends. As the
+// kernel does it: a random read fetches what it needs; a sequential read
+// that misses fetches a window past its end, twice as large each time it
+// misses again, up to ReadAhead. Reads inside an earlier window fetch
+// nothing.
+func (b *LazyBlob) readAhead(off, end int64) int64 {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	seq := off == b.lastEnd
 	b.lastEnd = end
 	if !seq {
 		b.raSize = 0
+		return end
 	}
-	b.mu.Unlock()
-	fetchEnd := end
-	if seq {
-		if _, _, miss := b.missing(off/b.opts.Page, (end-1)/b.opts.Page); miss {
-			b.mu.Lock()
-			b.raSize = min(b.opts.ReadAhead, max(2*n, 2*b.raSize))
-			fetchEnd = min(b.size, end+b.raSize)
-			b.mu.Unlock()
-		}
+	if _, miss := b.present.firstMissing(off/b.page, (end-1)/b.page); !miss || b.complete {
+		return end
 	}
-	if err := b.ensure(ctx, off, fetchEnd, end); err != nil {
-		return 0, err
-	}
-	m, err := b.f.ReadAt(p[:n], off)
-	if err == nil && int64(m) < int64(len(p)) {
-		err = io.EOF
-	}
-	return m, err
+	b.raSize = min(b.opts.ReadAhead, max(2*(end-off), 2*b.raSize))
+	return min(b.size, end+b.raSize)
 }
 
 // ensure makes [off, need) present, and fetches up to fetchEnd if that
-// part is missing too (read-ahead failures are not errors).
+// part is missing too (read-ahead failures are not errors). A page that
+// another goroutine is fetching is waited for, not fetched again.
 func (b *LazyBlob) ensure(ctx context.Context, off, fetchEnd, need int64) error {
-	pg := b.opts.Page
+	pg := b.page
 	first, last := off/pg, (fetchEnd-1)/pg
 	for {
-		p, q, ok := b.missing(first, last)
-		if !ok {
-			return nil
-		}
-		err := b.fetchPages(ctx, p, q)
-		if err != nil {
-			if p*pg >= need {
-				return nil // only read-ahead failed
-			}
-			return err
-		}
-		first = q + 1
-	}
-}
-
-// fetchPages fetches pages [p, q] with retries and backoff for at most
-// RetryFor, writes them to the file and marks them present.
-func (b *LazyBlob) fetchPages(ctx context.Context, p, q int64) error {
-	pg := b.opts.Page
-	start := p * pg
-	n := min((q+1)*pg, b.size) - start
-	deadline := time.Now().Add(b.opts.RetryFor)
-	delay := 50 * time.Millisecond
-	for {
-		data, err := b.fetch.FetchRange(ctx, b.digest, start, n)
-		if err == nil && int64(len(data)) != n {
-			err = fmt.Errorf("got %d bytes, want %d", len(data), n)
-		}
-		if err == nil {
-			if _, err := b.f.WriteAt(data, start); err != nil {
-				return fmt.Errorf("lazy blob %s: %w", b.digest, err)
-			}
-			b.mu.Lock()
-			for i := p; i <= q; i++ {
-				b.present[i/64] |= 1 << (i % 64)
-			}
-			b.dirty = true
-			b.fetched += n
+		b.mu.Lock()
+		if b.complete {
 			b.mu.Unlock()
 			return nil
 		}
-		if ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
-			return fmt.Errorf("lazy blob %s: fetch [%d,+%d): %w: %w", b.digest, start, n, ErrUnavailable, err)
+		p, miss := b.present.firstMissing(first, last)
+		if !miss {
+			b.mu.Unlock()
+			return nil
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(delay + time.Duration(rand.Int63n(int64(delay)/2))):
+		if c := b.inflight[p]; c != nil {
+			b.mu.Unlock()
+			if p*pg >= need {
+				return nil // read-ahead another read is fetching already
+			}
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				return fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
+			}
+			// The fetcher's own context may have ended; ours has not:
+			// look again (and fetch it ourselves if it is still missing).
+			if c.err != nil && !errors.Is(c.err, context.Canceled) && !errors.Is(c.err, context.DeadlineExceeded) {
+				if p*pg >= need {
+					return nil
+				}
+				return c.err
+			}
+			continue
 		}
-		delay = min(2*delay, 2*time.Second)
+		q := p
+		for q+1 <= last && (q+2-p)*pg <= maxFetchSpan && !b.present.has(q+1) && b.inflight[q+1] == nil {
+			q++
+		}
+		c := &fetchCall{done: make(chan struct{})}
+		for i := p; i <= q; i++ {
+			b.inflight[i] = c
+		}
+		b.mu.Unlock()
+		c.err = b.fetchPages(ctx, p, q)
+		b.mu.Lock()
+		for i := p; i <= q; i++ {
+			delete(b.inflight, i)
+		}
+		b.mu.Unlock()
+		close(c.done)
+		if c.err != nil {
+			if p*pg >= need {
+				return nil // only read-ahead failed
+			}
+			return c.err
+		}
 	}
 }
 
 // ErrUnavailable is wrapped when remote data could not be fetched in time.
 var ErrUnavailable = errors.New("remote data unavailable")
 
-// Invalidate forgets pages overlapping [off, off+n) (a chunk that failed
-// its checksum), so the next read fetches them again.
-func (b *LazyBlob) Invalidate(off, n int64) {
-	pg := b.opts.Page
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for p := off / pg; p <= (off+n-1)/pg && p*pg < b.size; p++ {
-		b.present[p/64] &^= 1 << (p % 64)
+// Sync makes the present-map durable. (Every fetch merges its pages into
+// the map as it lands; a map lost in a crash only costs fetching again.)
+func (b *LazyBlob) Sync() error {
+	if b.isComplete() {
+		return nil
 	}
-	b.dirty = true
+	f, err := os.Open(b.mapPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Fdatasync(int(f.Fd()))
 }
 
-// Close syncs the map and closes the file.
+// Close closes the file and the lock.
 func (b *LazyBlob) Close() error {
-	err := b.Sync()
-	if e := b.f.Close(); err == nil {
-		err = e
-	}
+	err := b.f.Close()
+	b.lk.mu.Lock()
+	b.lk.close()
+	b.lk.mu.Unlock()
 	return err
-}
-
-// FillOptions bound a background fill.
-type FillOptions struct {
-	Rate int64 // bytes per second, 0 = unlimited
-	Span int64 // bytes per request; default 4 MiB
-	// Concurrency is how many requests run at once; default 2.
-	Concurrency int
-	Progress    func(present, size int64)
-}
-
-// Fill fetches every missing page, in order, at most opts.Rate bytes a
-// second, then checks the whole file against the digest and moves it
-// into the store as an ordinary complete blob. It returns ErrDigestMismatch
-// (and forgets every page) if the assembled blob is wrong.
-func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
-	if opts.Span == 0 {
-		opts.Span = 4 << 20
-	}
-	if opts.Concurrency <= 0 {
-		opts.Concurrency = 2
-	}
-	pg := b.opts.Page
-	pages := (b.size + pg - 1) / pg
-	per := max(1, opts.Span/pg)
-	start := time.Now()
-	var moved atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Concurrency)
-	for first := int64(0); first < pages && gctx.Err() == nil; {
-		p, q, ok := b.missing(first, pages-1)
-		if !ok {
-			break
-		}
-		q = min(q, p+per-1)
-		if opts.Rate > 0 {
-			if ahead := time.Duration(float64(moved.Load())/float64(opts.Rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
-				select {
-				case <-gctx.Done():
-				case <-time.After(ahead):
-				}
-			}
-		}
-		g.Go(func() error {
-			if err := b.fetchPages(gctx, p, q); err != nil {
-				return err
-			}
-			moved.Add(min((q+1)*pg, b.size) - p*pg)
-			if opts.Progress != nil {
-				opts.Progress(b.Present(), b.size)
-			}
-			return nil
-		})
-		first = q + 1
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := b.Sync(); err != nil {
-		return err
-	}
-	return s.adoptLazy(b)
-}
-
-// adoptLazy verifies a fully present lazy blob and renames it into place.
-func (s *Store) adoptLazy(b *LazyBlob) error {
-	h := newHasher()
-	if _, err := io.Copy(h, io.NewSectionReader(b.f, 0, b.size)); err != nil {
-		return err
-	}
-	if got := h.digest(); got != b.digest {
-		b.Invalidate(0, b.size)
-		b.Sync()
-		return fmt.Errorf("lazy blob %s assembled to %s: %w", b.digest, got, ErrDigestMismatch)
-	}
-	if err := b.f.Sync(); err != nil {
-		return err
-	}
-	dst, err := s.Path(b.digest)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(b.path, dst); err != nil {
-		if errors.Is(err, os.ErrNotExist) && s.Has(b.digest) {
-			return nil // another process (a background fill) finished first
-		}
-		return err
-	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
-		return err
-	}
-	os.Remove(b.mapPath())
-	b.path = dst
-	return nil
-}
-
-// Evict drops present pages (punching holes in the file) until at most
-// keep bytes stay local, skipping the first and last pages (trailer and
-// index live at the end; the header at the start). Only call it on blobs
-// that can be fetched again. It returns the bytes freed.
-func (b *LazyBlob) Evict(keep int64) (int64, error) {
-	pg := b.opts.Page
-	pages := (b.size + pg - 1) / pg
-	var freed int64
-	local := b.Present()
-	for p := int64(1); p < pages-1 && local-freed > keep; p++ {
-		b.mu.Lock()
-		had := b.has(p)
-		if had {
-			b.present[p/64] &^= 1 << (p % 64)
-			b.dirty = true
-		}
-		b.mu.Unlock()
-		if !had {
-			continue
-		}
-		if err := unix.Fallocate(int(b.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, p*pg, pg); err != nil {
-			return freed, err
-		}
-		freed += pg
-	}
-	return freed, b.Sync()
-}
-
-// LocalBytes is how many bytes of blob digest this host has: all of a
-// complete blob, the present pages of a lazy one, else 0.
-func (s *Store) LocalBytes(digest string) int64 {
-	if n, err := s.Size(digest); err == nil {
-		return n
-	}
-	if ValidateDigest(digest) != nil {
-		return 0
-	}
-	fi, err := os.Stat(filepath.Join(s.PartialDir(), digest[len("sha256:"):]+".lazy"))
-	if err != nil {
-		return 0
-	}
-	b, err := s.OpenLazy(digest, fi.Size(), nil, LazyOptions{})
-	if err != nil {
-		return 0
-	}
-	defer b.Close()
-	return b.Present()
-}
-
-// LazyDigests lists the blobs that have a lazy partial file.
-func (s *Store) LazyDigests() ([]string, error) {
-	ents, err := os.ReadDir(s.PartialDir())
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, e := range ents {
-		if hex, ok := strings.CutSuffix(e.Name(), ".lazy"); ok && ValidateDigest("sha256:"+hex) == nil {
-			out = append(out, "sha256:"+hex)
-		}
-	}
-	return out, nil
-}
-
-// RemoveLazy deletes a lazy blob's partial file and map.
-func (s *Store) RemoveLazy(digest string) error {
-	if err := ValidateDigest(digest); err != nil {
-		return err
-	}
-	base := filepath.Join(s.PartialDir(), digest[len("sha256:"):])
-	os.Remove(base + ".map")
-	if err := os.Remove(base + ".lazy"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-// EvictLazy shrinks lazy blob digest to at most keep local bytes (its
-// pages can be fetched again) and returns the bytes freed.
-func (s *Store) EvictLazy(digest string, keep int64) (int64, error) {
-	if ValidateDigest(digest) != nil {
-		return 0, fmt.Errorf("invalid digest %q", digest)
-	}
-	fi, err := os.Stat(filepath.Join(s.PartialDir(), digest[len("sha256:"):]+".lazy"))
-	if err != nil {
-		return 0, err
-	}
-	b, err := s.OpenLazy(digest, fi.Size(), nil, LazyOptions{})
-	if err != nil {
-		return 0, err
-	}
-	defer b.Close()
-	return b.Evict(keep)
 }

@@ -2,13 +2,21 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
 )
+
+// ErrBadRange is wrapped when a registry answers a range request with
+// bytes other than those asked for (a Content-Range or length that does
+// not match the request).
+var ErrBadRange = errors.New("registry answered with another range")
 
 // RegistryRanges fetches byte ranges of blobs from a registry repository
 // with HTTP range requests (GET /v2/<repo>/blobs/<digest>, Range: bytes=a-b),
@@ -19,11 +27,26 @@ type RegistryRanges struct {
 
 // FetchRange implements RangeFetcher.
 func (r RegistryRanges) FetchRange(ctx context.Context, digest string, off, n int64) ([]byte, error) {
+	b, _, err := r.fetchRangeTotal(ctx, digest, off, n)
+	return b, err
+}
+
+// fetchRangeTotal fetches [off, off+n) and returns the blob's total size
+// as the registry states it (the Content-Range total, or the length of a
+// whole-blob answer), or -1.
+//
+// A 206 answer must carry Content-Range "bytes off-(off+n-1)/total" (total
+// may be "*") and, when it states one, a Content-Length of n; anything
+// else is an error wrapping ErrBadRange. A registry that ignores Range
+// answers 200 with the whole blob: the range is taken from it (correct,
+// not cheap), and one too short for it is an error wrapping ErrBadRange, as
+// is a 416 (the range is past the blob's end; its total is returned).
+func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off, n int64) ([]byte, int64, error) {
 	if err := ValidateDigest(digest); err != nil {
-		return nil, err
+		return nil, -1, err
 	}
-	if off < 0 || n <= 0 {
-		return nil, fmt.Errorf("range [%d,+%d) is invalid", off, n)
+	if off < 0 || n <= 0 || n > maxFetchSpan || off > maxLazySize {
+		return nil, -1, fmt.Errorf("range [%d,+%d) is invalid", off, n)
 	}
 	ref := r.Repo.Reference
 	ref.Reference = digest
@@ -35,7 +58,7 @@ func (r RegistryRanges) FetchRange(ctx context.Context, digest string, off, n in
 	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, digest)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
 	var client remote.Client = auth.DefaultClient
@@ -44,23 +67,88 @@ func (r RegistryRanges) FetchRange(ctx context.Context, digest string, off, n in
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	defer resp.Body.Close()
 	body := io.Reader(resp.Body)
+	total := int64(-1)
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-	case http.StatusOK:
-		// The server ignored the range: skip to it (correct, not cheap).
-		if _, err := io.CopyN(io.Discard, body, off); err != nil {
-			return nil, fmt.Errorf("blob %s: %w", digest, err)
+		cr := resp.Header.Get("Content-Range")
+		start, end, tot, err := parseContentRange(cr)
+		if err != nil || start != off || end != off+n-1 {
+			return nil, -1, fmt.Errorf("blob %s range [%d,+%d): Content-Range %q: %w", digest, off, n, cr, ErrBadRange)
 		}
+		if resp.ContentLength >= 0 && resp.ContentLength != n {
+			return nil, -1, fmt.Errorf("blob %s range [%d,+%d): Content-Length %d: %w", digest, off, n, resp.ContentLength, ErrBadRange)
+		}
+		total = tot
+	case http.StatusOK:
+		// The server ignored the range and sends the whole blob: skip to
+		// the range.
+		total = resp.ContentLength
+		if total >= 0 && total < off+n {
+			return nil, total, fmt.Errorf("blob %s range [%d,+%d): whole-blob answer of %d bytes: %w", digest, off, n, total, ErrBadRange)
+		}
+		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+			return nil, total, fmt.Errorf("blob %s range [%d,+%d): %w", digest, off, n, err)
+		}
+	case http.StatusRequestedRangeNotSatisfiable:
+		// "bytes */<total>": the blob is shorter than the range.
+		if t, ok := strings.CutPrefix(resp.Header.Get("Content-Range"), "bytes */"); ok {
+			if _, _, v, err := parseContentRange("bytes 0-0/" + t); err == nil {
+				total = v
+			}
+		}
+		return nil, total, fmt.Errorf("blob %s range [%d,+%d): registry answered %s (blob of %d bytes): %w",
+			digest, off, n, resp.Status, total, ErrBadRange)
 	default:
-		return nil, fmt.Errorf("blob %s range [%d,+%d): registry answered %s", digest, off, n, resp.Status)
+		return nil, -1, fmt.Errorf("blob %s range [%d,+%d): registry answered %s", digest, off, n, resp.Status)
 	}
 	buf := make([]byte, n)
-	if _, err := io.ReadFull(body, buf); err != nil {
-		return nil, fmt.Errorf("blob %s range [%d,+%d): %w", digest, off, n, err)
+	if _, err := io.ReadFull(body, buf); err != nil { // cut by the network: retried
+		return nil, total, fmt.Errorf("blob %s range [%d,+%d): %w", digest, off, n, err)
 	}
-	return buf, nil
+	return buf, total, nil
+}
+
+// parseContentRange parses an HTTP Content-Range of a satisfied range,
+// "bytes <first>-<last>/<total>" (RFC 9110 14.4), total "*" when unknown
+// (returned as -1). It checks first <= last < total.
+func parseContentRange(s string) (first, last, total int64, err error) {
+	bad := func() (int64, int64, int64, error) {
+		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", s)
+	}
+	rest, ok := strings.CutPrefix(s, "bytes ")
+	if !ok {
+		return bad()
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	if !ok {
+		return bad()
+	}
+	a, z, ok := strings.Cut(rng, "-")
+	if !ok {
+		return bad()
+	}
+	num := func(x string) (int64, bool) {
+		if x == "" || len(x) > 19 || strings.TrimLeft(x, "0123456789") != "" {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(x, 10, 64)
+		return v, err == nil
+	}
+	if first, ok = num(a); !ok {
+		return bad()
+	}
+	if last, ok = num(z); !ok || last < first {
+		return bad()
+	}
+	total = -1
+	if tot != "*" {
+		if total, ok = num(tot); !ok || last >= total {
+			return bad()
+		}
+	}
+	return first, last, total, nil
 }
