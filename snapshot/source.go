@@ -8,6 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Labeled is implemented by blob sources that can name their blob (a
+// digest or a path): errors about a layer, a chain read's checksum
+// failure for one, then say which blob it is, not only its position in
+// the chain.
+type Labeled interface {
+	Label() string
+}
+
 // FileSource is a BlobSource over a local, immutable file. The file is
 // mapped into memory when it can be, so a read is a copy, not a system
 // call (sealed layers never change, so the mapping stays valid).
@@ -55,6 +63,10 @@ func (s *FileSource) ReadAt(p []byte, off int64) (n int, err error) {
 	}
 	return n, nil
 }
+
+// Label names the blob: its file's path (in the content store, the path
+// ends with the digest).
+func (s *FileSource) Label() string { return s.File.Name() }
 
 // Size is the file's size when it was opened.
 func (s *FileSource) Size() int64 { return s.size }

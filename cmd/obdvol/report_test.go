@@ -13,7 +13,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/obdvol/obdvol/device/ublk"
+	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -68,6 +72,16 @@ func TestReport(t *testing.T) {
 		{fmt.Errorf("%w: size 0", volume.ErrRange), 1, "range"},
 		{fmt.Errorf("export: %w", context.Canceled), 1, "interrupted"},
 		{errRemote{"server says no", "refused"}, 1, "refused"},
+		// Every sentinel a command can return has its kind.
+		{fmt.Errorf("layer x: %w: chunk 3", snapshot.ErrChecksum), 1, "corrupt"},
+		{fmt.Errorf("layer x: %w: bad trailer magic", snapshot.ErrFormat), 1, "corrupt"},
+		{fmt.Errorf("catalogue c: %w", metadata.ErrCorrupt), 1, "corrupt"},
+		{fmt.Errorf("blob: %w", repo.ErrDigestMismatch), 1, "corrupt"},
+		{fmt.Errorf("catalogue c: %w", metadata.ErrSchema), 1, "unsupported"},
+		{fmt.Errorf("read: %w", volume.ErrClosed), 1, "closed"},
+		{fmt.Errorf("activate: %w", ublk.ErrNotRoot), 1, "permission"},
+		{fmt.Errorf("socket s: %w", unixsock.ErrInUse), 1, "busy"},
+		{fmt.Errorf("socket s: %w", unixsock.ErrNotSocket), 1, "exists"},
 	} {
 		if got := errorKind(c.err); got != c.kind {
 			t.Errorf("errorKind(%v) = %q, want %q", c.err, got, c.kind)

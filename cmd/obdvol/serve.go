@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/obdvol/obdvol/device/nbd"
+	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/volume"
 )
@@ -60,9 +61,15 @@ func listenNBD(spec string, allowRemote bool) (net.Listener, func(export string)
 	switch {
 	case strings.HasPrefix(spec, "unix:"):
 		path := strings.TrimPrefix(spec, "unix:")
-		os.Remove(path)
-		l, err := net.Listen("unix", path)
-		return l, func(x string) string { return "nbd+unix:///" + x + "?socket=" + path }, err
+		if path == "" {
+			return nil, nil, usagef("--nbd unix: needs a path")
+		}
+		// Only a stale socket is replaced; the new one has mode 0600.
+		l, err := unixsock.Listen(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		return l, func(x string) string { return "nbd+unix:///" + x + "?socket=" + path }, nil
 	case strings.HasPrefix(spec, "tcp:"):
 		addr := strings.TrimPrefix(spec, "tcp:")
 		host, _, err := net.SplitHostPort(addr)
