@@ -78,7 +78,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		t.Errorf("usage errors created volumes: %v", m)
 	}
 
-	// export to - cannot be JSON (checked once the volume is open).
+	// export to - cannot be JSON (checked before anything is opened).
 	h.ok("create", "v", "--size", "1M")
 	h.jsonErr(2, "usage", "export", "v", "-")
 
@@ -197,7 +197,9 @@ func TestCLICatalogueErrors(t *testing.T) {
 		{"verify", "v@nosnap"},
 	} {
 		h.fails(1, []string{"not found"}, args...)
-		h.jsonErr(1, "not_found", args...)
+		if args[len(args)-1] != "-" { // --json with export to - is a usage error
+			h.jsonErr(1, "not_found", args...)
+		}
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("a failed export created %s", out)
@@ -216,8 +218,11 @@ func TestCLICatalogueErrors(t *testing.T) {
 	h.jsonErr(1, "range", "create", "w", "--size", "1000")
 	h.jsonErr(1, "range", "create", "w", "--size", "0")
 	h.jsonErr(1, "range", "resize", "v", "5000")
-	h.fails(1, []string{"block size"}, "create", "w", "--size", "1M", "--block-size", "1000")
-	h.fails(1, []string{"codec"}, "create", "w", "--size", "1M", "--codec", "lzma")
+	// Flag values the layer format refuses are usage errors, each named.
+	h.fails(2, []string{"block size 1000: want a power of two"}, "create", "w", "--size", "1M", "--block-size", "1000")
+	h.fails(2, []string{"block size 3: want a power of two"}, "create", "w", "--size", "1M", "--block-size", "3")
+	h.fails(2, []string{"chunk size 3: want a multiple of the block size"}, "create", "w", "--size", "1M", "--chunk-size", "3")
+	h.fails(2, []string{"codec"}, "create", "w", "--size", "1M", "--codec", "lzma")
 	if m := h.json("list"); len(jget(t, m, "volumes").([]any)) != 1 {
 		t.Errorf("refused creates made volumes: %v", m)
 	}

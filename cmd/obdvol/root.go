@@ -30,7 +30,7 @@ type globalOptions struct {
 }
 
 const helpTail = `
-Sizes and offsets accept a number of bytes or a suffix K, M, G, T, P
+Sizes and offsets accept a number of bytes or a suffix K, M, G, T, P, E
 (1024-based): 512, 64M, 10G, 1T. Snapshots are addressed VOL@SNAP.
 
 Exit codes: 0 ok, 1 error, 2 usage error.

@@ -28,6 +28,8 @@ func TestParseSize(t *testing.T) {
 		{"10g", 10 << 30},
 		{"1T", 1 << 40},
 		{"2P", 2 << 50},
+		{"1E", 1 << 60},
+		{"15E", 15 << 60},
 		{" 8M ", 8 << 20},
 		{"0010K", 10 << 10},
 		{"16383P", 16383 << 50},
@@ -58,6 +60,7 @@ func TestParseSize(t *testing.T) {
 		{"1MK", "invalid size"},
 		{"18446744073709551616", "invalid size"},
 		{"20000P", "too large"},
+		{"16E", "too large"},
 		{"16384P", "too large"},
 		{"17179869184G", "too large"},
 		{"18014398509481984K", "too large"},
@@ -94,7 +97,7 @@ func TestFormatSize(t *testing.T) {
 		}
 	}
 	// What formatSize prints without a fraction, parseSize reads back.
-	for _, n := range []uint64{0, 1, 512, 1023, 4096, 64 << 10, 16 << 20, 10 << 30, 3 << 40, 7 << 50} {
+	for _, n := range []uint64{0, 1, 512, 1023, 4096, 64 << 10, 16 << 20, 10 << 30, 3 << 40, 7 << 50, 1 << 60, 15 << 60} {
 		got, err := parseSize(formatSize(n))
 		if err != nil || got != n {
 			t.Errorf("parseSize(formatSize(%d) = %q) = %d, %v", n, formatSize(n), got, err)
