@@ -116,6 +116,11 @@ func (t *Trailer) marshal() []byte {
 	return b
 }
 
+// ParseTrailer decodes and validates the last TrailerSize bytes of a blob
+// of blobSize bytes, as Open does (without reading the index): a pull
+// checks what an artifact's config claims against it.
+func ParseTrailer(b []byte, blobSize int64) (*Trailer, error) { return parseTrailer(b, blobSize) }
+
 // parseTrailer decodes and validates a trailer against the blob size.
 func parseTrailer(b []byte, blobSize int64) (*Trailer, error) {
 	if len(b) != TrailerSize {

@@ -90,6 +90,8 @@ func errorKind(err error) string {
 		errors.Is(err, snapshot.ErrChecksum), errors.Is(err, snapshot.ErrFormat),
 		errors.Is(err, repo.ErrDigestMismatch):
 		return "corrupt"
+	case errors.Is(err, repo.ErrArtifact):
+		return "invalid_artifact"
 	case errors.Is(err, metadata.ErrSchema):
 		return "unsupported"
 	case errors.Is(err, volume.ErrRange):

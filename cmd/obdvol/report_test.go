@@ -78,6 +78,7 @@ func TestReport(t *testing.T) {
 		{fmt.Errorf("catalogue c: %w", metadata.ErrCorrupt), 1, "corrupt"},
 		{fmt.Errorf("blob: %w", repo.ErrDigestMismatch), 1, "corrupt"},
 		{fmt.Errorf("catalogue c: %w", metadata.ErrSchema), 1, "unsupported"},
+		{fmt.Errorf("%w: layer x: config says", repo.ErrArtifact), 1, "invalid_artifact"},
 		{fmt.Errorf("read: %w", volume.ErrClosed), 1, "closed"},
 		{fmt.Errorf("activate: %w", ublk.ErrNotRoot), 1, "permission"},
 		{fmt.Errorf("socket s: %w", unixsock.ErrInUse), 1, "busy"},
