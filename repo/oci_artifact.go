@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/snapshot"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -74,6 +75,16 @@ func (c *ChainConfig) Validate() error {
 		return fmt.Errorf("%w: virtual size %d", ErrArtifact, c.VirtualSize)
 	case len(c.Layers) > maxLayers:
 		return fmt.Errorf("%w: %d layers (at most %d)", ErrArtifact, len(c.Layers), maxLayers)
+	}
+	codec, err := snapshot.ParseCodec(c.Codec)
+	if err == nil {
+		err = snapshot.ValidateParams(c.BlockSize, c.ChunkSize, codec)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	if err := metadata.ValidateName("snapshot", c.Snapshot); err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
 	}
 	if len(c.Prefetch) > 1<<16 {
 		return fmt.Errorf("%w: prefetch list of %d ranges", ErrArtifact, len(c.Prefetch))

@@ -103,3 +103,33 @@ func TestPullConfigContradictsTrailers(t *testing.T) {
 		}
 	}
 }
+
+// The config's required fields are checked before anything is fetched.
+func TestParseConfigRequiredFields(t *testing.T) {
+	const d = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	good := `{"version":1,"virtual_size":1048576,"block_size":4096,"codec":"zstd","chunk_size":65536,"snapshot":"s",` +
+		`"layers":[{"digest":"` + d + `","size":100,"virtual_size":1048576,"data_bytes":4096,"extents":1}]}`
+	if _, err := ParseConfig([]byte(good)); err != nil {
+		t.Fatalf("precondition: the good config is refused: %v", err)
+	}
+	for _, c := range []struct{ old, new string }{
+		{`"chunk_size":65536`, `"chunk_size":0`},
+		{`"chunk_size":65536`, `"chunk_size":1000`},
+		{`"codec":"zstd"`, `"codec":"lzma"`},
+		{`"snapshot":"s"`, `"snapshot":""`},
+		{`"snapshot":"s"`, `"snapshot":"../x"`},
+		{`"virtual_size":1048576,"data_bytes"`, `"virtual_size":0,"data_bytes"`},
+		{`"data_bytes":4096`, `"data_bytes":4095`},
+		{`"data_bytes":4096`, `"data_bytes":2097152`},
+		{`"extents":1`, `"extents":257`},
+		{`"version":1,"virtual_size":1048576`, `"version":1,"virtual_size":2097152`},
+	} {
+		bad := strings.Replace(good, c.old, c.new, 1)
+		if bad == good {
+			t.Fatalf("edit %q did not apply", c.old)
+		}
+		if _, err := ParseConfig([]byte(bad)); !errors.Is(err, ErrArtifact) {
+			t.Errorf("%s: ParseConfig = %v, want ErrArtifact", c.new, err)
+		}
+	}
+}
