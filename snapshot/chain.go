@@ -43,7 +43,12 @@ func NewChain(layers []*Layer, size uint64, blockSize uint32, cache *Cache) (*Ch
 	var idx, tmp []MExtent
 	for k, l := range layers {
 		if l.t.BlockSize != blockSize {
-			return nil, fmt.Errorf("layer %d has block size %d, chain has %d", k, l.t.BlockSize, blockSize)
+			name := fmt.Sprintf("layer %d", k)
+			if l.label != "" {
+				name = "layer " + l.label
+			}
+			return nil, fmt.Errorf("%w: %s has block size %d, the chain %d (all layers of a chain share one block size)",
+				ErrFormat, name, l.t.BlockSize, blockSize)
 		}
 		tmp = overlay(tmp[:0], idx, l.exts, uint16(k))
 		idx, tmp = tmp, idx

@@ -198,7 +198,7 @@ func TestExecuteInProcess(t *testing.T) {
 	if code != 1 || !strings.Contains(msg, `"kind":"interrupted"`) {
 		t.Errorf("import with a cancelled context: exit %d, %q", code, msg)
 	}
-	run("export", "v", f)
+	run("export", "v", f, "--force")
 	got, err = os.ReadFile(f)
 	if err != nil {
 		t.Fatal(err)

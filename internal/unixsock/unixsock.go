@@ -200,6 +200,10 @@ type listener struct {
 	once sync.Once
 }
 
+// Addr is the socket's path (the listener was bound under a temporary
+// name; connections it accepts still report that one as local address).
+func (l *listener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
 func (l *listener) Close() error {
 	err := l.UnixListener.Close()
 	l.once.Do(func() {
