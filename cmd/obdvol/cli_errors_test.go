@@ -53,6 +53,12 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"import", "v@s", img}, "want a volume name, not a snapshot"},
 		{[]string{"resize", "v@s", "1M"}, "want a volume name, not a snapshot"},
 		{[]string{"flatten", "v@s"}, "want a volume name, not a snapshot"},
+		// serve checks --nbd before it opens anything.
+		{[]string{"serve", "v", "--nbd", "foo:bar"}, "--nbd wants unix:PATH or tcp:HOST:PORT"},
+		{[]string{"serve", "v", "--nbd", "unix:"}, "needs a path"},
+		{[]string{"serve", "v", "--nbd", "tcp:8.8.8.8:10809"}, "loopback"},
+		{[]string{"serve", "v", "--nbd", "tcp:nocolon"}, "--nbd tcp:nocolon"},
+		{[]string{"serve", "v@s", "--nbd", "unix:/tmp/x.sock"}, "want a volume name, not a snapshot"},
 	}
 	for _, c := range cases {
 		r := h.run(c.args...)
