@@ -53,6 +53,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"import", "v@s", img}, "want a volume name, not a snapshot"},
 		{[]string{"resize", "v@s", "1M"}, "want a volume name, not a snapshot"},
 		{[]string{"flatten", "v@s"}, "want a volume name, not a snapshot"},
+		{[]string{"fill", "v", "--rate", "fast"}, `invalid size "fast"`},
+		{[]string{"fill", "v@s"}, "want a volume name, not a snapshot"},
 		// serve checks --nbd before it opens anything.
 		{[]string{"serve", "v", "--nbd", "foo:bar"}, "--nbd wants unix:PATH or tcp:HOST:PORT"},
 		{[]string{"serve", "v", "--nbd", "unix:"}, "needs a path"},

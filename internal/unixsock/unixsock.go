@@ -53,6 +53,9 @@ var (
 // one. A live server accepts (or queues) a connect at once.
 const probeTimeout = 2 * time.Second
 
+// lockTimeout bounds the wait for the socket lock.
+const lockTimeout = 5 * time.Second
+
 // Listen listens on the unix socket path, which must not exist or be a
 // stale socket. It fails with an error wrapping ErrNotSocket when path is
 // anything else (a regular file, a directory, a link), and with ErrInUse
@@ -179,17 +182,20 @@ func lockDir(dir string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	// Held for milliseconds by Listen; anyone may flock a directory he
+	// can read (another user, on /tmp), so wait a bounded time.
+	deadline := time.Now().Add(lockTimeout)
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil // closing releases the flock
 		}
+		if (err != unix.EWOULDBLOCK && err != unix.EINTR) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", dir, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	return func() { f.Close() }, nil // closing releases the flock
 }
 
 // listener removes its socket file on Close, if the path still names it.
