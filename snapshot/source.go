@@ -3,6 +3,8 @@ package snapshot
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"runtime/debug"
 
 	"golang.org/x/sys/unix"
@@ -64,9 +66,16 @@ func (s *FileSource) ReadAt(p []byte, off int64) (n int, err error) {
 	return n, nil
 }
 
-// Label names the blob: its file's path (in the content store, the path
-// ends with the digest).
-func (s *FileSource) Label() string { return s.File.Name() }
+// Label names the blob: its digest when the file is named as in a
+// content-addressed store (.../sha256/<64 hex>), else its path.
+func (s *FileSource) Label() string {
+	p := s.File.Name()
+	dir, hex := filepath.Split(p)
+	if filepath.Base(dir) == "sha256" && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == "" {
+		return "sha256:" + hex
+	}
+	return p
+}
 
 // Size is the file's size when it was opened.
 func (s *FileSource) Size() int64 { return s.size }

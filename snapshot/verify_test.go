@@ -87,4 +87,26 @@ func TestChainErrorNamesLayer(t *testing.T) {
 	if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "sha256-top") {
 		t.Fatalf("ReadAt = %v, want ErrChecksum naming sha256-top", err)
 	}
+
+	// A file named as in a content store is named by its digest.
+	const hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	p := filepath.Join(dir, "blobs", "sha256", hex)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, top, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewFileSource(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if got := src.Label(); got != "sha256:"+hex {
+		t.Errorf("Label() = %q, want the digest", got)
+	}
 }
