@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"runtime/debug"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
