@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -81,13 +82,23 @@ func Open(path string) (*Catalog, error) {
 
 func open(path string, timeout time.Duration) (*Catalog, error) {
 	c := &Catalog{path: path, Timeout: timeout}
+	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+		if err := c.precheck(); err != nil {
+			return nil, err
+		}
+	}
 	db, err := c.openDB(openCreate)
 	if err != nil {
 		return nil, err
 	}
-	err = db.Update(initSchema)
+	err = c.guard(func() error {
+		return db.Update(initSchema)
+	})
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = cerr
+	}
+	if errors.Is(err, ErrCorrupt) {
+		return nil, err // names the file already
 	}
 	if err != nil {
 		return nil, fmt.Errorf("catalogue %s: %w", path, err)
@@ -193,12 +204,13 @@ func (c *Catalog) run(writable bool, fn func(*Tx) error) (err error) {
 		fnErr = fn(&Tx{tx: btx})
 		return fnErr
 	}
-	if writable {
-		err = db.Update(body)
-	} else {
-		err = db.View(body)
-	}
-	if err != nil && fnErr == nil {
+	err = c.guard(func() error {
+		if writable {
+			return db.Update(body)
+		}
+		return db.View(body)
+	})
+	if err != nil && fnErr == nil && !errors.Is(err, ErrCorrupt) {
 		err = fmt.Errorf("catalogue %s: %w", c.path, err)
 	}
 	return err
@@ -279,14 +291,24 @@ func (c *Catalog) openDB(mode openMode) (*bolt.DB, error) {
 			return nil, fmt.Errorf("catalogue %s: %w", c.path, err)
 		}
 	}
-	db, err := bolt.Open(c.path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: mode == openRead})
+	var db *bolt.DB
+	err := c.guard(func() (err error) {
+		db, err = bolt.Open(c.path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: mode == openRead})
+		return err
+	})
 	switch {
+	case errors.Is(err, ErrCorrupt):
+		return nil, err
 	case err == nil:
 		return db, nil
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("catalogue %s: waited %s: %w", c.path, timeout, ErrBusy)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
-		return nil, fmt.Errorf("catalogue %s: not a bbolt file: %w: %v", c.path, ErrCorrupt, err)
+		return nil, c.corrupt(err)
+	case strings.Contains(err.Error(), "file size too small"):
+		// bbolt's refusal of a file truncated below its two meta pages
+		// (a plain error, no sentinel).
+		return nil, c.corrupt(err)
 	}
 	return nil, fmt.Errorf("catalogue %s: %w", c.path, err)
 }

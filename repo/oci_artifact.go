@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -74,6 +76,16 @@ func (c *ChainConfig) Validate() error {
 	case len(c.Layers) > maxLayers:
 		return fmt.Errorf("%w: %d layers (at most %d)", ErrArtifact, len(c.Layers), maxLayers)
 	}
+	codec, err := snapshot.ParseCodec(c.Codec)
+	if err == nil {
+		err = snapshot.ValidateParams(c.BlockSize, c.ChunkSize, codec)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
+	if err := metadata.ValidateName("snapshot", c.Snapshot); err != nil {
+		return fmt.Errorf("%w: %v", ErrArtifact, err)
+	}
 	if len(c.Prefetch) > 1<<16 {
 		return fmt.Errorf("%w: prefetch list of %d ranges", ErrArtifact, len(c.Prefetch))
 	}
@@ -89,6 +101,33 @@ func (c *ChainConfig) Validate() error {
 		if l.Size <= 0 || l.Size > 1<<50 {
 			return fmt.Errorf("%w: layer %d size %d", ErrArtifact, i, l.Size)
 		}
+		bs := uint64(c.BlockSize)
+		if l.VirtualSize == 0 || l.VirtualSize%bs != 0 || l.VirtualSize > snapshot.MaxVirtualSize ||
+			l.DataBytes%bs != 0 || l.DataBytes > l.VirtualSize || l.Extents > l.VirtualSize/bs {
+			return fmt.Errorf("%w: layer %s: virtual size %d, data bytes %d, extents %d do not fit block size %d",
+				ErrArtifact, l.Digest, l.VirtualSize, l.DataBytes, l.Extents, c.BlockSize)
+		}
+	}
+	// The chain's size is the config's: the top layer's trailer keeps the
+	// size the volume had when it was sealed, which a shrink without
+	// writes since leaves larger, and a grow always records a zero extent,
+	// so a new layer, so it is never smaller (docs/format.md).
+	if n := len(c.Layers); n > 0 && c.VirtualSize > c.Layers[n-1].VirtualSize {
+		return fmt.Errorf("%w: virtual size %d exceeds the top layer's %d", ErrArtifact, c.VirtualSize, c.Layers[n-1].VirtualSize)
+	}
+	return nil
+}
+
+// CheckTrailer checks what config c says of layer i (its virtual size,
+// data bytes, extent count and block size) against the layer's own
+// trailer t, the authority: a pull refuses a config that contradicts its
+// layers rather than record (and show) its numbers.
+func (c *ChainConfig) CheckTrailer(i int, t *snapshot.Trailer) error {
+	l := c.Layers[i]
+	if t.BlockSize != c.BlockSize || t.VirtualSize != l.VirtualSize || t.DataBytes != l.DataBytes || uint64(t.ExtentCount) != l.Extents {
+		return fmt.Errorf("%w: layer %s: config says block size %d, virtual size %d, data bytes %d, %d extents; its trailer says %d, %d, %d, %d",
+			ErrArtifact, l.Digest, c.BlockSize, l.VirtualSize, l.DataBytes, l.Extents,
+			t.BlockSize, t.VirtualSize, t.DataBytes, t.ExtentCount)
 	}
 	return nil
 }
@@ -149,6 +188,17 @@ func matchLayers(m *ocispec.Manifest, c *ChainConfig) error {
 		if d.MediaType != LayerMediaType || d.Digest.String() != l.Digest || d.Size != l.Size {
 			return fmt.Errorf("%w: layer %d: manifest says %s (%d bytes), config %s (%d bytes)",
 				ErrArtifact, i, d.Digest, d.Size, l.Digest, l.Size)
+		}
+		// The annotations repeat the config's numbers for tools that
+		// read only manifests: where present they must agree.
+		for k, want := range map[string]uint64{AnnotationVirtualSize: l.VirtualSize, AnnotationDataBytes: l.DataBytes, AnnotationExtents: l.Extents} {
+			v, ok := d.Annotations[k]
+			if !ok {
+				continue
+			}
+			if got, err := strconv.ParseUint(v, 10, 64); err != nil || got != want {
+				return fmt.Errorf("%w: layer %s: annotation %s is %q, config says %d", ErrArtifact, l.Digest, k, v, want)
+			}
 		}
 	}
 	return nil

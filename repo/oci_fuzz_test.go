@@ -23,12 +23,12 @@ func TestPullLyingManifest(t *testing.T) {
 	dir := t.TempDir()
 	tg := target(t, "oci:"+dir+":v1", nil)
 	f, _ := a.Open(cfg.Layers[0].Digest)
-	ld := ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(cfg.Layers[0].Digest), Size: 100000}
+	ld := ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(cfg.Layers[0].Digest), Size: cfg.Layers[0].Size}
 	if err := tg.Push(ctx, ld, f); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	cfg.Layers[0].Size = 50000 // the lie, in both config and manifest
+	cfg.Layers[0].Size /= 2 // the lie, in both config and manifest
 	cb, _ := json.Marshal(cfg)
 	cd := ocispec.Descriptor{MediaType: ConfigMediaType, Digest: digest.FromBytes(cb), Size: int64(len(cb))}
 	tg.Push(ctx, cd, bytes.NewReader(cb))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/obdvol/obdvol/snapshot"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2/content"
@@ -45,7 +46,10 @@ type LayerPull struct {
 // (checked against each other and their digests), then every layer the
 // store lacks, several at once (see fetchBlob: resumable, verified, locked
 // against concurrent pulls of the same blob). A blob that fails its check
-// gives an error wrapping ErrDigestMismatch and stores nothing. Nothing is
+// gives an error wrapping ErrDigestMismatch and stores nothing. Every
+// layer's trailer (read from the store, or by a range request for a layer
+// ManifestOnly leaves remote) must agree with the config, else the pull
+// fails with ErrArtifact and the caller records nothing. Nothing is
 // recorded anywhere else: the caller records the volume once Pull
 // succeeded, under the lease opts.Lease took. With ManifestOnly, Layers says which layers are present and
 // nothing is fetched.
@@ -110,6 +114,9 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	if err := checkTrailers(ctx, s, t, cfg); err != nil {
+		return nil, err
+	}
 	for _, l := range res.Layers {
 		res.BytesMoved += l.Fetched
 		switch {
@@ -122,4 +129,51 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// checkTrailers reads each layer's trailer and checks the config against
+// it (ChainConfig.CheckTrailer): a local layer from the store, a remote
+// one by a range request of its last TrailerSize bytes.
+func checkTrailers(ctx context.Context, s *Store, t *Target, cfg *ChainConfig) error {
+	for i, l := range cfg.Layers {
+		b, err := readTrailer(ctx, s, t, l)
+		if err != nil {
+			return fmt.Errorf("layer %s: trailer: %w", l.Digest, err)
+		}
+		tr, err := snapshot.ParseTrailer(b, l.Size)
+		if err != nil {
+			return fmt.Errorf("%w: layer %s: %v", ErrArtifact, l.Digest, err)
+		}
+		if err := cfg.CheckTrailer(i, tr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readTrailer(ctx context.Context, s *Store, t *Target, l LayerInfo) ([]byte, error) {
+	if l.Size < snapshot.TrailerSize {
+		return nil, fmt.Errorf("%w: blob of %d bytes", ErrArtifact, l.Size)
+	}
+	off := l.Size - snapshot.TrailerSize
+	if s.Has(l.Digest) {
+		f, err := s.Open(l.Digest)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		b := make([]byte, snapshot.TrailerSize)
+		if _, err := f.ReadAt(b, off); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	if t.Repo == nil {
+		return nil, fmt.Errorf("not in the store and %s serves no ranges", t.Ref)
+	}
+	b, err := RegistryRanges{Repo: t.Repo}.FetchRange(ctx, l.Digest, off, snapshot.TrailerSize)
+	if err == nil && len(b) != snapshot.TrailerSize {
+		err = fmt.Errorf("range request returned %d bytes, want %d", len(b), snapshot.TrailerSize)
+	}
+	return b, err
 }

@@ -17,24 +17,40 @@ import (
 	"testing"
 	"time"
 
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/tests/regtest"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 )
 
-// chainOf stores n random blobs of the given sizes and returns their config.
+// chainOf stores one obdvol layer per size (random, incompressible data
+// of about that many bytes, stored uncompressed) and returns their
+// config, whose numbers are the layers' trailers'.
 func chainOf(t *testing.T, s *Store, seed int64, sizes ...int) *ChainConfig {
 	t.Helper()
 	cfg := &ChainConfig{Version: 1, VirtualSize: 1 << 30, BlockSize: 4096, Codec: "zstd", ChunkSize: 65536,
 		Volume: "golden", Snapshot: "v1", Created: time.Unix(1700000000, 0).UTC()}
 	r := rand.New(rand.NewSource(seed))
 	for _, n := range sizes {
-		b := make([]byte, n)
-		r.Read(b)
-		d, size, err := s.Ingest(bytes.NewReader(b), "")
+		var buf bytes.Buffer
+		w, err := snapshot.NewWriter(&buf, snapshot.WriterOptions{VirtualSize: 1 << 30, Codec: snapshot.CodecNone})
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Layers = append(cfg.Layers, LayerInfo{Digest: d, Size: size, VirtualSize: 1 << 30, DataBytes: uint64(n), Extents: 1})
+		b := make([]byte, (n+4095)/4096*4096)
+		r.Read(b)
+		if err := w.AddData(0, b); err != nil {
+			t.Fatal(err)
+		}
+		info, err := w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, size, err := s.Ingest(bytes.NewReader(buf.Bytes()), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Layers = append(cfg.Layers, LayerInfo{Digest: d, Size: size, VirtualSize: info.VirtualSize,
+			DataBytes: info.DataBytes, Extents: uint64(info.ExtentCount)})
 	}
 	return cfg
 }

@@ -43,7 +43,12 @@ func NewChain(layers []*Layer, size uint64, blockSize uint32, cache *Cache) (*Ch
 	var idx, tmp []MExtent
 	for k, l := range layers {
 		if l.t.BlockSize != blockSize {
-			return nil, fmt.Errorf("layer %d has block size %d, chain has %d", k, l.t.BlockSize, blockSize)
+			name := fmt.Sprintf("layer %d", k)
+			if l.label != "" {
+				name = "layer " + l.label
+			}
+			return nil, fmt.Errorf("%w: %s has block size %d, the chain %d (all layers of a chain share one block size)",
+				ErrFormat, name, l.t.BlockSize, blockSize)
 		}
 		tmp = overlay(tmp[:0], idx, l.exts, uint16(k))
 		idx, tmp = tmp, idx
@@ -128,6 +133,15 @@ func appendMerged(dst []MExtent, e MExtent) []MExtent {
 	return append(dst, e)
 }
 
+// describe names layer i for an error: its label when its source has one,
+// and its place in the chain.
+func (c *Chain) describe(i int) string {
+	if lb := c.layers[i].label; lb != "" {
+		return fmt.Sprintf("layer %s (%d of %d, base first)", lb, i+1, len(c.layers))
+	}
+	return fmt.Sprintf("layer %d of %d (base first)", i+1, len(c.layers))
+}
+
 // Size is the chain's virtual size in bytes.
 func (c *Chain) Size() uint64 { return c.size }
 
@@ -190,7 +204,7 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 		n := min(uint64(len(p)), e.End()*c.bs-pos)
 		dataOff := (e.DataOff+(pos/c.bs-e.Start))*c.bs + pos%c.bs
 		if err := c.layers[e.Layer].ReadData(p[:n], dataOff, c.cache); err != nil {
-			return total - len(p), fmt.Errorf("layer %d: %w", e.Layer, err)
+			return total - len(p), fmt.Errorf("%s: %w", c.describe(int(e.Layer)), err)
 		}
 		p = p[n:]
 		pos += n

@@ -116,6 +116,11 @@ func (t *Trailer) marshal() []byte {
 	return b
 }
 
+// ParseTrailer decodes and validates the last TrailerSize bytes of a blob
+// of blobSize bytes, as Open does (without reading the index): a pull
+// checks what an artifact's config claims against it.
+func ParseTrailer(b []byte, blobSize int64) (*Trailer, error) { return parseTrailer(b, blobSize) }
+
 // parseTrailer decodes and validates a trailer against the blob size.
 func parseTrailer(b []byte, blobSize int64) (*Trailer, error) {
 	if len(b) != TrailerSize {
@@ -198,6 +203,49 @@ func marshalHeader(blockSize, chunkSize uint32, codec Codec) []byte {
 	b[20] = byte(codec)
 	le.PutUint32(b[28:], crc(b[:28]))
 	return b
+}
+
+// checkHeader validates the header at the start of a layer: its magic,
+// its crc32c, its reserved bytes, and that its version, block size, chunk
+// size and codec equal the trailer's. Readers do not need the header (the
+// trailer says everything), so only Verify reads it.
+func checkHeader(b []byte, t *Trailer) error {
+	if len(b) != HeaderSize {
+		return formatErr("header is %d bytes, want %d", len(b), HeaderSize)
+	}
+	if string(b[:8]) != headerMagic {
+		return formatErr("bad header magic")
+	}
+	le := binary.LittleEndian
+	if got, want := le.Uint32(b[28:]), crc(b[:28]); got != want {
+		return fmt.Errorf("%w: header crc %08x, want %08x", ErrChecksum, got, want)
+	}
+	for _, x := range b[21:28] {
+		if x != 0 {
+			return formatErr("reserved header bytes are set")
+		}
+	}
+	if v, bs, cs, c := le.Uint32(b[8:]), le.Uint32(b[12:]), le.Uint32(b[16:]), Codec(b[20]); v != t.Version ||
+		bs != t.BlockSize || cs != t.ChunkSize || c != t.Codec {
+		return formatErr("header (version %d, block size %d, chunk size %d, codec %s) contradicts the trailer (version %d, block size %d, chunk size %d, codec %s)",
+			v, bs, cs, c, t.Version, t.BlockSize, t.ChunkSize, t.Codec)
+	}
+	return nil
+}
+
+// ValidateParams checks a block size, chunk size and codec as the format
+// allows them, with a message that names the broken rule.
+func ValidateParams(blockSize, chunkSize uint32, codec Codec) error {
+	if blockSize < MinBlockSize || blockSize > MaxBlockSize || blockSize&(blockSize-1) != 0 {
+		return fmt.Errorf("block size %d: want a power of two from %d to %d", blockSize, MinBlockSize, MaxBlockSize)
+	}
+	if chunkSize < MinChunkSize || chunkSize > MaxChunkSize || chunkSize%blockSize != 0 {
+		return fmt.Errorf("chunk size %d: want a multiple of the block size (%d) from %d to %d", chunkSize, blockSize, MinChunkSize, MaxChunkSize)
+	}
+	if codec > CodecS2 {
+		return fmt.Errorf("unknown codec %d", codec)
+	}
+	return nil
 }
 
 // Extent kinds.

@@ -32,6 +32,7 @@ type Layer struct {
 	exts    []Extent
 	chunks  []chunkRec
 	id      uint64 // cache key namespace
+	label   string // what errors call the layer (see Labeled)
 	storedP sync.Pool
 }
 
@@ -67,10 +68,16 @@ func Open(src BlobSource) (*Layer, error) {
 		return nil, err
 	}
 	l := &Layer{src: src, t: *t, exts: exts, chunks: chunks, id: layerIDs.Add(1)}
+	if lb, ok := src.(Labeled); ok {
+		l.label = lb.Label()
+	}
 	cs := int(t.ChunkSize)
 	l.storedP.New = func() any { b := make([]byte, cs); return &b }
 	return l, nil
 }
+
+// Label is what the layer's source calls its blob (see Labeled), or "".
+func (l *Layer) Label() string { return l.label }
 
 // Trailer returns the layer's trailer.
 func (l *Layer) Trailer() Trailer { return l.t }
@@ -185,9 +192,18 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 	return out, nil
 }
 
-// Verify re-reads every chunk and checks its checksum and decompressed
-// length, returning the first failure.
+// Verify checks every checksum the format defines (docs/format.md): the
+// header's crc32c and that it agrees with the trailer (Open checked the
+// trailer's and the index's), then re-reads every chunk and checks its
+// crc32c and decompressed length. It returns the first failure.
 func (l *Layer) Verify() error {
+	hb := make([]byte, HeaderSize)
+	if _, err := l.src.ReadAt(hb, 0); err != nil {
+		return fmt.Errorf("read header: %w", err)
+	}
+	if err := checkHeader(hb, &l.t); err != nil {
+		return err
+	}
 	buf := make([]byte, l.t.ChunkSize)
 	for i := range l.chunks {
 		if _, err := l.loadChunk(i, buf); err != nil {

@@ -3,10 +3,20 @@ package snapshot
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
+
+// Labeled is implemented by blob sources that can name their blob (a
+// digest or a path): errors about a layer, a chain read's checksum
+// failure for one, then say which blob it is, not only its position in
+// the chain.
+type Labeled interface {
+	Label() string
+}
 
 // FileSource is a BlobSource over a local, immutable file. The file is
 // mapped into memory when it can be, so a read is a copy, not a system
@@ -54,6 +64,17 @@ func (s *FileSource) ReadAt(p []byte, off int64) (n int, err error) {
 		return n, errShort
 	}
 	return n, nil
+}
+
+// Label names the blob: its digest when the file is named as in a
+// content-addressed store (.../sha256/<64 hex>), else its path.
+func (s *FileSource) Label() string {
+	p := s.File.Name()
+	dir, hex := filepath.Split(p)
+	if filepath.Base(dir) == "sha256" && len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == "" {
+		return "sha256:" + hex
+	}
+	return p
 }
 
 // Size is the file's size when it was opened.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -39,8 +40,9 @@ func serveControl(ctx context.Context, root string, v *volume.Volume, status fun
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	os.Remove(path) // a stale socket of a dead server (we hold the volume lock)
-	l, err := net.Listen("unix", path)
+	// We hold the volume lock, so a socket there is a dead server's
+	// (stale); Listen refuses anything else and creates it 0600.
+	l, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -56,9 +58,8 @@ func serveControl(ctx context.Context, root string, v *volume.Volume, status fun
 		}
 	}()
 	stop := func() {
-		l.Close()
+		l.Close() // removes the socket
 		<-done
-		os.Remove(path)
 	}
 	return stop, nil
 }

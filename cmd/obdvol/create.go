@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -17,6 +20,9 @@ type createOptions struct {
 	Codec     string
 	BlockSize uint32
 	ChunkSize string
+	// layoutSet: --codec, --block-size or --chunk-size was given (a
+	// clone takes all three from its snapshot).
+	layoutSet []string
 }
 
 func newCreateCommand(g *globalOptions) *cobra.Command {
@@ -28,6 +34,11 @@ func newCreateCommand(g *globalOptions) *cobra.Command {
   obdvol create web1 --from golden@v1`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, f := range []string{"codec", "block-size", "chunk-size"} {
+				if cmd.Flags().Changed(f) {
+					o.layoutSet = append(o.layoutSet, "--"+f)
+				}
+			}
 			return runCreate(cmd.Context(), cmd.OutOrStdout(), g, o, args[0])
 		},
 	}
@@ -47,6 +58,33 @@ func runCreate(ctx context.Context, out io.Writer, g *globalOptions, o *createOp
 	if err := metadata.ValidateName("volume", name); err != nil {
 		return usageError{err}
 	}
+	var size, chunk uint64
+	if o.From != "" {
+		if len(o.layoutSet) > 0 {
+			// Honouring them would need a clone whose new layers differ
+			// from its snapshot's; a chain has one block size anyway.
+			return usagef("create --from takes the codec, block size and chunk size of the snapshot: %s cannot be combined with --from",
+				strings.Join(o.layoutSet, ", "))
+		}
+	} else {
+		var err error
+		if size, err = parseSize(o.Size); err != nil {
+			return err
+		}
+		if chunk, err = parseSize(o.ChunkSize); err != nil {
+			return err
+		}
+		codec, err := snapshot.ParseCodec(o.Codec)
+		if err != nil {
+			return usageError{err}
+		}
+		if chunk > math.MaxUint32 {
+			return usagef("chunk size %s: want at most %s", o.ChunkSize, formatSize(snapshot.MaxChunkSize))
+		}
+		if err := snapshot.ValidateParams(o.BlockSize, uint32(chunk), codec); err != nil {
+			return usageError{err}
+		}
+	}
 	e, err := openEnv(g)
 	if err != nil {
 		return err
@@ -63,14 +101,6 @@ func runCreate(ctx context.Context, out io.Writer, g *globalOptions, o *createOp
 			return err
 		}
 	} else {
-		size, err := parseSize(o.Size)
-		if err != nil {
-			return err
-		}
-		chunk, err := parseSize(o.ChunkSize)
-		if err != nil {
-			return err
-		}
 		v, err = e.mgr.Create(name, size, volume.CreateOptions{BlockSize: o.BlockSize, Codec: o.Codec, ChunkSize: uint32(chunk)})
 		if err != nil {
 			return err

@@ -3,36 +3,78 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/obdvol/obdvol/volume"
 )
 
+type exportOptions struct {
+	// Force replaces an existing regular file.
+	Force bool
+}
+
 func newExportCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	o := &exportOptions{}
+	cmd := &cobra.Command{
 		Use:   "export VOL[@SNAP] FILE|-",
 		Short: "Write the whole virtual disk (holes as zeros) to a file or stdout",
 		Long: `Write the whole virtual disk of a volume or snapshot. Every byte read is verified
 against its chunk checksum. A regular output file is written sparse: zero blocks
-become holes, so its apparent size is the volume's size.`,
+become holes, so its apparent size is the volume's size. The file is written
+under a temporary name beside it and renamed into place once complete and
+synced: an existing file is refused unless --force, and a failed export
+leaves nothing behind.`,
 		Example: "  obdvol export golden@v1 golden.img\n  obdvol export web1 - | sha256sum",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runExport(cmd.Context(), cmd.OutOrStdout(), g, args[0], args[1])
+			return runExport(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
 		},
 	}
+	cmd.Flags().BoolVar(&o.Force, "force", false, "replace FILE if it exists (a regular file only)")
+	return cmd
+}
+
+// checkExportTarget refuses, before anything is read, an output path
+// that exists, unless force and it is a regular file (never a device or
+// anything else a rename would replace).
+func checkExportTarget(file string, force bool) error {
+	fi, err := os.Lstat(file)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s exists and is not a regular file: %w (export to - and redirect to write a device)", file, volume.ErrRefused)
+	case !force:
+		return fmt.Errorf("%s exists: %w: pass --force to replace it", file, volume.ErrRefused)
+	}
+	return nil
 }
 
 type readerAtSize interface {
 	ReadAt(p []byte, off int64) (int, error)
 }
 
-func runExport(ctx context.Context, out io.Writer, g *globalOptions, ref, file string) error {
+func runExport(ctx context.Context, out io.Writer, g *globalOptions, o *exportOptions, ref, file string) error {
 	name, snap, err := parseRef(ref, snapOptional)
 	if err != nil {
 		return err
+	}
+	toStdout := file == "-"
+	if toStdout && g.JSON {
+		return usagef("--json cannot be combined with export to stdout")
+	}
+	if !toStdout {
+		if err := checkExportTarget(file, o.Force); err != nil {
+			return err
+		}
 	}
 	e, err := openEnv(g)
 	if err != nil {
@@ -65,18 +107,18 @@ func runExport(ctx context.Context, out io.Writer, g *globalOptions, ref, file s
 	}
 	var dst io.Writer
 	var f *os.File
-	toStdout := file == "-"
 	if toStdout {
 		dst = os.Stdout
-		if g.JSON {
-			return usagef("--json cannot be combined with export to stdout")
-		}
 	} else {
-		f, err = os.Create(file)
+		f, err = os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".obdvol-export-")
 		if err != nil {
 			return err
 		}
-		defer f.Close()
+		tmp := f.Name()
+		defer func() {
+			f.Close()
+			os.Remove(tmp) // gone already once renamed
+		}()
 		dst = f
 	}
 	p := startProgress(g, "export", size)
@@ -115,6 +157,9 @@ func runExport(ctx context.Context, out io.Writer, g *globalOptions, ref, file s
 		if err := f.Close(); err != nil {
 			return err
 		}
+		if err := placeExport(f.Name(), file, o.Force); err != nil {
+			return err
+		}
 	}
 	p.finish()
 	if toStdout {
@@ -125,4 +170,33 @@ func runExport(ctx context.Context, out io.Writer, g *globalOptions, ref, file s
 	}
 	fmt.Fprintf(out, "exported %s (%s) to %s\n", ref, formatSize(size), file)
 	return nil
+}
+
+// placeExport moves the complete temporary file tmp to file: with force
+// by rename (replacing a regular file, checked again), else by link,
+// which fails rather than replace a file created meanwhile. Then it syncs
+// the directory.
+func placeExport(tmp, file string, force bool) error {
+	if err := checkExportTarget(file, force); err != nil {
+		return err
+	}
+	if force {
+		if err := os.Rename(tmp, file); err != nil {
+			return err
+		}
+	} else {
+		if err := os.Link(tmp, file); err != nil {
+			if errors.Is(err, os.ErrExist) {
+				return fmt.Errorf("%s was created meanwhile: %w: pass --force to replace it", file, volume.ErrRefused)
+			}
+			return err
+		}
+		os.Remove(tmp)
+	}
+	d, err := os.Open(filepath.Dir(file))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -23,15 +23,18 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 		Short: "Complete a lazily pulled volume: fetch every missing chunk and verify each layer",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, _, err := parseRef(args[0], snapForbidden); err != nil {
+				return err
+			}
+			rateLimit, err := parseSize(o.Rate)
+			if err != nil {
+				return err
+			}
 			e, err := openEnv(g)
 			if err != nil {
 				return err
 			}
 			defer e.close()
-			rateLimit, err := parseSize(o.Rate)
-			if err != nil {
-				return err
-			}
 			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
 			if err != nil {

@@ -10,7 +10,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/obdvol/obdvol/device/ublk"
+	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -58,7 +62,10 @@ func report(err error, asJSON bool) int {
 	return code
 }
 
-// errorKind names an error class for scripts reading --json output.
+// errorKind names an error class for scripts reading --json output. It
+// is the one place sentinel errors of every package become kinds; a
+// sentinel a command can return and that is missing here shows up as
+// "error".
 func errorKind(err error) string {
 	var ue usageError
 	var re errRemote
@@ -67,22 +74,32 @@ func errorKind(err error) string {
 		return "usage"
 	case errors.As(err, &re):
 		return re.kind
+	case errors.Is(err, context.Canceled):
+		return "interrupted"
 	case errors.Is(err, metadata.ErrNotFound):
 		return "not_found"
-	case errors.Is(err, metadata.ErrExists):
+	case errors.Is(err, metadata.ErrExists), errors.Is(err, unixsock.ErrNotSocket):
 		return "exists"
 	case errors.Is(err, metadata.ErrInvalidName):
 		return "invalid_name"
-	case errors.Is(err, volume.ErrInUse), errors.Is(err, metadata.ErrBusy):
+	case errors.Is(err, volume.ErrInUse), errors.Is(err, metadata.ErrBusy), errors.Is(err, unixsock.ErrInUse):
 		return "busy"
 	case errors.Is(err, volume.ErrRefused):
 		return "refused"
-	case errors.Is(err, volume.ErrCorrupt):
+	case errors.Is(err, volume.ErrCorrupt), errors.Is(err, metadata.ErrCorrupt),
+		errors.Is(err, snapshot.ErrChecksum), errors.Is(err, snapshot.ErrFormat),
+		errors.Is(err, repo.ErrDigestMismatch):
 		return "corrupt"
+	case errors.Is(err, repo.ErrArtifact):
+		return "invalid_artifact"
+	case errors.Is(err, metadata.ErrSchema):
+		return "unsupported"
 	case errors.Is(err, volume.ErrRange):
 		return "range"
-	case errors.Is(err, context.Canceled):
-		return "interrupted"
+	case errors.Is(err, volume.ErrClosed):
+		return "closed"
+	case errors.Is(err, ublk.ErrNotRoot), errors.Is(err, os.ErrPermission):
+		return "permission"
 	}
 	return "error"
 }

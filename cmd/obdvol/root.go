@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,7 +30,7 @@ type globalOptions struct {
 }
 
 const helpTail = `
-Sizes and offsets accept a number of bytes or a suffix K, M, G, T, P
+Sizes and offsets accept a number of bytes or a suffix K, M, G, T, P, E
 (1024-based): 512, 64M, 10G, 1T. Snapshots are addressed VOL@SNAP.
 
 Exit codes: 0 ok, 1 error, 2 usage error.
@@ -50,6 +51,19 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 		SilenceUsage:  true,
 	}
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	// Without Args and a Run, cobra reports an unknown command with a
+	// plain error (exit 1); it is a usage error (exit 2).
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+		if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+		}
+		return usageError{errors.New(msg + "; see obdvol --help")}
+	}
+	cmd.RunE = func(c *cobra.Command, args []string) error { return c.Help() }
 	f := cmd.PersistentFlags()
 	f.StringVar(&opts.Root, "root", def, "state directory (env OBDVOL_ROOT)")
 	f.BoolVar(&opts.JSON, "json", false, "print JSON")
@@ -58,6 +72,13 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 	f.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile of this command (for performance work)")
 	f.MarkHidden("cpuprofile")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		// Checked before any command runs: env.close applies it after the
+		// command, when an error could no longer stop anything.
+		if opts.LazyCacheMax != "" {
+			if _, err := parseSize(opts.LazyCacheMax); err != nil {
+				return usagef("--lazy-cache-max (or OBDVOL_LAZY_CACHE_MAX): %v", err)
+			}
+		}
 		if opts.CPUProfile == "" {
 			return nil
 		}
@@ -138,7 +159,10 @@ func openEnv(opts *globalOptions) (*env, error) {
 func (e *env) close() {
 	e.mgr.Close()
 	if e.opts != nil && e.opts.LazyCacheMax != "" {
-		gcLazy(e, &gcOptions{CacheMax: e.opts.LazyCacheMax})
+		// Best effort: the command itself succeeded or failed already.
+		if _, err := gcLazy(e, &gcOptions{CacheMax: e.opts.LazyCacheMax}); err != nil && !e.opts.JSON {
+			fmt.Fprintf(os.Stderr, "obdvol: warning: --lazy-cache-max: %v\n", err)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/obdvol/obdvol/device/nbd"
+	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/volume"
 )
@@ -54,32 +55,53 @@ on loopback only unless --allow-remote.`,
 	return cmd
 }
 
-// listenNBD opens the listener named by spec and returns it with the
-// URI prefix clients use.
-func listenNBD(spec string, allowRemote bool) (net.Listener, func(export string) string, error) {
+// nbdSpec is a parsed --nbd value.
+type nbdSpec struct {
+	unix string // socket path, or ""
+	tcp  string // host:port, or ""
+}
+
+// parseNBDSpec checks --nbd before anything is opened: unix:PATH, or
+// tcp:HOST:PORT on loopback unless allowRemote.
+func parseNBDSpec(spec string, allowRemote bool) (nbdSpec, error) {
 	switch {
 	case strings.HasPrefix(spec, "unix:"):
 		path := strings.TrimPrefix(spec, "unix:")
-		os.Remove(path)
-		l, err := net.Listen("unix", path)
-		return l, func(x string) string { return "nbd+unix:///" + x + "?socket=" + path }, err
+		if path == "" {
+			return nbdSpec{}, usagef("--nbd unix: needs a path")
+		}
+		return nbdSpec{unix: path}, nil
 	case strings.HasPrefix(spec, "tcp:"):
 		addr := strings.TrimPrefix(spec, "tcp:")
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
-			return nil, nil, usagef("--nbd %s: %v", spec, err)
+			return nbdSpec{}, usagef("--nbd %s: %v", spec, err)
 		}
 		if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" && !allowRemote {
-			return nil, nil, usagef("--nbd %s: NBD has no authentication or TLS here; listen on loopback or pass --allow-remote", spec)
+			return nbdSpec{}, usagef("--nbd %s: NBD has no authentication or TLS here; listen on loopback or pass --allow-remote", spec)
 		}
-		l, err := net.Listen("tcp", addr)
+		return nbdSpec{tcp: addr}, nil
+	}
+	return nbdSpec{}, usagef("--nbd wants unix:PATH or tcp:HOST:PORT, got %q", spec)
+}
+
+// listen opens the listener and returns it with the URI prefix clients
+// use.
+func (s nbdSpec) listen() (net.Listener, func(export string) string, error) {
+	if s.unix != "" {
+		// Only a stale socket is replaced; the new one has mode 0600.
+		l, err := unixsock.Listen(s.unix)
 		if err != nil {
 			return nil, nil, err
 		}
-		a := l.Addr().String()
-		return l, func(x string) string { return "nbd://" + a + "/" + x }, nil
+		return l, func(x string) string { return "nbd+unix:///" + x + "?socket=" + s.unix }, nil
 	}
-	return nil, nil, usagef("--nbd wants unix:PATH or tcp:HOST:PORT, got %q", spec)
+	l, err := net.Listen("tcp", s.tcp)
+	if err != nil {
+		return nil, nil, err
+	}
+	a := l.Addr().String()
+	return l, func(x string) string { return "nbd://" + a + "/" + x }, nil
 }
 
 // runServe serves until ctx ends. ready, if not nil, receives the URIs
@@ -87,6 +109,15 @@ func listenNBD(spec string, allowRemote bool) (net.Listener, func(export string)
 func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOptions, vols []string, ready chan<- []string) error {
 	if o.NBD == "" {
 		return usagef("serve needs --nbd unix:PATH or --nbd tcp:HOST:PORT")
+	}
+	spec, err := parseNBDSpec(o.NBD, o.AllowRemote)
+	if err != nil {
+		return err
+	}
+	for _, name := range vols {
+		if _, _, err := parseRef(name, snapForbidden); err != nil {
+			return err
+		}
 	}
 	e, err := openEnv(g)
 	if err != nil {
@@ -101,9 +132,6 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 		}
 	}()
 	for _, name := range vols {
-		if _, _, err := parseRef(name, snapForbidden); err != nil {
-			return err
-		}
 		v, err := e.mgr.Open(name)
 		if err != nil {
 			return err
@@ -114,7 +142,7 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 		}
 		exports = append(exports, nbd.Export{Name: name, Backend: v, ReadOnly: o.ReadOnly, Description: "obdvol volume " + name})
 	}
-	l, uri, err := listenNBD(o.NBD, o.AllowRemote)
+	l, uri, err := spec.listen()
 	if err != nil {
 		return err
 	}

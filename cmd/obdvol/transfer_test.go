@@ -40,7 +40,9 @@ func (h *host) run(fn func(out *bytes.Buffer) error) map[string]any {
 func (h *host) export(ref string) []byte {
 	h.t.Helper()
 	f := filepath.Join(h.t.TempDir(), "out.img")
-	h.run(func(out *bytes.Buffer) error { return runExport(context.Background(), out, h.g, ref, f) })
+	h.run(func(out *bytes.Buffer) error {
+		return runExport(context.Background(), out, h.g, &exportOptions{}, ref, f)
+	})
 	b, _ := os.ReadFile(f)
 	return b
 }
@@ -150,7 +152,7 @@ func TestPushPullHosts(t *testing.T) {
 	})
 	reg.Stop()
 	start := time.Now()
-	err := runExport(ctx, &bytes.Buffer{}, d.g, "g", filepath.Join(t.TempDir(), "x"))
+	err := runExport(ctx, &bytes.Buffer{}, d.g, &exportOptions{}, "g", filepath.Join(t.TempDir(), "x"))
 	if !errors.Is(err, repo.ErrUnavailable) || time.Since(start) > 10*time.Second {
 		t.Fatalf("read with the registry down: %v after %v", err, time.Since(start))
 	}
@@ -185,7 +187,7 @@ func TestLazyCorruptChunk(t *testing.T) {
 	raw, _ := os.ReadFile(path)
 	raw[1000] ^= 0xff // inside the first chunk
 	os.WriteFile(path, raw, 0o644)
-	err := runExport(ctx, &bytes.Buffer{}, c.g, "g", filepath.Join(t.TempDir(), "x"))
+	err := runExport(ctx, &bytes.Buffer{}, c.g, &exportOptions{}, "g", filepath.Join(t.TempDir(), "x"))
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("checksum")) {
 		t.Fatalf("export over a corrupt chunk: %v", err)
 	}

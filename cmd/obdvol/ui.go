@@ -25,8 +25,8 @@ func printJSON(w io.Writer, v map[string]any) error {
 	return enc.Encode(v)
 }
 
-// parseSize reads 512, 64K, 64M, 10G, 1T, 2P (1024-based; "KiB", "KB"
-// and "B" suffixes accepted).
+// parseSize reads 512, 64K, 64M, 10G, 1T, 2P, 1E (1024-based; "KiB",
+// "KB" and "B" suffixes accepted): every unit formatSize prints.
 func parseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(strings.ToUpper(s))
 	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
@@ -43,6 +43,8 @@ func parseSize(s string) (uint64, error) {
 			mult = 1 << 40
 		case 'P':
 			mult = 1 << 50
+		case 'E':
+			mult = 1 << 60
 		}
 		if mult > 1 {
 			t = t[:n-1]
