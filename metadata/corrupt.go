@@ -36,7 +36,7 @@ func (c *Catalog) guard(fn func() error) (err error) {
 		if r == nil {
 			return
 		}
-		if !panickedInBolt() {
+		if !panickedInBolt() && !mappedFault(r) {
 			panic(r)
 		}
 		err = c.corrupt(fmt.Errorf("bbolt: %v", r))
@@ -47,6 +47,15 @@ func (c *Catalog) guard(fn func() error) (err error) {
 // corrupt wraps what was found wrong with the file.
 func (c *Catalog) corrupt(what error) error {
 	return fmt.Errorf("catalogue %s is corrupt (%v): restore it from a backup: %w", c.path, what, ErrCorrupt)
+}
+
+// mappedFault reports whether r is a memory fault at a non-nil address
+// (SIGBUS, SIGSEGV), which inside a transaction can only come from the
+// catalogue's mapping: a record read in place past a file truncated
+// meanwhile, in code outside bbolt (a decoder).
+func mappedFault(r any) bool {
+	re, ok := r.(runtime.Error)
+	return ok && strings.HasPrefix(re.Error(), "unexpected fault address")
 }
 
 // panickedInBolt reports, from a deferred function recovering a panic,
