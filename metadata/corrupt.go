@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // bbolt trusts the file it maps: a truncated file faults (SIGBUS) when a
@@ -41,7 +43,13 @@ func (c *Catalog) guard(fn func() error) (err error) {
 		}
 		err = c.corrupt(fmt.Errorf("bbolt: %v", r))
 	}()
-	return fn()
+	err = fn()
+	if errors.Is(err, bolterrors.ErrIncompatibleValue) {
+		// A key where the schema has a bucket (or the reverse): only a
+		// damaged page produces that in a catalogue this code wrote.
+		return c.corrupt(err)
+	}
+	return err
 }
 
 // corrupt wraps what was found wrong with the file.

@@ -78,6 +78,11 @@ func (m *Manager) Recover() (recovered []string, err error) {
 	for _, e := range ents {
 		name := e.Name()
 		gone, err := m.removeIfDeleted(name)
+		if errors.Is(err, metadata.ErrCorrupt) || errors.Is(err, metadata.ErrBusy) {
+			// The catalogue itself cannot answer: the same for every
+			// volume, so one error, and nothing removed.
+			return recovered, err
+		}
 		if err != nil {
 			errs = append(errs, err) // keep the directory; look at the others
 			continue

@@ -127,7 +127,7 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 			return err
 		}
 	} else {
-		if v, err = e.mgr.Open(vol); err != nil {
+		if v, err = e.openVolume(vol); err != nil {
 			return err
 		}
 		defer v.Close()

@@ -335,7 +335,7 @@ func TestCLIStory(t *testing.T) {
 	if _, err := os.Stat(blobPath(h.root, d1)); err != nil {
 		t.Errorf("gc removed a layer in use: %v", err)
 	}
-	if r := h.ok("gc"); r.stdout != "removed 0 blob(s), 0B\n" {
+	if r := h.ok("gc"); r.stdout != "removed 0 blob(s), 0B; 0 leftover file(s), 0B\n" {
 		t.Errorf("second gc says %q", r.stdout)
 	}
 	h.wantDisk("clone", cloneDisk)

@@ -122,7 +122,7 @@ func askServer(ctx context.Context, root, vol string, req controlRequest) (*cont
 // withOwner runs local with the volume opened here, or, when another
 // process owns it and listens on the control socket, remote.
 func withOwner(e *env, name string, local func(*volume.Volume) error, remote func() error) error {
-	v, err := e.mgr.Open(name)
+	v, err := e.openVolume(name)
 	if errors.Is(err, volume.ErrInUse) {
 		if rerr := remote(); !errors.Is(rerr, os.ErrNotExist) {
 			return rerr

@@ -98,7 +98,7 @@ func runExport(ctx context.Context, out io.Writer, g *globalOptions, o *exportOp
 		}
 		src, size = chain, s.Size
 	} else {
-		v, err := e.mgr.Open(name)
+		v, err := e.openVolume(name)
 		if err != nil {
 			return err
 		}

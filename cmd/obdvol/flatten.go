@@ -29,7 +29,7 @@ func runFlatten(ctx context.Context, out io.Writer, g *globalOptions, ref string
 		return err
 	}
 	defer e.close()
-	v, err := e.mgr.Open(name)
+	v, err := e.openVolume(name)
 	if err != nil {
 		return err
 	}

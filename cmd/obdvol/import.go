@@ -54,7 +54,7 @@ func runImport(ctx context.Context, out io.Writer, g *globalOptions, o *importOp
 		return err
 	}
 	defer e.close()
-	v, err := e.mgr.Open(name)
+	v, err := e.openVolume(name)
 	if err != nil {
 		return err
 	}

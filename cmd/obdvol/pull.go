@@ -187,7 +187,7 @@ func startBackgroundFill(e *env, vol, rate string) (string, error) {
 // replayPrefetch reads the ranges of a prefetch list through the volume,
 // so that a lazy volume fetches them now, in the order they were used.
 func replayPrefetch(e *env, vol string, ranges []repo.PrefetchRange) (int64, error) {
-	v, err := e.mgr.Open(vol)
+	v, err := e.openVolume(vol)
 	if err != nil {
 		return 0, err
 	}

@@ -150,18 +150,46 @@ func openEnv(opts *globalOptions) (*env, error) {
 	}}
 	mgr := volume.NewManager(root, cat, blobs, volume.Options{})
 	e.mgr = mgr
-	if _, err := mgr.Recover(); err != nil {
-		return nil, fmt.Errorf("recovery: %w", err)
+	if _, err := mgr.Recover(); errors.Is(err, metadata.ErrCorrupt) || errors.Is(err, metadata.ErrBusy) {
+		return nil, err // the catalogue cannot answer: nothing else would work
+	} else if err != nil {
+		// Recovery keeps whatever it could not check (nothing is removed on
+		// a guess); the command itself may still work, or fail with a
+		// clearer error of its own (a corrupt catalogue, a busy one).
+		e.warnf("recovery: %v", err)
 	}
 	return e, nil
+}
+
+// warnf prints a warning on stderr (never in --json mode, whose stdout is
+// one object).
+func (e *env) warnf(format string, args ...any) {
+	if e.opts != nil && e.opts.JSON {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "obdvol: warning: "+format+"\n", args...)
+}
+
+// openVolume opens a volume for I/O and warns about a snapshot whose seal
+// could not be finished at open (the volume works; the next snapshot
+// finishes it).
+func (e *env) openVolume(name string) (*volume.Volume, error) {
+	v, err := e.mgr.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.SealPending(); err != nil {
+		e.warnf("volume %s: an interrupted snapshot could not be finished (%v); the volume works and the next snapshot retries it", name, err)
+	}
+	return v, nil
 }
 
 func (e *env) close() {
 	e.mgr.Close()
 	if e.opts != nil && e.opts.LazyCacheMax != "" {
 		// Best effort: the command itself succeeded or failed already.
-		if _, err := gcLazy(e, &gcOptions{CacheMax: e.opts.LazyCacheMax}); err != nil && !e.opts.JSON {
-			fmt.Fprintf(os.Stderr, "obdvol: warning: --lazy-cache-max: %v\n", err)
+		if _, err := gcLazy(e, &gcOptions{CacheMax: e.opts.LazyCacheMax}); err != nil {
+			e.warnf("--lazy-cache-max: %v", err)
 		}
 	}
 }

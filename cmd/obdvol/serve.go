@@ -132,7 +132,7 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 		}
 	}()
 	for _, name := range vols {
-		v, err := e.mgr.Open(name)
+		v, err := e.openVolume(name)
 		if err != nil {
 			return err
 		}
