@@ -40,9 +40,12 @@ var layerIDs atomic.Uint64
 var zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(false),
 	zstd.WithDecoderMaxMemory(MaxChunkSize*2))
 
-// Open reads a layer's trailer and index from the end of src (two reads)
-// and validates them. Malformed bytes give an error wrapping ErrFormat or
-// ErrChecksum; allocations are bounded by src.Size().
+// Open reads a layer's trailer and index from the end of src and
+// validates them. Malformed bytes give an error wrapping ErrFormat or
+// ErrChecksum. The index is read in pieces of at most 1 MiB, and what
+// Open allocates is bounded by the valid records src delivered, not by
+// what the trailer or src.Size() claim (a lazy layer's size is a
+// registry's word).
 func Open(src BlobSource) (*Layer, error) {
 	size := src.Size()
 	if size < HeaderSize+TrailerSize {
@@ -56,13 +59,7 @@ func Open(src BlobSource) (*Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	ib := make([]byte, t.IndexLen())
-	if len(ib) > 0 {
-		if _, err := src.ReadAt(ib, int64(t.IndexOffset)); err != nil {
-			return nil, fmt.Errorf("read index: %w", err)
-		}
-	}
-	exts, chunks, err := parseIndex(ib, t)
+	exts, chunks, err := readIndex(src, t)
 	if err != nil {
 		return nil, err
 	}
