@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"sync"
@@ -23,6 +24,13 @@ type BlobSource interface {
 // once more.
 type Invalidator interface {
 	Invalidate(off, n int64)
+}
+
+// ContextReaderAt is implemented by blob sources whose reads may wait on
+// the network (repo.LazyBlob): a read made with a context ends when the
+// context does.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
 }
 
 // Layer is an opened sealed layer. It is safe for concurrent use.
@@ -93,6 +101,12 @@ func (l *Layer) Source() BlobSource { return l.src }
 // into p, verifying and decompressing the chunks it touches. A non-nil
 // cache keeps decompressed chunks for later reads.
 func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
+	return l.ReadDataContext(context.Background(), p, off, cache)
+}
+
+// ReadDataContext is ReadData whose reads from a ContextReaderAt source
+// end when ctx does.
+func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache *Cache) error {
 	if off > l.t.DataBytes || uint64(len(p)) > l.t.DataBytes-off {
 		return fmt.Errorf("%w: read [%d,+%d) beyond %d data bytes", ErrFormat, off, len(p), l.t.DataBytes)
 	}
@@ -104,7 +118,7 @@ func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
 			continue
 		}
 		buf := cache.getBuf(int(cs))
-		raw, err := l.loadChunk(ci, buf)
+		raw, err := l.loadChunk(ctx, ci, buf)
 		if err != nil {
 			cache.putBuf(buf)
 			return err
@@ -123,13 +137,13 @@ func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
 
 // loadChunk reads, verifies and decompresses chunk i into dst (capacity
 // at least the chunk size), returning the raw bytes.
-func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
+func (l *Layer) loadChunk(ctx context.Context, i int, dst []byte) ([]byte, error) {
 	c := l.chunks[i]
 	raw := int(rawLen(&l.t, i))
 	sp := l.storedP.Get().(*[]byte)
 	defer l.storedP.Put(sp)
 	stored := (*sp)[:c.Len]
-	if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+	if err := l.readStored(ctx, stored, int64(c.Off)); err != nil {
 		return nil, fmt.Errorf("read chunk %d: %w", i, err)
 	}
 	if got := crc(stored); got != c.CRC {
@@ -140,7 +154,7 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x", ErrChecksum, i, c.Off, got, c.CRC)
 		}
 		inv.Invalidate(int64(c.Off), int64(c.Len))
-		if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+		if err := l.readStored(ctx, stored, int64(c.Off)); err != nil {
 			return nil, fmt.Errorf("read chunk %d: %w", i, err)
 		}
 		if got := crc(stored); got != c.CRC {
@@ -182,12 +196,23 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 	return out, nil
 }
 
+// readStored reads stored chunk bytes, with ctx when the source takes one.
+func (l *Layer) readStored(ctx context.Context, p []byte, off int64) error {
+	var err error
+	if cs, ok := l.src.(ContextReaderAt); ok {
+		_, err = cs.ReadAtContext(ctx, p, off)
+	} else {
+		_, err = l.src.ReadAt(p, off)
+	}
+	return err
+}
+
 // Verify re-reads every chunk and checks its checksum and decompressed
 // length, returning the first failure.
 func (l *Layer) Verify() error {
 	buf := make([]byte, l.t.ChunkSize)
 	for i := range l.chunks {
-		if _, err := l.loadChunk(i, buf); err != nil {
+		if _, err := l.loadChunk(context.Background(), i, buf); err != nil {
 			return err
 		}
 	}

@@ -242,13 +242,21 @@ func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, 
 	return nil
 }
 
+// forgetLayer unpins the layer of a blob gc removed and closes it unless
+// an open chain still uses it (its file stays readable while open; the
+// last release closes it).
 func (m *Manager) forgetLayer(d string) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if ol, ok := m.layers[d]; ok {
-		m.cache.Drop(ol.l)
-		ol.closer.Close()
-		delete(m.layers, d)
+	ol, ok := m.layers[d]
+	if ok {
+		ol.pinned = false
+		if ok = ol.refs <= 0; ok {
+			delete(m.layers, d)
+		}
+	}
+	m.mu.Unlock()
+	if ok {
+		m.closeLayer(ol)
 	}
 }
 
@@ -301,10 +309,11 @@ func (m *Manager) verifyLayer(d string, c *LayerCheck) error {
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
 		return fmt.Errorf("blob hashes to %s", got)
 	}
-	l, err := m.Layer(d)
+	l, err := m.acquireLayer(d, false)
 	if err != nil {
 		return err
 	}
+	defer m.releaseLayers([]string{d})
 	c.Chunks = l.Chunks()
 	return l.Verify()
 }

@@ -1,12 +1,12 @@
 package volume
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"github.com/obdvol/obdvol/metadata"
-	"github.com/obdvol/obdvol/snapshot"
 )
 
 // Volume is an open volume: a chain of sealed layers plus the writable
@@ -23,10 +23,18 @@ type Volume struct {
 	lock *volumeLock
 
 	// ioMu is shared by reads and writes and taken exclusively only to
-	// swap the chain and writable layer (seal, flatten, resize).
+	// swap the chain and writable layer (seal's freeze, flatten, resize,
+	// Close). It is never held across a read of the chain's layers
+	// (which for a lazy layer may wait up to its retry limit on a
+	// registry): a read resolves its range under ioMu, takes a reference
+	// to the chain, releases ioMu and reads the immutable layers; a
+	// write first fetches the lower-layer blocks it must merge the same
+	// way (see warm). So a freeze never waits for the network, and,
+	// since Go's RWMutex holds new readers back while a writer waits,
+	// neither does any other I/O.
 	ioMu   sync.RWMutex
 	rec    *metadata.Volume
-	chain  *snapshot.Chain
+	chain  *chainRef // nil once closed
 	w      *writable
 	frozen *writable // being sealed (reads fall through w, then frozen)
 	bs     uint64
@@ -45,6 +53,11 @@ type Volume struct {
 	stripes [nStripes]sync.RWMutex
 
 	recorder atomic.Pointer[readRecorder] // prefetch-list recording, usually nil
+
+	// ctx ends when the volume is closed: reads of lazy layers in
+	// flight (made by ReadAt, with no context of their own) stop then.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Name is the volume's name.
@@ -85,19 +98,88 @@ func (v *Volume) checkRange(off int64, n int) error {
 	return nil
 }
 
-// ReadAt reads len(p) bytes at off. Holes read as zeros.
+// ReadAt reads len(p) bytes at off. Holes read as zeros. Reads of
+// lazy layers end when the volume is closed.
 func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	return v.ReadAtContext(v.ctx, p, off)
+}
+
+// ReadAtContext is ReadAt whose reads of lazy layers (range requests to
+// a registry) end when ctx does.
+func (v *Volume) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	v.ioMu.RLock()
-	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil {
+		v.ioMu.RUnlock()
 		return 0, err
 	}
 	if r := v.recorder.Load(); r != nil {
 		r.record(off, int64(len(p)), v.size)
 	}
-	return len(p), v.readLocked(p, uint64(off))
+	if err := v.readUnlocking(ctx, p, uint64(off)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
+// readUnlocking reads p at pos. The caller holds ioMu shared; it is
+// released on return. Blocks of the writable and frozen layers (local
+// files) are read under it; for blocks of the chain, the chain is
+// referenced and ioMu released while its layers are read, then taken
+// again (and the range checked again: the volume may have been closed)
+// for the rest. It does not allocate.
+func (v *Volume) readUnlocking(ctx context.Context, p []byte, pos uint64) error {
+	bs := v.bs
+	for len(p) > 0 {
+		blk, in := pos/bs, pos%bs
+		want := (in + uint64(len(p)) + bs - 1) / bs
+		st, n := v.w.run(blk, want)
+		src := v.w
+		if st == stUnset && v.frozen != nil {
+			st, n = v.frozen.run(blk, n)
+			src = v.frozen
+		}
+		nb := min(n*bs-in, uint64(len(p)))
+		var err error
+		switch st {
+		case stData:
+			err = src.readData(p[:nb], pos)
+		case stZero:
+			clear(p[:nb])
+		default:
+			c := v.chain
+			c.acquire()
+			v.ioMu.RUnlock()
+			_, err = c.c.ReadAtContext(ctx, p[:nb], int64(pos))
+			c.release()
+			if err == nil && uint64(len(p)) > nb {
+				v.ioMu.RLock()
+				err = v.checkRange(int64(pos+nb), len(p)-int(nb))
+				if err != nil {
+					v.ioMu.RUnlock()
+					return err
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
+			}
+			if uint64(len(p)) == nb {
+				return nil
+			}
+		}
+		if err != nil {
+			v.ioMu.RUnlock()
+			return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
+		}
+		p = p[nb:]
+		pos += nb
+	}
+	v.ioMu.RUnlock()
+	return nil
+}
+
+// readLocked reads p at pos holding ioMu shared throughout, chain blocks
+// included: only for a write's merge of a partial block, whose chain
+// blocks warm has fetched into the chunk cache just before.
 func (v *Volume) readLocked(p []byte, pos uint64) error {
 	bs := v.bs
 	for len(p) > 0 {
@@ -117,7 +199,7 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 		case stZero:
 			clear(p[:nb])
 		default:
-			_, err = v.chain.ReadAt(p[:nb], int64(pos))
+			_, err = v.chain.c.ReadAtContext(v.ctx, p[:nb], int64(pos))
 		}
 		if err != nil {
 			return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
@@ -128,10 +210,61 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 	return nil
 }
 
+// warm fetches the lower-layer blocks that a write of n bytes at off
+// will read to merge its partial first and last blocks, before the
+// write takes ioMu: the chain is referenced and read with no lock held,
+// which leaves its chunks in the cache, where the merge under the locks
+// then finds them. Blocks the writable or frozen layer holds need no
+// fetch. Errors are left to the write's own read.
+func (v *Volume) warm(off int64, n int) {
+	if off < 0 || n <= 0 {
+		return
+	}
+	bs := v.bs
+	pos, end := uint64(off), uint64(off)+uint64(n)
+	first, last := pos/bs, (end-1)/bs
+	var buf []byte
+	if pos%bs != 0 || end < (first+1)*bs {
+		buf = v.warmBlock(first, buf)
+	}
+	if last != first && end%bs != 0 {
+		v.warmBlock(last, buf)
+	}
+}
+
+// warmBlock fetches block blk of the chain with no lock held when
+// neither the writable nor the frozen layer holds it; buf (allocated if
+// nil) receives it and is returned.
+func (v *Volume) warmBlock(blk uint64, buf []byte) []byte {
+	v.ioMu.RLock()
+	if v.checkRange(int64(blk*v.bs), int(v.bs)) != nil {
+		v.ioMu.RUnlock()
+		return buf
+	}
+	st, _ := v.w.run(blk, 1)
+	if st == stUnset && v.frozen != nil {
+		st, _ = v.frozen.run(blk, 1)
+	}
+	if st != stUnset {
+		v.ioMu.RUnlock()
+		return buf
+	}
+	c := v.chain
+	c.acquire()
+	v.ioMu.RUnlock()
+	if buf == nil {
+		buf = make([]byte, v.bs)
+	}
+	c.c.ReadAtContext(v.ctx, buf, int64(blk*v.bs))
+	c.release()
+	return buf
+}
+
 // WriteAt writes p at off. Whole blocks go straight to the writable
 // layer; a partial block at either end is read, merged and rewritten.
 // Writes are durable only after Flush.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	v.warm(off, len(p))
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil || len(p) == 0 {
@@ -185,17 +318,10 @@ func stripeSpan(blk, n uint64) (lo, hi, wrap int) {
 // rmwBlock writes p at byte in of block blk, which p does not cover
 // whole: the block is read, merged and rewritten holding its stripe
 // exclusively, so concurrent writes to other bytes of the block are kept.
+// A block from a lower layer was fetched by warm before the write took
+// ioMu, so the read here is normally served from the chunk cache.
 func (v *Volume) rmwBlock(p []byte, blk, in uint64) error {
 	buf := make([]byte, v.bs)
-	if st, _ := v.w.run(blk, 1); st == stUnset {
-		// The block comes from a lower layer, maybe over the network (a
-		// lazy layer): fetch it before taking the stripe, so that a slow
-		// fetch holds up no other writer; the read under the stripe
-		// below is then served from the chunk cache.
-		if err := v.readLocked(buf, blk*v.bs); err != nil {
-			return err
-		}
-	}
 	mu := &v.stripes[blk%nStripes]
 	mu.Lock()
 	defer mu.Unlock()
@@ -237,11 +363,12 @@ func (v *Volume) writeLocked(p []byte, pos uint64) error {
 // WriteZeroes makes [off, off+n) read as zeros; whole blocks become a zero
 // extent (no data stored), partial blocks are written.
 func (v *Volume) WriteZeroes(off int64, n int64) error {
-	v.ioMu.RLock()
-	defer v.ioMu.RUnlock()
 	if n < 0 || int64(int(n)) != n {
 		return fmt.Errorf("%w: length %d", ErrRange, n)
 	}
+	v.warm(off, int(n))
+	v.ioMu.RLock()
+	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, int(n)); err != nil || n == 0 {
 		return err
 	}
@@ -297,6 +424,7 @@ func (v *Volume) WritableBytes() uint64 {
 // Close flushes and releases the volume. It waits for a seal in progress.
 // I/O after Close fails with ErrClosed.
 func (v *Volume) Close() error {
+	v.cancel() // reads of lazy layers in flight stop
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	v.ioMu.Lock()
@@ -312,6 +440,10 @@ func (v *Volume) Close() error {
 		v.frozen = nil
 	}
 	v.w = nil
+	// Reads still in flight hold their own references: the layers are
+	// closed when the last of them ends.
+	v.chain.release()
+	v.chain = nil
 	v.lock.release()
 	return err
 }
