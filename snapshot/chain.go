@@ -165,6 +165,18 @@ func (c *Chain) Lookup(block uint64) (e MExtent, ok bool) {
 	return MExtent{}, false
 }
 
+// Backing reports which layer holds block and at which block of its
+// data stream; ok is false when block reads as zeros. Two chains whose
+// Backing of a block agree (the same *Layer, the same data block) read
+// the same bytes there: layers are immutable.
+func (c *Chain) Backing(block uint64) (l *Layer, dataBlock uint64, ok bool) {
+	e, ok := c.Lookup(block)
+	if !ok {
+		return nil, 0, false
+	}
+	return c.layers[e.Layer], e.DataOff + (block - e.Start), true
+}
+
 // ReadAt fills p from the virtual disk at byte offset off. Holes read as
 // zeros. It reads past nothing: off+len(p) must be within Size.
 func (c *Chain) ReadAt(p []byte, off int64) (int, error) {

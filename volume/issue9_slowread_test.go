@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -23,6 +24,7 @@ type slowSource struct {
 	indexOff int64
 	gate     chan struct{}
 	entered  chan struct{}
+	reads    atomic.Int32 // chunk reads
 }
 
 func (s *slowSource) ReadAt(p []byte, off int64) (int, error) {
@@ -31,6 +33,7 @@ func (s *slowSource) ReadAt(p []byte, off int64) (int, error) {
 
 func (s *slowSource) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < s.indexOff {
+		s.reads.Add(1)
 		select {
 		case s.entered <- struct{}{}:
 		default:
@@ -70,6 +73,10 @@ func (b *slowBlobs) OpenLayer(d string) (snapshot.BlobSource, io.Closer, error) 
 // and 0xBB written (not sealed) at [1M, 1M+64K), then opens it in a fresh
 // manager whose sealed layer reads through a slowSource.
 func slowVolume(t *testing.T) (*volume.Volume, *slowSource) {
+	return slowVolumeCache(t, 4<<20)
+}
+
+func slowVolumeCache(t *testing.T, cacheBytes int) (*volume.Volume, *slowSource) {
 	t.Helper()
 	root := t.TempDir()
 	m := newManager(t, root)
@@ -101,7 +108,7 @@ func slowVolume(t *testing.T) (*volume.Volume, *slowSource) {
 		t.Fatal(err)
 	}
 	m2 := volume.NewManager(root, cat, &slowBlobs{Blobs: repo.Blobs{Store: st}, slow: res.Layer.Digest, src: src},
-		volume.Options{CacheBytes: 4 << 20})
+		volume.Options{CacheBytes: cacheBytes})
 	t.Cleanup(func() { m2.Close() })
 	v2, err := m2.Open("v")
 	if err != nil {
@@ -187,4 +194,44 @@ func TestCloseCancelsSlowLazyRead(t *testing.T) {
 			t.Errorf("read after Close = %v, want context.Canceled", err)
 		}
 	})
+}
+
+// A write merging a partial block of a slow lazy layer fetches it before
+// taking any lock and merges what it fetched: with a chunk cache too
+// small to keep anything, the layer is read once, and a snapshot taken
+// while that fetch waits completes (the new chain takes the block from
+// the same layer, so the fetched bytes still hold).
+func TestPartialWriteFetchesLazyBlockOutsideLocks(t *testing.T) {
+	v, src := slowVolumeCache(t, 1) // caches nothing
+	var release sync.Once
+	open := func() { release.Do(func() { close(src.gate) }) }
+	defer v.Close()
+	defer open()
+
+	done := make(chan error, 1)
+	go func() { _, err := v.WriteAt(bytes.Repeat([]byte{0xDD}, 512), 4096+512); done <- err }()
+	<-src.entered // the merge's fetch waits on the "registry"
+	within(t, "a snapshot while a partial write fetches its block", func() {
+		if _, err := v.Snapshot(context.Background(), "s2"); err != nil {
+			t.Error(err)
+		}
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("precondition: the write returned (%v) before its fetch was let through", err)
+	default:
+	}
+	open()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := src.reads.Load(); n != 1 {
+		t.Fatalf("the write read the lazy layer %d times, want 1 (its fetch, merged as fetched)", n)
+	}
+	want := bytes.Repeat([]byte{0xAA}, 4096)
+	copy(want[512:], bytes.Repeat([]byte{0xDD}, 512))
+	p := make([]byte, 4096)
+	if _, err := v.ReadAt(p, 4096); err != nil || !bytes.Equal(p, want) {
+		t.Fatalf("merged block: %v", err)
+	}
 }

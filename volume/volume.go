@@ -28,10 +28,10 @@ type Volume struct {
 	// (which for a lazy layer may wait up to its retry limit on a
 	// registry): a read resolves its range under ioMu, takes a reference
 	// to the chain, releases ioMu and reads the immutable layers; a
-	// write first fetches the lower-layer blocks it must merge the same
-	// way (see warm). So a freeze never waits for the network, and,
-	// since Go's RWMutex holds new readers back while a writer waits,
-	// neither does any other I/O.
+	// write fetches the lower-layer blocks it must merge the same way,
+	// before taking ioMu (see warm). So a freeze never waits for the
+	// network, and, since Go's RWMutex holds new readers back while a
+	// writer waits, neither does any other I/O.
 	ioMu   sync.RWMutex
 	rec    *metadata.Volume
 	chain  *chainRef // nil once closed
@@ -178,8 +178,9 @@ func (v *Volume) readUnlocking(ctx context.Context, p []byte, pos uint64) error 
 }
 
 // readLocked reads p at pos holding ioMu shared throughout, chain blocks
-// included: only for a write's merge of a partial block, whose chain
-// blocks warm has fetched into the chunk cache just before.
+// included: only for a write's merge of a partial block whose fetched
+// bytes a chain swapped in meanwhile no longer holds (a flatten's new
+// layer, local).
 func (v *Volume) readLocked(p []byte, pos uint64) error {
 	bs := v.bs
 	for len(p) > 0 {
@@ -210,36 +211,79 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 	return nil
 }
 
-// warm fetches the lower-layer blocks that a write of n bytes at off
-// will read to merge its partial first and last blocks, before the
-// write takes ioMu: the chain is referenced and read with no lock held,
-// which leaves its chunks in the cache, where the merge under the locks
-// then finds them. Blocks the writable or frozen layer holds need no
-// fetch. Errors are left to the write's own read.
-func (v *Volume) warm(off int64, n int) {
+// fetched is a lower-layer block that a write fetched before taking ioMu
+// (see warm): its bytes as chain c holds them; the write holds a
+// reference to c until it ends.
+type fetched struct {
+	blk uint64
+	buf []byte // nil: nothing fetched
+	c   *chainRef
+}
+
+// edges are the fetched first and last partial blocks of one write.
+type edges [2]fetched
+
+// take returns the fetched bytes of blk if chain c (the volume's chain
+// now) still holds them: the chain they were read from, or one that a
+// seal or flatten put in its place since and that takes blk from the
+// same layer and data block (layers are immutable). Otherwise nil.
+func (e *edges) take(blk uint64, c *chainRef) []byte {
+	for i := range e {
+		f := &e[i]
+		if f.buf == nil || f.blk != blk {
+			continue
+		}
+		if f.c != c {
+			l1, d1, ok1 := f.c.c.Backing(blk)
+			l2, d2, ok2 := c.c.Backing(blk)
+			if ok1 != ok2 || l1 != l2 || d1 != d2 {
+				return nil
+			}
+		}
+		b := f.buf
+		f.buf = nil
+		return b
+	}
+	return nil
+}
+
+func (e *edges) release() {
+	for i := range e {
+		if e[i].c != nil {
+			e[i].c.release()
+			e[i] = fetched{}
+		}
+	}
+}
+
+// warm fetches, into e, the lower-layer blocks that a write of n bytes at
+// off must merge (its partial first and last blocks) before the write
+// takes ioMu: the chain is referenced and read with no lock held, so a
+// slow lazy fetch holds up neither a freeze nor other I/O. Blocks the
+// writable or frozen layer holds need no fetch. A failed fetch is left
+// to the merge, which reads again and reports it.
+func (v *Volume) warm(off int64, n int, e *edges) {
 	if off < 0 || n <= 0 {
 		return
 	}
 	bs := v.bs
 	pos, end := uint64(off), uint64(off)+uint64(n)
 	first, last := pos/bs, (end-1)/bs
-	var buf []byte
 	if pos%bs != 0 || end < (first+1)*bs {
-		buf = v.warmBlock(first, buf)
+		e[0] = v.fetchBlock(first)
 	}
 	if last != first && end%bs != 0 {
-		v.warmBlock(last, buf)
+		e[1] = v.fetchBlock(last)
 	}
 }
 
-// warmBlock fetches block blk of the chain with no lock held when
-// neither the writable nor the frozen layer holds it; buf (allocated if
-// nil) receives it and is returned.
-func (v *Volume) warmBlock(blk uint64, buf []byte) []byte {
+// fetchBlock reads block blk from the chain with no lock held, when
+// neither the writable nor the frozen layer holds it.
+func (v *Volume) fetchBlock(blk uint64) fetched {
 	v.ioMu.RLock()
 	if v.checkRange(int64(blk*v.bs), int(v.bs)) != nil {
 		v.ioMu.RUnlock()
-		return buf
+		return fetched{}
 	}
 	st, _ := v.w.run(blk, 1)
 	if st == stUnset && v.frozen != nil {
@@ -247,30 +291,32 @@ func (v *Volume) warmBlock(blk uint64, buf []byte) []byte {
 	}
 	if st != stUnset {
 		v.ioMu.RUnlock()
-		return buf
+		return fetched{}
 	}
 	c := v.chain
 	c.acquire()
 	v.ioMu.RUnlock()
-	if buf == nil {
-		buf = make([]byte, v.bs)
+	buf := make([]byte, v.bs)
+	if _, err := c.c.ReadAtContext(v.ctx, buf, int64(blk*v.bs)); err != nil {
+		c.release()
+		return fetched{}
 	}
-	c.c.ReadAtContext(v.ctx, buf, int64(blk*v.bs))
-	c.release()
-	return buf
+	return fetched{blk: blk, buf: buf, c: c}
 }
 
 // WriteAt writes p at off. Whole blocks go straight to the writable
 // layer; a partial block at either end is read, merged and rewritten.
 // Writes are durable only after Flush.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
-	v.warm(off, len(p))
+	var e edges
+	v.warm(off, len(p), &e)
+	defer e.release()
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil || len(p) == 0 {
 		return 0, err
 	}
-	if err := v.writeLocked(p, uint64(off)); err != nil {
+	if err := v.writeLocked(p, uint64(off), &e); err != nil {
 		return 0, fmt.Errorf("volume %s: write at %d: %w", v.name, off, err)
 	}
 	return len(p), nil
@@ -319,25 +365,35 @@ func stripeSpan(blk, n uint64) (lo, hi, wrap int) {
 // whole: the block is read, merged and rewritten holding its stripe
 // exclusively, so concurrent writes to other bytes of the block are kept.
 // A block from a lower layer was fetched by warm before the write took
-// ioMu, so the read here is normally served from the chunk cache.
-func (v *Volume) rmwBlock(p []byte, blk, in uint64) error {
-	buf := make([]byte, v.bs)
+// ioMu (e): no layer is read here unless the chain changed meanwhile.
+func (v *Volume) rmwBlock(p []byte, blk, in uint64, e *edges) error {
 	mu := &v.stripes[blk%nStripes]
 	mu.Lock()
 	defer mu.Unlock()
-	if err := v.readLocked(buf, blk*v.bs); err != nil {
-		return err
+	st, _ := v.w.run(blk, 1)
+	if st == stUnset && v.frozen != nil {
+		st, _ = v.frozen.run(blk, 1)
+	}
+	var buf []byte
+	if st == stUnset {
+		buf = e.take(blk, v.chain)
+	}
+	if buf == nil {
+		buf = make([]byte, v.bs)
+		if err := v.readLocked(buf, blk*v.bs); err != nil {
+			return err
+		}
 	}
 	copy(buf[in:], p)
 	return v.w.writeBlocks(buf, blk)
 }
 
-func (v *Volume) writeLocked(p []byte, pos uint64) error {
+func (v *Volume) writeLocked(p []byte, pos uint64, e *edges) error {
 	bs := v.bs
 	if in := pos % bs; in != 0 || uint64(len(p)) < bs {
 		// Partial head block.
 		n := min(bs-in, uint64(len(p)))
-		if err := v.rmwBlock(p[:n], pos/bs, in); err != nil {
+		if err := v.rmwBlock(p[:n], pos/bs, in, e); err != nil {
 			return err
 		}
 		p = p[n:]
@@ -355,7 +411,7 @@ func (v *Volume) writeLocked(p []byte, pos uint64) error {
 	}
 	if len(p) > 0 {
 		// Partial tail block.
-		return v.rmwBlock(p, pos/bs, 0)
+		return v.rmwBlock(p, pos/bs, 0, e)
 	}
 	return nil
 }
@@ -366,7 +422,9 @@ func (v *Volume) WriteZeroes(off int64, n int64) error {
 	if n < 0 || int64(int(n)) != n {
 		return fmt.Errorf("%w: length %d", ErrRange, n)
 	}
-	v.warm(off, int(n))
+	var e edges
+	v.warm(off, int(n), &e)
+	defer e.release()
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, int(n)); err != nil || n == 0 {
@@ -377,15 +435,15 @@ func (v *Volume) WriteZeroes(off int64, n int64) error {
 	first := (pos + bs - 1) / bs
 	last := end / bs
 	if first >= last {
-		return v.writeLocked(make([]byte, n), pos)
+		return v.writeLocked(make([]byte, n), pos, &e)
 	}
 	if head := first*bs - pos; head > 0 {
-		if err := v.writeLocked(make([]byte, head), pos); err != nil {
+		if err := v.writeLocked(make([]byte, head), pos, &e); err != nil {
 			return err
 		}
 	}
 	if tail := end - last*bs; tail > 0 {
-		if err := v.writeLocked(make([]byte, tail), last*bs); err != nil {
+		if err := v.writeLocked(make([]byte, tail), last*bs, &e); err != nil {
 			return err
 		}
 	}
