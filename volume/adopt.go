@@ -70,7 +70,7 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer m.releaseLayers(digests[i : i+1])
+		defer m.releaseLayers(digests[i:i+1], []*snapshot.Layer{l})
 		if t := l.Trailer(); t.BlockSize != spec.BlockSize {
 			return nil, fmt.Errorf("layer %s has block size %d, the chain says %d: %w", d, t.BlockSize, spec.BlockSize, snapshot.ErrFormat)
 		}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/snapshot"
 )
 
 // GCResult lists what gc removed (or would remove, with dry run).
@@ -313,7 +314,7 @@ func (m *Manager) verifyLayer(d string, c *LayerCheck) error {
 	if err != nil {
 		return err
 	}
-	defer m.releaseLayers([]string{d})
+	defer m.releaseLayers([]string{d}, []*snapshot.Layer{l})
 	c.Chunks = l.Chunks()
 	return l.Verify()
 }

@@ -164,15 +164,17 @@ func (m *Manager) acquireLayer(digest string, pin bool) (*snapshot.Layer, error)
 	}
 }
 
-// releaseLayers gives back one reference to each digest; a layer left
-// with none and not pinned is closed and its chunks dropped from the
-// cache (outside the mutex: closing may touch files).
-func (m *Manager) releaseLayers(digests []string) {
+// releaseLayers gives back one reference to each layers[i], opened as
+// digests[i]; a layer left with none and not pinned is closed and its
+// chunks dropped from the cache (outside the mutex: closing may touch
+// files). A layer the manager no longer holds as that digest (Close
+// closed it) is skipped.
+func (m *Manager) releaseLayers(digests []string, layers []*snapshot.Layer) {
 	var closing []*openLayer
 	m.mu.Lock()
-	for _, d := range digests {
+	for i, d := range digests {
 		ol, ok := m.layers[d]
-		if !ok {
+		if !ok || ol.l != layers[i] {
 			continue
 		}
 		if ol.refs--; ol.refs <= 0 && !ol.pinned {
@@ -241,14 +243,14 @@ func (m *Manager) openChain(digests []string, size uint64, bs uint32) (*chainRef
 	for i, d := range digests {
 		l, err := m.acquireLayer(d, false)
 		if err != nil {
-			m.releaseLayers(digests[:i])
+			m.releaseLayers(digests[:i], layers[:i])
 			return nil, err
 		}
 		layers[i] = l
 	}
 	c, err := snapshot.NewChain(layers, size, bs, m.cache)
 	if err != nil {
-		m.releaseLayers(digests)
+		m.releaseLayers(digests, layers)
 		return nil, err
 	}
 	r.c = c
@@ -264,7 +266,7 @@ func (r *chainRef) acquire() { r.refs.Add(1) }
 // release drops a reference; the last one releases the layers.
 func (r *chainRef) release() {
 	if r != nil && r.refs.Add(-1) == 0 {
-		r.m.releaseLayers(r.digests)
+		r.m.releaseLayers(r.digests, r.c.Layers())
 	}
 }
 
