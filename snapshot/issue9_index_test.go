@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bytes"
 	"runtime"
 	"testing"
 )
@@ -62,5 +63,31 @@ func TestOpenClaimedIndexIsReadInPieces(t *testing.T) {
 	}
 	if got > 4<<20 {
 		t.Fatalf("Open allocated %d bytes for a claimed %d-byte index of zeros (err %v)", got, tr.IndexLen(), err)
+	}
+}
+
+// Backing names the same layer and data block in two chains exactly
+// where they read the same stored bytes.
+func TestChainBacking(t *testing.T) {
+	blk := func(x byte) []byte { return bytes.Repeat([]byte{x}, tbs) }
+	l1, err := Open(BytesSource(buildLayer(t, 8*tbs, CodecNone, 0, map[uint64][]byte{1: blk(1), 2: blk(2), 3: blk(3)})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Open(BytesSource(buildLayer(t, 8*tbs, CodecNone, 0, map[uint64][]byte{2: blk(4), 3: nil})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := NewChain([]*Layer{l1}, 8*tbs, tbs, nil)
+	b, _ := NewChain([]*Layer{l1, l2}, 8*tbs, tbs, nil)
+	for blk, same := range map[uint64]bool{0: true, 1: true, 2: false, 3: false, 5: true} {
+		la, da, oka := a.Backing(blk)
+		lb, db, okb := b.Backing(blk)
+		if got := oka == okb && la == lb && da == db; got != same {
+			t.Errorf("block %d: backing (%p %d %v) vs (%p %d %v), same %v, want %v", blk, la, da, oka, lb, db, okb, got, same)
+		}
+	}
+	if l, d, ok := b.Backing(1); !ok || l != l1 || d != 0 {
+		t.Errorf("block 1: backing (%p %d %v), want layer 1 data block 0", l, d, ok)
 	}
 }
