@@ -126,13 +126,36 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 	}
 	if lc, ok := m.blobs.(leftoverCleaner); ok {
 		paths, n, err := lc.CleanLeftovers(dryRun)
-		res.Leftovers = append(res.Leftovers, paths...)
+		res.Leftovers = append(res.Leftovers, leftoversBeyond(paths, res.Lazy)...)
 		res.LeftoverBytes += uint64(max(0, n))
 		if err != nil {
 			return res, err
 		}
 	}
 	return res, nil
+}
+
+// leftoversBeyond returns paths without the files of the digests in lazy:
+// a present-map left without its lazy file belongs to a digest that
+// removeUnreferenced already reports (and, unless dry run, removed), so
+// a dry run and a real one list the same things once.
+func leftoversBeyond(paths, lazy []string) []string {
+	if len(lazy) == 0 {
+		return paths
+	}
+	gone := map[string]bool{}
+	for _, d := range lazy {
+		gone[strings.TrimPrefix(d, "sha256:")] = true
+	}
+	out := paths[:0:0]
+	for _, p := range paths {
+		base := filepath.Base(p)
+		if i := strings.IndexByte(base, '.'); i > 0 && gone[base[:i]] && filepath.Base(filepath.Dir(p)) == "partial" {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // liveDigests returns every digest a chain or a live lease names, and
