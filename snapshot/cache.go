@@ -156,6 +156,21 @@ func (c *Cache) Stats() (hits, misses uint64) {
 	return
 }
 
+// Bytes is the size of the decompressed chunks the cache holds.
+func (c *Cache) Bytes() int {
+	if c == nil {
+		return 0
+	}
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += s.bytes
+		s.mu.Unlock()
+	}
+	return n
+}
+
 func (c *Cache) getBuf(n int) []byte {
 	if c != nil {
 		// Only a buffer of about the right size: a big one kept for a small

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 )
 
@@ -178,9 +179,27 @@ func (c *Chain) Lookup(block uint64) (e MExtent, ok bool) {
 	return MExtent{}, false
 }
 
+// Backing reports which layer holds block and at which block of its
+// data stream; ok is false when block reads as zeros. Two chains whose
+// Backing of a block agree (the same *Layer, the same data block) read
+// the same bytes there: layers are immutable.
+func (c *Chain) Backing(block uint64) (l *Layer, dataBlock uint64, ok bool) {
+	e, ok := c.Lookup(block)
+	if !ok {
+		return nil, 0, false
+	}
+	return c.layers[e.Layer], e.DataOff + (block - e.Start), true
+}
+
 // ReadAt fills p from the virtual disk at byte offset off. Holes read as
 // zeros. It reads past nothing: off+len(p) must be within Size.
 func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
+	return c.ReadAtContext(context.Background(), p, off)
+}
+
+// ReadAtContext is ReadAt whose reads of layers over the network (see
+// ContextReaderAt) end when ctx does.
+func (c *Chain) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 || uint64(off) > c.size || uint64(len(p)) > c.size-uint64(off) {
 		return 0, fmt.Errorf("read [%d,+%d) beyond size %d", off, len(p), c.size)
 	}
@@ -203,7 +222,7 @@ func (c *Chain) ReadAt(p []byte, off int64) (int, error) {
 		e := &c.idx[i]
 		n := min(uint64(len(p)), e.End()*c.bs-pos)
 		dataOff := (e.DataOff+(pos/c.bs-e.Start))*c.bs + pos%c.bs
-		if err := c.layers[e.Layer].ReadData(p[:n], dataOff, c.cache); err != nil {
+		if err := c.layers[e.Layer].ReadDataContext(ctx, p[:n], dataOff, c.cache); err != nil {
 			return total - len(p), fmt.Errorf("%s: %w", c.describe(int(e.Layer)), err)
 		}
 		p = p[n:]

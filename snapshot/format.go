@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 )
 
 // On-disk constants. docs/format.md describes the layout byte by byte.
@@ -291,55 +292,127 @@ func putChunk(b []byte, c chunkRec) {
 	le.PutUint32(b[12:], c.CRC)
 }
 
-// parseIndex decodes and validates the extent and chunk records.
+// parseIndex decodes and validates the extent and chunk records of an
+// index held whole in b.
 func parseIndex(b []byte, t *Trailer) ([]Extent, []chunkRec, error) {
 	if uint64(len(b)) != t.IndexLen() {
 		return nil, nil, formatErr("index is %d bytes, want %d", len(b), t.IndexLen())
 	}
-	if got := crc(b); got != t.IndexCRC {
-		return nil, nil, fmt.Errorf("%w: index crc %08x, want %08x", ErrChecksum, got, t.IndexCRC)
-	}
+	d := newIndexDecoder(t)
+	el := int(t.ExtentCount) * ExtentSize
+	d.extents(b[:el])
+	d.chunks(b[el:])
+	return d.finish()
+}
+
+// indexDecoder checksums and decodes an index fed in pieces of whole
+// records (extents first, then chunks). It keeps only records it decoded
+// and found valid: the memory it takes grows with the bytes it was given,
+// never with what the trailer claims. The first invalid record is
+// remembered and later ones are only checksummed, so a damaged index
+// reports ErrChecksum before any structural complaint, as a whole-index
+// check would.
+type indexDecoder struct {
+	t          *Trailer
+	blocks     uint64 // virtual blocks
+	dataBlocks uint64 // data-stream blocks
+	prevEnd    uint64
+	crc        uint32
+	exts       []Extent
+	chs        []chunkRec
+	bad        error // first invalid record
+}
+
+func newIndexDecoder(t *Trailer) *indexDecoder {
+	return &indexDecoder{t: t, blocks: t.VirtualSize / uint64(t.BlockSize), dataBlocks: t.DataBytes / uint64(t.BlockSize)}
+}
+
+// extents decodes extent records; len(b) is a multiple of ExtentSize.
+func (d *indexDecoder) extents(b []byte) {
+	d.crc = crc32.Update(d.crc, castagnoli, b)
 	le := binary.LittleEndian
-	blocks := t.VirtualSize / uint64(t.BlockSize)
-	dataBlocks := t.DataBytes / uint64(t.BlockSize)
-	exts := make([]Extent, t.ExtentCount)
-	var prevEnd uint64
-	for i := range exts {
-		r := b[i*ExtentSize:]
-		e := Extent{Start: le.Uint64(r[0:]), DataOff: le.Uint64(r[8:]), Count: le.Uint32(r[16:]), Kind: r[20]}
-		if r[21] != 0 || r[22] != 0 || r[23] != 0 {
-			return nil, nil, formatErr("extent %d: reserved bytes set", i)
-		}
-		if e.Count == 0 || e.Start < prevEnd || e.Start > blocks || uint64(e.Count) > blocks-e.Start {
-			return nil, nil, formatErr("extent %d [%d,+%d) out of order or beyond %d blocks", i, e.Start, e.Count, blocks)
-		}
-		switch e.Kind {
-		case KindData:
-			if e.DataOff > dataBlocks || uint64(e.Count) > dataBlocks-e.DataOff {
-				return nil, nil, formatErr("extent %d points past the data stream", i)
-			}
-		case KindZero:
-			if e.DataOff != 0 {
-				return nil, nil, formatErr("zero extent %d has a data offset", i)
-			}
+	for ; d.bad == nil && len(b) >= ExtentSize; b = b[ExtentSize:] {
+		i := len(d.exts)
+		e := Extent{Start: le.Uint64(b[0:]), DataOff: le.Uint64(b[8:]), Count: le.Uint32(b[16:]), Kind: b[20]}
+		switch {
+		case b[21] != 0 || b[22] != 0 || b[23] != 0:
+			d.bad = formatErr("extent %d: reserved bytes set", i)
+		case e.Count == 0 || e.Start < d.prevEnd || e.Start > d.blocks || uint64(e.Count) > d.blocks-e.Start:
+			d.bad = formatErr("extent %d [%d,+%d) out of order or beyond %d blocks", i, e.Start, e.Count, d.blocks)
+		case e.Kind == KindData && (e.DataOff > d.dataBlocks || uint64(e.Count) > d.dataBlocks-e.DataOff):
+			d.bad = formatErr("extent %d points past the data stream", i)
+		case e.Kind == KindZero && e.DataOff != 0:
+			d.bad = formatErr("zero extent %d has a data offset", i)
+		case e.Kind != KindData && e.Kind != KindZero:
+			d.bad = formatErr("extent %d has unknown kind %d", i, e.Kind)
 		default:
-			return nil, nil, formatErr("extent %d has unknown kind %d", i, e.Kind)
+			d.prevEnd = e.End()
+			d.exts = append(d.exts, e)
 		}
-		prevEnd = e.End()
-		exts[i] = e
 	}
-	cb := b[int(t.ExtentCount)*ExtentSize:]
-	chunks := make([]chunkRec, t.ChunkCount)
-	for i := range chunks {
-		r := cb[i*ChunkRecSize:]
-		c := chunkRec{Off: le.Uint64(r[0:]), Len: le.Uint32(r[8:]), CRC: le.Uint32(r[12:])}
-		raw := rawLen(t, i)
-		if c.Len == 0 || c.Len > raw || c.Off < HeaderSize || c.Off > t.IndexOffset || uint64(c.Len) > t.IndexOffset-c.Off {
-			return nil, nil, formatErr("chunk %d at %d+%d out of bounds", i, c.Off, c.Len)
+}
+
+// chunks decodes chunk records; len(b) is a multiple of ChunkRecSize.
+func (d *indexDecoder) chunks(b []byte) {
+	d.crc = crc32.Update(d.crc, castagnoli, b)
+	le := binary.LittleEndian
+	t := d.t
+	for ; d.bad == nil && len(b) >= ChunkRecSize; b = b[ChunkRecSize:] {
+		i := len(d.chs)
+		c := chunkRec{Off: le.Uint64(b[0:]), Len: le.Uint32(b[8:]), CRC: le.Uint32(b[12:])}
+		if c.Len == 0 || c.Len > rawLen(t, i) || c.Off < HeaderSize || c.Off > t.IndexOffset || uint64(c.Len) > t.IndexOffset-c.Off {
+			d.bad = formatErr("chunk %d at %d+%d out of bounds", i, c.Off, c.Len)
+			break
 		}
-		chunks[i] = c
+		d.chs = append(d.chs, c)
 	}
-	return exts, chunks, nil
+}
+
+// finish checks the checksum and the record counts.
+func (d *indexDecoder) finish() ([]Extent, []chunkRec, error) {
+	if d.crc != d.t.IndexCRC {
+		return nil, nil, fmt.Errorf("%w: index crc %08x, want %08x", ErrChecksum, d.crc, d.t.IndexCRC)
+	}
+	if d.bad != nil {
+		return nil, nil, d.bad
+	}
+	if len(d.exts) != int(d.t.ExtentCount) || len(d.chs) != int(d.t.ChunkCount) {
+		return nil, nil, formatErr("index has %d extents and %d chunks, want %d and %d", len(d.exts), len(d.chs), d.t.ExtentCount, d.t.ChunkCount)
+	}
+	return slices.Clip(d.exts), slices.Clip(d.chs), nil
+}
+
+// indexPiece is the most index bytes Open reads at once.
+const indexPiece = 1 << 20
+
+// readIndex reads, checksums and decodes the index of t from src in
+// pieces of at most indexPiece bytes: the memory it takes is the records
+// src actually delivered, so a trailer claiming a huge index costs
+// nothing until (and unless) the bytes arrive and decode as valid
+// records.
+func readIndex(src BlobSource, t *Trailer) ([]Extent, []chunkRec, error) {
+	d := newIndexDecoder(t)
+	buf := make([]byte, min(t.IndexLen(), indexPiece))
+	off := int64(t.IndexOffset)
+	read := func(total uint64, rec uint64, decode func([]byte)) error {
+		for total > 0 {
+			n := min(total, uint64(len(buf))/rec*rec)
+			if _, err := src.ReadAt(buf[:n], off); err != nil {
+				return fmt.Errorf("read index: %w", err)
+			}
+			decode(buf[:n])
+			off += int64(n)
+			total -= n
+		}
+		return nil
+	}
+	if err := read(uint64(t.ExtentCount)*ExtentSize, ExtentSize, d.extents); err != nil {
+		return nil, nil, err
+	}
+	if err := read(uint64(t.ChunkCount)*ChunkRecSize, ChunkRecSize, d.chunks); err != nil {
+		return nil, nil, err
+	}
+	return d.finish()
 }
 
 // rawLen is the uncompressed length of chunk i.

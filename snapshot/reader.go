@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"sync"
@@ -25,6 +26,13 @@ type Invalidator interface {
 	Invalidate(off, n int64)
 }
 
+// ContextReaderAt is implemented by blob sources whose reads may wait on
+// the network (repo.LazyBlob): a read made with a context ends when the
+// context does.
+type ContextReaderAt interface {
+	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
 // Layer is an opened sealed layer. It is safe for concurrent use.
 type Layer struct {
 	src     BlobSource
@@ -41,9 +49,12 @@ var layerIDs atomic.Uint64
 var zdec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderLowmem(false),
 	zstd.WithDecoderMaxMemory(MaxChunkSize*2))
 
-// Open reads a layer's trailer and index from the end of src (two reads)
-// and validates them. Malformed bytes give an error wrapping ErrFormat or
-// ErrChecksum; allocations are bounded by src.Size().
+// Open reads a layer's trailer and index from the end of src and
+// validates them. Malformed bytes give an error wrapping ErrFormat or
+// ErrChecksum. The index is read in pieces of at most 1 MiB, and what
+// Open allocates is bounded by the valid records src delivered, not by
+// what the trailer or src.Size() claim (a lazy layer's size is a
+// registry's word).
 func Open(src BlobSource) (*Layer, error) {
 	size := src.Size()
 	if size < HeaderSize+TrailerSize {
@@ -57,13 +68,7 @@ func Open(src BlobSource) (*Layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	ib := make([]byte, t.IndexLen())
-	if len(ib) > 0 {
-		if _, err := src.ReadAt(ib, int64(t.IndexOffset)); err != nil {
-			return nil, fmt.Errorf("read index: %w", err)
-		}
-	}
-	exts, chunks, err := parseIndex(ib, t)
+	exts, chunks, err := readIndex(src, t)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +108,12 @@ func (l *Layer) Source() BlobSource { return l.src }
 // into p, verifying and decompressing the chunks it touches. A non-nil
 // cache keeps decompressed chunks for later reads.
 func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
+	return l.ReadDataContext(context.Background(), p, off, cache)
+}
+
+// ReadDataContext is ReadData whose reads from a ContextReaderAt source
+// end when ctx does.
+func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache *Cache) error {
 	if off > l.t.DataBytes || uint64(len(p)) > l.t.DataBytes-off {
 		return fmt.Errorf("%w: read [%d,+%d) beyond %d data bytes", ErrFormat, off, len(p), l.t.DataBytes)
 	}
@@ -114,7 +125,7 @@ func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
 			continue
 		}
 		buf := cache.getBuf(int(cs))
-		raw, err := l.loadChunk(ci, buf)
+		raw, err := l.loadChunk(ctx, ci, buf)
 		if err != nil {
 			cache.putBuf(buf)
 			return err
@@ -133,13 +144,13 @@ func (l *Layer) ReadData(p []byte, off uint64, cache *Cache) error {
 
 // loadChunk reads, verifies and decompresses chunk i into dst (capacity
 // at least the chunk size), returning the raw bytes.
-func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
+func (l *Layer) loadChunk(ctx context.Context, i int, dst []byte) ([]byte, error) {
 	c := l.chunks[i]
 	raw := int(rawLen(&l.t, i))
 	sp := l.storedP.Get().(*[]byte)
 	defer l.storedP.Put(sp)
 	stored := (*sp)[:c.Len]
-	if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+	if err := l.readStored(ctx, stored, int64(c.Off)); err != nil {
 		return nil, fmt.Errorf("read chunk %d: %w", i, err)
 	}
 	if got := crc(stored); got != c.CRC {
@@ -150,7 +161,7 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 			return nil, fmt.Errorf("%w: chunk %d at offset %d: crc %08x, want %08x", ErrChecksum, i, c.Off, got, c.CRC)
 		}
 		inv.Invalidate(int64(c.Off), int64(c.Len))
-		if _, err := l.src.ReadAt(stored, int64(c.Off)); err != nil {
+		if err := l.readStored(ctx, stored, int64(c.Off)); err != nil {
 			return nil, fmt.Errorf("read chunk %d: %w", i, err)
 		}
 		if got := crc(stored); got != c.CRC {
@@ -192,6 +203,17 @@ func (l *Layer) loadChunk(i int, dst []byte) ([]byte, error) {
 	return out, nil
 }
 
+// readStored reads stored chunk bytes, with ctx when the source takes one.
+func (l *Layer) readStored(ctx context.Context, p []byte, off int64) error {
+	var err error
+	if cs, ok := l.src.(ContextReaderAt); ok {
+		_, err = cs.ReadAtContext(ctx, p, off)
+	} else {
+		_, err = l.src.ReadAt(p, off)
+	}
+	return err
+}
+
 // Verify checks every checksum the format defines (docs/format.md): the
 // header's crc32c and that it agrees with the trailer (Open checked the
 // trailer's and the index's), then re-reads every chunk and checks its
@@ -206,7 +228,7 @@ func (l *Layer) Verify() error {
 	}
 	buf := make([]byte, l.t.ChunkSize)
 	for i := range l.chunks {
-		if _, err := l.loadChunk(i, buf); err != nil {
+		if _, err := l.loadChunk(context.Background(), i, buf); err != nil {
 			return err
 		}
 	}

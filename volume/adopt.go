@@ -62,12 +62,15 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 	for i, l := range spec.Layers {
 		digests[i] = l.Digest
 	}
-	// The layers must open and agree with the geometry.
-	for _, d := range digests {
-		l, err := m.Layer(d)
+	// The layers must open and agree with the geometry. They are
+	// referenced only for the check: the volume's chain opens them again
+	// (from the manager's open layers while anything still uses them).
+	for i, d := range digests {
+		l, err := m.acquireLayer(d, false)
 		if err != nil {
 			return nil, err
 		}
+		defer m.releaseLayers(digests[i:i+1], []*snapshot.Layer{l})
 		if t := l.Trailer(); t.BlockSize != spec.BlockSize {
 			return nil, fmt.Errorf("layer %s has block size %d, the chain says %d: %w", d, t.BlockSize, spec.BlockSize, snapshot.ErrFormat)
 		}

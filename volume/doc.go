@@ -13,6 +13,19 @@
 //     its writable layer.
 //   - intent: a catalogue record written before an operation's side effects
 //     on files and removed in the transaction that completes it.
+//   - chain reference (chainRef): a counted use of an open chain; a volume
+//     holds one on its current chain and each read of the layers made
+//     outside the I/O lock holds one. Each open chain in turn holds a
+//     reference to each of its layers in the Manager, which closes a layer
+//     (and drops its cached chunks) when the last chain using it goes.
+//
+// Invariants:
+//   - Volume.ioMu (exclusive only to swap layers) is never held across a
+//     read of a sealed layer, which may wait on a registry: readers and
+//     writers resolve what they need under it, reference the chain and
+//     read with it released.
+//   - A layer is closed only when no chain references it and no one-shot
+//     caller pinned it (Manager.Layer, Manager.Chain).
 //
 // Crash safety: see Snapshot (seal ordering), writable (flush ordering)
 // and Manager.Recover. docs/design.md has the whole picture.

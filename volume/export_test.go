@@ -18,3 +18,10 @@ func SetSyncDirHook(f func(dir string)) (restore func()) {
 	syncDir = func(dir string) error { f(dir); return old(dir) }
 	return func() { syncDir = old }
 }
+
+// OpenLayers is the number of layers the manager holds open.
+func (m *Manager) OpenLayers() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.layers)
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/snapshot"
 )
 
 // GCResult lists what gc removed (or would remove, with dry run).
@@ -125,13 +126,36 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 	}
 	if lc, ok := m.blobs.(leftoverCleaner); ok {
 		paths, n, err := lc.CleanLeftovers(dryRun)
-		res.Leftovers = append(res.Leftovers, paths...)
+		res.Leftovers = append(res.Leftovers, leftoversBeyond(paths, res.Lazy)...)
 		res.LeftoverBytes += uint64(max(0, n))
 		if err != nil {
 			return res, err
 		}
 	}
 	return res, nil
+}
+
+// leftoversBeyond returns paths without the files of the digests in lazy:
+// a present-map left without its lazy file belongs to a digest that
+// removeUnreferenced already reports (and, unless dry run, removed), so
+// a dry run and a real one list the same things once.
+func leftoversBeyond(paths, lazy []string) []string {
+	if len(lazy) == 0 {
+		return paths
+	}
+	gone := map[string]bool{}
+	for _, d := range lazy {
+		gone[strings.TrimPrefix(d, "sha256:")] = true
+	}
+	out := paths[:0:0]
+	for _, p := range paths {
+		base := filepath.Base(p)
+		if i := strings.IndexByte(base, '.'); i > 0 && gone[base[:i]] && filepath.Base(filepath.Dir(p)) == "partial" {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // liveDigests returns every digest a chain or a live lease names, and
@@ -242,13 +266,21 @@ func (m *Manager) removeUnreferenced(ctx context.Context, refs map[string]bool, 
 	return nil
 }
 
+// forgetLayer unpins the layer of a blob gc removed and closes it unless
+// an open chain still uses it (its file stays readable while open; the
+// last release closes it).
 func (m *Manager) forgetLayer(d string) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if ol, ok := m.layers[d]; ok {
-		m.cache.Drop(ol.l)
-		ol.closer.Close()
-		delete(m.layers, d)
+	ol, ok := m.layers[d]
+	if ok {
+		ol.pinned = false
+		if ok = ol.refs <= 0; ok {
+			delete(m.layers, d)
+		}
+	}
+	m.mu.Unlock()
+	if ok {
+		m.closeLayer(ol)
 	}
 }
 
@@ -301,10 +333,11 @@ func (m *Manager) verifyLayer(d string, c *LayerCheck) error {
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d {
 		return fmt.Errorf("blob hashes to %s", got)
 	}
-	l, err := m.Layer(d)
+	l, err := m.acquireLayer(d, false)
 	if err != nil {
 		return err
 	}
+	defer m.releaseLayers([]string{d}, []*snapshot.Layer{l})
 	c.Chunks = l.Chunks()
 	return l.Verify()
 }

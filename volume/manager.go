@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -60,6 +61,11 @@ type Manager struct {
 	opts  Options
 	cache *snapshot.Cache
 
+	// mu guards layers and opening. A layer stays open while an open
+	// chain (chainRef) uses it, or while it is pinned by Layer; the
+	// release that leaves it neither closes it and drops its chunks from
+	// the cache, so a long-running server keeps only the layers its open
+	// volumes use.
 	mu      sync.Mutex
 	layers  map[string]*openLayer // opened layers
 	opening map[string]*layerCall // layers being opened (one open per digest)
@@ -70,14 +76,15 @@ type Manager struct {
 type openLayer struct {
 	l      *snapshot.Layer
 	closer io.Closer
+	refs   int  // open chains using it (chainRef)
+	pinned bool // opened by Layer: kept until Close (or gc removes its blob)
 }
 
 // layerCall is an open of one layer in progress; callers wanting the same
 // digest wait for it (done), others are not held up.
 type layerCall struct {
 	done chan struct{}
-	l    *snapshot.Layer // set before done is closed
-	err  error
+	err  error // set before done is closed
 }
 
 // NewManager returns a manager for the volumes under root.
@@ -102,35 +109,88 @@ func (m *Manager) writableDir(name string, gen uint64) string {
 	return filepath.Join(m.volDir(name), fmt.Sprintf("w-%d", gen))
 }
 
-// Layer opens (once per manager) the sealed layer with this digest. The
-// open (which may be range requests to a registry for a lazy layer) runs
-// outside the manager's mutex: one open per digest at a time, the callers
-// of other digests are not held up.
+// Layer opens (once per manager) the sealed layer with this digest and
+// keeps it open until the manager is closed (or gc removes its blob):
+// for one-shot commands (push, fill, export). Volumes take counted
+// references instead (see chainRef), so that a long-running server
+// closes the layers its volumes stopped using.
 func (m *Manager) Layer(digest string) (*snapshot.Layer, error) {
-	m.mu.Lock()
-	if ol, ok := m.layers[digest]; ok {
-		m.mu.Unlock()
-		return ol.l, nil
-	}
-	if c, ok := m.opening[digest]; ok {
-		m.mu.Unlock()
-		<-c.done
-		return c.l, c.err
-	}
-	c := &layerCall{done: make(chan struct{})}
-	m.opening[digest] = c
-	m.mu.Unlock()
+	return m.acquireLayer(digest, true)
+}
 
-	l, closer, err := m.openLayer(digest)
+// acquireLayer opens the layer with this digest, or finds it open, and
+// pins it (pin) or takes a reference to it (give it back with
+// releaseLayers). The open (which may be range requests to a registry
+// for a lazy layer) runs outside the manager's mutex: one open per
+// digest at a time, the callers of other digests are not held up.
+func (m *Manager) acquireLayer(digest string, pin bool) (*snapshot.Layer, error) {
+	for {
+		m.mu.Lock()
+		if ol, ok := m.layers[digest]; ok {
+			if pin {
+				ol.pinned = true
+			} else {
+				ol.refs++
+			}
+			m.mu.Unlock()
+			return ol.l, nil
+		}
+		if c, ok := m.opening[digest]; ok {
+			m.mu.Unlock()
+			<-c.done
+			if c.err != nil {
+				return nil, c.err
+			}
+			continue // take it from layers (or open it again if it went)
+		}
+		c := &layerCall{done: make(chan struct{})}
+		m.opening[digest] = c
+		m.mu.Unlock()
+
+		l, closer, err := m.openLayer(digest)
+		m.mu.Lock()
+		delete(m.opening, digest)
+		if err == nil {
+			ol := &openLayer{l: l, closer: closer, pinned: pin}
+			if !pin {
+				ol.refs = 1
+			}
+			m.layers[digest] = ol
+		}
+		m.mu.Unlock()
+		c.err = err
+		close(c.done)
+		return l, err
+	}
+}
+
+// releaseLayers gives back one reference to each layers[i], opened as
+// digests[i]; a layer left with none and not pinned is closed and its
+// chunks dropped from the cache (outside the mutex: closing may touch
+// files). A layer the manager no longer holds as that digest (Close
+// closed it) is skipped.
+func (m *Manager) releaseLayers(digests []string, layers []*snapshot.Layer) {
+	var closing []*openLayer
 	m.mu.Lock()
-	delete(m.opening, digest)
-	if err == nil {
-		m.layers[digest] = &openLayer{l: l, closer: closer}
+	for i, d := range digests {
+		ol, ok := m.layers[d]
+		if !ok || ol.l != layers[i] {
+			continue
+		}
+		if ol.refs--; ol.refs <= 0 && !ol.pinned {
+			delete(m.layers, d)
+			closing = append(closing, ol)
+		}
 	}
 	m.mu.Unlock()
-	c.l, c.err = l, err
-	close(c.done)
-	return l, err
+	for _, ol := range closing {
+		m.closeLayer(ol)
+	}
+}
+
+func (m *Manager) closeLayer(ol *openLayer) {
+	m.cache.Drop(ol.l)
+	ol.closer.Close()
 }
 
 func (m *Manager) openLayer(digest string) (*snapshot.Layer, io.Closer, error) {
@@ -146,7 +206,8 @@ func (m *Manager) openLayer(digest string) (*snapshot.Layer, io.Closer, error) {
 	return l, closer, nil
 }
 
-// Chain opens the chain of layers (base first) at the given size.
+// Chain opens the chain of layers (base first) at the given size. Its
+// layers are pinned (see Layer): for one-shot commands.
 func (m *Manager) Chain(digests []string, size uint64, bs uint32) (*snapshot.Chain, error) {
 	layers := make([]*snapshot.Layer, len(digests))
 	for i, d := range digests {
@@ -157,6 +218,56 @@ func (m *Manager) Chain(digests []string, size uint64, bs uint32) (*snapshot.Cha
 		layers[i] = l
 	}
 	return snapshot.NewChain(layers, size, bs, m.cache)
+}
+
+// chainRef is a chain a volume reads through, with a count of its users:
+// the volume holds one reference while the chain is current, and each
+// read of it made outside the volume's I/O lock holds one for its
+// duration. The last release gives its layers back to the manager, which
+// closes those no other chain uses. Layers are immutable, so a read of a
+// chain that a seal or flatten has meanwhile replaced returns what the
+// volume held when the read was resolved.
+type chainRef struct {
+	m       *Manager
+	c       *snapshot.Chain
+	digests []string
+	refs    atomic.Int64
+}
+
+// openChain opens the chain of layers (base first) at the given size,
+// holding a reference to each layer; the returned chainRef has one
+// reference, the caller's.
+func (m *Manager) openChain(digests []string, size uint64, bs uint32) (*chainRef, error) {
+	r := &chainRef{m: m, digests: slices.Clone(digests)}
+	layers := make([]*snapshot.Layer, len(digests))
+	for i, d := range digests {
+		l, err := m.acquireLayer(d, false)
+		if err != nil {
+			m.releaseLayers(digests[:i], layers[:i])
+			return nil, err
+		}
+		layers[i] = l
+	}
+	c, err := snapshot.NewChain(layers, size, bs, m.cache)
+	if err != nil {
+		m.releaseLayers(digests, layers)
+		return nil, err
+	}
+	r.c = c
+	r.refs.Store(1)
+	return r, nil
+}
+
+// acquire adds a reference; only callers already holding one (or holding
+// the volume's I/O lock, under which the volume's reference is held) may
+// call it. It does not allocate.
+func (r *chainRef) acquire() { r.refs.Add(1) }
+
+// release drops a reference; the last one releases the layers.
+func (r *chainRef) release() {
+	if r != nil && r.refs.Add(-1) == 0 {
+		r.m.releaseLayers(r.digests, r.c.Layers())
+	}
 }
 
 // discard moves a directory that is no longer referenced (an old
@@ -203,8 +314,7 @@ func (m *Manager) Close() error {
 		}
 	}
 	for d, ol := range m.layers {
-		m.cache.Drop(ol.l)
-		ol.closer.Close()
+		m.closeLayer(ol)
 		delete(m.layers, d)
 	}
 	return nil
@@ -386,7 +496,7 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	if err := checkSize(rec.Size, rec.BlockSize); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err) // before allocating for its size
 	}
-	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
@@ -395,14 +505,17 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 		keep = append(keep, rec.Frozen)
 	}
 	if err := removeWritableDirs(m.volDir(name), keep...); err != nil {
+		chain.release()
 		return nil, err
 	}
 	w, err := openWritable(m.writableDir(name, rec.Writable), rec.Size, rec.BlockSize)
 	if err != nil {
+		chain.release()
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
 	v := &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain, w: w,
 		bs: uint64(rec.BlockSize), size: rec.Size}
+	v.ctx, v.cancel = context.WithCancel(context.Background())
 	if rec.Frozen != 0 {
 		// A seal was interrupted: finish it before anything else. If it
 		// cannot be finished now (a full disk), the volume still opens,

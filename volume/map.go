@@ -23,7 +23,7 @@ func (v *Volume) Map(off, n int64, fn func(length int64, hole, zero bool) bool) 
 		}
 		data := st == stData
 		if st == stUnset {
-			data, cnt = v.chain.Span(blk, cnt)
+			data, cnt = v.chain.c.Span(blk, cnt)
 		}
 		runEnd := min((blk+cnt)*bs, end)
 		if !fn(int64(runEnd-pos), !data, !data) {

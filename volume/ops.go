@@ -349,11 +349,12 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	if err := v.w.setSize(size); err != nil {
 		return err
 	}
-	chain, err := m.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {
 		v.broken = fmt.Errorf("volume %s: chain after resize: %w (reopen the volume)", vol, err)
 		return v.broken
 	}
+	v.chain.release() // reads in flight hold their own references
 	v.rec, v.chain, v.size = &rec, chain, size
 	return nil
 }

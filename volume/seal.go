@@ -165,14 +165,15 @@ func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := v.m.Chain(next.Layers, next.Size, next.BlockSize)
+	chain, err := v.m.openChain(next.Layers, next.Size, next.BlockSize)
 	if err != nil {
 		return nil, err
 	}
 	v.ioMu.Lock()
-	old := v.frozen
+	old, oldChain := v.frozen, v.chain
 	v.chain, v.frozen, v.rec = chain, nil, &next
 	v.ioMu.Unlock()
+	oldChain.release() // its layers stay open while reads in flight use them
 	old.close()
 	if err := v.m.discard(old.dir); err != nil {
 		return nil, err
@@ -283,8 +284,11 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	v.ioMu.RLock()
 	rec := *v.rec
 	rec.Layers = append([]string(nil), v.rec.Layers...)
-	chain := v.chain
+	cref := v.chain
+	cref.acquire()
 	v.ioMu.RUnlock()
+	defer cref.release()
+	chain := cref.c
 	if len(rec.Layers) == 0 {
 		return nil, nil
 	}
@@ -333,7 +337,7 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	}); err != nil {
 		return nil, err
 	}
-	chain2, err := v.m.Chain(rec.Layers, rec.Size, rec.BlockSize)
+	chain2, err := v.m.openChain(rec.Layers, rec.Size, rec.BlockSize)
 	if err != nil {
 		v.ioMu.Lock()
 		v.broken = fmt.Errorf("volume %s: flattened chain: %w (reopen the volume)", v.name, err)
@@ -342,7 +346,9 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	}
 	// I/O pauses for the pointer swap only.
 	v.ioMu.Lock()
+	old := v.chain
 	v.rec, v.chain = &rec, chain2
 	v.ioMu.Unlock()
+	old.release()
 	return layer, nil
 }

@@ -1,12 +1,12 @@
 package volume
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"github.com/obdvol/obdvol/metadata"
-	"github.com/obdvol/obdvol/snapshot"
 )
 
 // Volume is an open volume: a chain of sealed layers plus the writable
@@ -23,10 +23,18 @@ type Volume struct {
 	lock *volumeLock
 
 	// ioMu is shared by reads and writes and taken exclusively only to
-	// swap the chain and writable layer (seal, flatten, resize).
+	// swap the chain and writable layer (seal's freeze, flatten, resize,
+	// Close). It is never held across a read of the chain's layers
+	// (which for a lazy layer may wait up to its retry limit on a
+	// registry): a read resolves its range under ioMu, takes a reference
+	// to the chain, releases ioMu and reads the immutable layers; a
+	// write fetches the lower-layer blocks it must merge the same way,
+	// before taking ioMu (see warm). So a freeze never waits for the
+	// network, and, since Go's RWMutex holds new readers back while a
+	// writer waits, neither does any other I/O.
 	ioMu   sync.RWMutex
 	rec    *metadata.Volume
-	chain  *snapshot.Chain
+	chain  *chainRef // nil once closed
 	w      *writable
 	frozen *writable // being sealed (reads fall through w, then frozen)
 	bs     uint64
@@ -45,6 +53,11 @@ type Volume struct {
 	stripes [nStripes]sync.RWMutex
 
 	recorder atomic.Pointer[readRecorder] // prefetch-list recording, usually nil
+
+	// ctx ends when the volume is closed: reads of lazy layers in
+	// flight (made by ReadAt, with no context of their own) stop then.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // Name is the volume's name.
@@ -85,19 +98,89 @@ func (v *Volume) checkRange(off int64, n int) error {
 	return nil
 }
 
-// ReadAt reads len(p) bytes at off. Holes read as zeros.
+// ReadAt reads len(p) bytes at off. Holes read as zeros. Reads of
+// lazy layers end when the volume is closed.
 func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	return v.ReadAtContext(v.ctx, p, off)
+}
+
+// ReadAtContext is ReadAt whose reads of lazy layers (range requests to
+// a registry) end when ctx does.
+func (v *Volume) ReadAtContext(ctx context.Context, p []byte, off int64) (int, error) {
 	v.ioMu.RLock()
-	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil {
+		v.ioMu.RUnlock()
 		return 0, err
 	}
 	if r := v.recorder.Load(); r != nil {
 		r.record(off, int64(len(p)), v.size)
 	}
-	return len(p), v.readLocked(p, uint64(off))
+	if err := v.readUnlocking(ctx, p, uint64(off)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
+// readUnlocking reads p at pos. The caller holds ioMu shared; it is
+// released on return. Blocks of the writable and frozen layers (local
+// files) are read under it; for blocks of the chain, the chain is
+// referenced and ioMu released while its layers are read, then taken
+// again (and the range checked again: the volume may have been closed)
+// for the rest. It does not allocate.
+func (v *Volume) readUnlocking(ctx context.Context, p []byte, pos uint64) error {
+	bs := v.bs
+	for len(p) > 0 {
+		blk, in := pos/bs, pos%bs
+		want := (in + uint64(len(p)) + bs - 1) / bs
+		st, n := v.w.run(blk, want)
+		src := v.w
+		if st == stUnset && v.frozen != nil {
+			st, n = v.frozen.run(blk, n)
+			src = v.frozen
+		}
+		nb := min(n*bs-in, uint64(len(p)))
+		var err error
+		switch st {
+		case stData:
+			err = src.readData(p[:nb], pos)
+		case stZero:
+			clear(p[:nb])
+		default:
+			c := v.chain
+			c.acquire()
+			v.ioMu.RUnlock()
+			_, err = c.c.ReadAtContext(ctx, p[:nb], int64(pos))
+			c.release()
+			if err == nil && uint64(len(p)) > nb {
+				v.ioMu.RLock()
+				err = v.checkRange(int64(pos+nb), len(p)-int(nb))
+				if err != nil {
+					v.ioMu.RUnlock()
+					return err
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
+			}
+			if uint64(len(p)) == nb {
+				return nil
+			}
+		}
+		if err != nil {
+			v.ioMu.RUnlock()
+			return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
+		}
+		p = p[nb:]
+		pos += nb
+	}
+	v.ioMu.RUnlock()
+	return nil
+}
+
+// readLocked reads p at pos holding ioMu shared throughout, chain blocks
+// included: only for a write's merge of a partial block whose fetched
+// bytes a chain swapped in meanwhile no longer holds (a flatten's new
+// layer, local).
 func (v *Volume) readLocked(p []byte, pos uint64) error {
 	bs := v.bs
 	for len(p) > 0 {
@@ -117,7 +200,7 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 		case stZero:
 			clear(p[:nb])
 		default:
-			_, err = v.chain.ReadAt(p[:nb], int64(pos))
+			_, err = v.chain.c.ReadAtContext(v.ctx, p[:nb], int64(pos))
 		}
 		if err != nil {
 			return fmt.Errorf("volume %s: read at %d: %w", v.name, pos, err)
@@ -128,16 +211,112 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 	return nil
 }
 
+// fetched is a lower-layer block that a write fetched before taking ioMu
+// (see warm): its bytes as chain c holds them; the write holds a
+// reference to c until it ends.
+type fetched struct {
+	blk uint64
+	buf []byte // nil: nothing fetched
+	c   *chainRef
+}
+
+// edges are the fetched first and last partial blocks of one write.
+type edges [2]fetched
+
+// take returns the fetched bytes of blk if chain c (the volume's chain
+// now) still holds them: the chain they were read from, or one that a
+// seal or flatten put in its place since and that takes blk from the
+// same layer and data block (layers are immutable). Otherwise nil.
+func (e *edges) take(blk uint64, c *chainRef) []byte {
+	for i := range e {
+		f := &e[i]
+		if f.buf == nil || f.blk != blk {
+			continue
+		}
+		if f.c != c {
+			l1, d1, ok1 := f.c.c.Backing(blk)
+			l2, d2, ok2 := c.c.Backing(blk)
+			if ok1 != ok2 || l1 != l2 || d1 != d2 {
+				return nil
+			}
+		}
+		b := f.buf
+		f.buf = nil
+		return b
+	}
+	return nil
+}
+
+func (e *edges) release() {
+	for i := range e {
+		if e[i].c != nil {
+			e[i].c.release()
+			e[i] = fetched{}
+		}
+	}
+}
+
+// warm fetches, into e, the lower-layer blocks that a write of n bytes at
+// off must merge (its partial first and last blocks) before the write
+// takes ioMu: the chain is referenced and read with no lock held, so a
+// slow lazy fetch holds up neither a freeze nor other I/O. Blocks the
+// writable or frozen layer holds need no fetch. A failed fetch is left
+// to the merge, which reads again and reports it.
+func (v *Volume) warm(off int64, n int, e *edges) {
+	if off < 0 || n <= 0 {
+		return
+	}
+	bs := v.bs
+	pos, end := uint64(off), uint64(off)+uint64(n)
+	first, last := pos/bs, (end-1)/bs
+	if pos%bs != 0 || end < (first+1)*bs {
+		e[0] = v.fetchBlock(first)
+	}
+	if last != first && end%bs != 0 {
+		e[1] = v.fetchBlock(last)
+	}
+}
+
+// fetchBlock reads block blk from the chain with no lock held, when
+// neither the writable nor the frozen layer holds it.
+func (v *Volume) fetchBlock(blk uint64) fetched {
+	v.ioMu.RLock()
+	if v.checkRange(int64(blk*v.bs), int(v.bs)) != nil {
+		v.ioMu.RUnlock()
+		return fetched{}
+	}
+	st, _ := v.w.run(blk, 1)
+	if st == stUnset && v.frozen != nil {
+		st, _ = v.frozen.run(blk, 1)
+	}
+	if st != stUnset {
+		v.ioMu.RUnlock()
+		return fetched{}
+	}
+	c := v.chain
+	c.acquire()
+	v.ioMu.RUnlock()
+	buf := make([]byte, v.bs)
+	if _, err := c.c.ReadAtContext(v.ctx, buf, int64(blk*v.bs)); err != nil {
+		c.release()
+		return fetched{}
+	}
+	return fetched{blk: blk, buf: buf, c: c}
+}
+
 // WriteAt writes p at off. Whole blocks go straight to the writable
 // layer; a partial block at either end is read, merged and rewritten.
 // Writes are durable only after Flush.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	var e edges
+	v.warm(off, len(p), &e)
+	defer e.release()
 	v.ioMu.RLock()
 	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, len(p)); err != nil || len(p) == 0 {
 		return 0, err
 	}
-	if err := v.writeLocked(p, uint64(off)); err != nil {
+	if err := v.writeLocked(p, uint64(off), &e); err != nil {
 		return 0, fmt.Errorf("volume %s: write at %d: %w", v.name, off, err)
 	}
 	return len(p), nil
@@ -185,33 +364,36 @@ func stripeSpan(blk, n uint64) (lo, hi, wrap int) {
 // rmwBlock writes p at byte in of block blk, which p does not cover
 // whole: the block is read, merged and rewritten holding its stripe
 // exclusively, so concurrent writes to other bytes of the block are kept.
-func (v *Volume) rmwBlock(p []byte, blk, in uint64) error {
-	buf := make([]byte, v.bs)
-	if st, _ := v.w.run(blk, 1); st == stUnset {
-		// The block comes from a lower layer, maybe over the network (a
-		// lazy layer): fetch it before taking the stripe, so that a slow
-		// fetch holds up no other writer; the read under the stripe
-		// below is then served from the chunk cache.
-		if err := v.readLocked(buf, blk*v.bs); err != nil {
-			return err
-		}
-	}
+// A block from a lower layer was fetched by warm before the write took
+// ioMu (e): no layer is read here unless the chain changed meanwhile.
+func (v *Volume) rmwBlock(p []byte, blk, in uint64, e *edges) error {
 	mu := &v.stripes[blk%nStripes]
 	mu.Lock()
 	defer mu.Unlock()
-	if err := v.readLocked(buf, blk*v.bs); err != nil {
-		return err
+	st, _ := v.w.run(blk, 1)
+	if st == stUnset && v.frozen != nil {
+		st, _ = v.frozen.run(blk, 1)
+	}
+	var buf []byte
+	if st == stUnset {
+		buf = e.take(blk, v.chain)
+	}
+	if buf == nil {
+		buf = make([]byte, v.bs)
+		if err := v.readLocked(buf, blk*v.bs); err != nil {
+			return err
+		}
 	}
 	copy(buf[in:], p)
 	return v.w.writeBlocks(buf, blk)
 }
 
-func (v *Volume) writeLocked(p []byte, pos uint64) error {
+func (v *Volume) writeLocked(p []byte, pos uint64, e *edges) error {
 	bs := v.bs
 	if in := pos % bs; in != 0 || uint64(len(p)) < bs {
 		// Partial head block.
 		n := min(bs-in, uint64(len(p)))
-		if err := v.rmwBlock(p[:n], pos/bs, in); err != nil {
+		if err := v.rmwBlock(p[:n], pos/bs, in, e); err != nil {
 			return err
 		}
 		p = p[n:]
@@ -229,7 +411,7 @@ func (v *Volume) writeLocked(p []byte, pos uint64) error {
 	}
 	if len(p) > 0 {
 		// Partial tail block.
-		return v.rmwBlock(p, pos/bs, 0)
+		return v.rmwBlock(p, pos/bs, 0, e)
 	}
 	return nil
 }
@@ -237,11 +419,14 @@ func (v *Volume) writeLocked(p []byte, pos uint64) error {
 // WriteZeroes makes [off, off+n) read as zeros; whole blocks become a zero
 // extent (no data stored), partial blocks are written.
 func (v *Volume) WriteZeroes(off int64, n int64) error {
-	v.ioMu.RLock()
-	defer v.ioMu.RUnlock()
 	if n < 0 || int64(int(n)) != n {
 		return fmt.Errorf("%w: length %d", ErrRange, n)
 	}
+	var e edges
+	v.warm(off, int(n), &e)
+	defer e.release()
+	v.ioMu.RLock()
+	defer v.ioMu.RUnlock()
 	if err := v.checkRange(off, int(n)); err != nil || n == 0 {
 		return err
 	}
@@ -250,15 +435,15 @@ func (v *Volume) WriteZeroes(off int64, n int64) error {
 	first := (pos + bs - 1) / bs
 	last := end / bs
 	if first >= last {
-		return v.writeLocked(make([]byte, n), pos)
+		return v.writeLocked(make([]byte, n), pos, &e)
 	}
 	if head := first*bs - pos; head > 0 {
-		if err := v.writeLocked(make([]byte, head), pos); err != nil {
+		if err := v.writeLocked(make([]byte, head), pos, &e); err != nil {
 			return err
 		}
 	}
 	if tail := end - last*bs; tail > 0 {
-		if err := v.writeLocked(make([]byte, tail), last*bs); err != nil {
+		if err := v.writeLocked(make([]byte, tail), last*bs, &e); err != nil {
 			return err
 		}
 	}
@@ -297,6 +482,7 @@ func (v *Volume) WritableBytes() uint64 {
 // Close flushes and releases the volume. It waits for a seal in progress.
 // I/O after Close fails with ErrClosed.
 func (v *Volume) Close() error {
+	v.cancel() // reads of lazy layers in flight stop
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	v.ioMu.Lock()
@@ -312,6 +498,10 @@ func (v *Volume) Close() error {
 		v.frozen = nil
 	}
 	v.w = nil
+	// Reads still in flight hold their own references: the layers are
+	// closed when the last of them ends.
+	v.chain.release()
+	v.chain = nil
 	v.lock.release()
 	return err
 }
