@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench clean
+.PHONY: all build deps test vet lint unit fuzz demo bench clean torture torture-short
 
 all: build
 
@@ -37,6 +37,17 @@ test: deps vet lint unit
 
 demo: deps build
 	scripts/demo.sh
+
+# Randomized multi-process torture run (tests/torture): SEED=0 draws a new
+# seed; a failing run prints its seed, findings and op log.
+DURATION  ?= 30m
+SEED      ?= 0
+torture:
+	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./tests/torture -torture.duration=$(DURATION) -torture.seed=$(SEED)
+
+# A bounded run (at most 60 s with the build and the registry start).
+torture-short:
+	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=35s -torture.seed=$(SEED)
 
 bench: build
 	@scripts/deps.sh bench
