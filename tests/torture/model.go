@@ -55,7 +55,7 @@ func (s *state) match(act []byte, exists bool) (bool, string) {
 	}
 	if len(s.pending) == 0 {
 		if i := firstDiff(act, s.data); i >= 0 {
-			return false, describeDiff(act, s.data, i)
+			return false, describeDiff(act, s.data, i, 0)
 		}
 		return true, ""
 	}
@@ -71,7 +71,7 @@ func (s *state) match(act []byte, exists bool) (bool, string) {
 			}
 		}
 		if !ok {
-			return false, describeDiff(act, s.data, i) + " (nor any unflushed write's)"
+			return false, describeDiff(act, s.data, i, 0) + " (nor any unflushed write's)"
 		}
 	}
 	return true, ""
@@ -89,7 +89,9 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
-func describeDiff(act, exp []byte, i int) string {
+// describeDiff describes where act differs from exp from index i on; base
+// is the volume offset of act[0].
+func describeDiff(act, exp []byte, i int, base int64) string {
 	n := 0
 	zero := 0
 	for j := i; j < len(act); j++ {
@@ -101,8 +103,9 @@ func describeDiff(act, exp []byte, i int) string {
 		}
 	}
 	end := min(i+16, len(act))
+	o := base + int64(i)
 	return fmt.Sprintf("%d bytes differ from offset %d (block %d at 4K; %d of them read as zero): got %x, want %x",
-		n, i, i/4096, zero, act[i:end], exp[i:end])
+		n, o, o/4096, zero, act[i:end], exp[i:end])
 }
 
 // apply applies w to b.

@@ -25,6 +25,7 @@ var ops = []op{
 	{"unserve", 4, (*world).opUnserve},
 	{"write", 30, (*world).opWrite},
 	{"flush", 8, (*world).opFlush},
+	{"import", 4, (*world).opImport},
 	{"read", 8, (*world).opRead},
 	{"snapshot", 8, (*world).opSnapshot},
 	{"clone", 4, (*world).opClone},
@@ -136,7 +137,7 @@ func (w *world) serve(v *vol) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if fi, err := os.Stat(sock); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		w.find("socket", "serve %s created its NBD socket with mode %v (umask 000): any local user can read and write the disk", v.name, fi.Mode().Perm())
+		w.findOnce("socket-mode", "socket", "serve %s created its NBD socket with mode %v (umask 000): any local user can read and write the disk", v.name, fi.Mode().Perm())
 	}
 	c, err := dialNBD(sock, v.name, 10*time.Second)
 	if err != nil {
@@ -277,6 +278,39 @@ func (w *world) opWrite() bool {
 	return true
 }
 
+// opImport writes a random range of a file into an idle volume.
+func (w *world) opImport() bool {
+	v := w.pickVol(idle)
+	if v == nil {
+		return false
+	}
+	old := v.alts[0].data
+	size := int64(len(old))
+	n := 1 + w.rng.Int63n(min(size, 256<<10))
+	off := w.rng.Int63n(size - n + 1)
+	if w.rng.Intn(2) == 0 {
+		off -= off % int64(v.bs)
+		n = min(n, size-off)
+	}
+	data := make([]byte, n)
+	w.rng.Read(data)
+	file := filepath.Join(w.dir, "import.bin")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	w.logf("import %s %d+%d", v.name, off, n)
+	p := w.run(w.lazyMax([]string{"import", v.name, file, "--offset", fmt.Sprint(off)})...)
+	next := &state{data: append([]byte(nil), old...), why: "import"}
+	apply(next.data, write{off, data})
+	if p.ok() {
+		v.alts = []*state{next}
+		return true
+	}
+	v.alts = []*state{{data: old, pending: []write{{off, data}}, why: "failed import"}}
+	v.check = true
+	return true
+}
+
 func describeWrites(ws []write) string {
 	var s []string
 	for _, x := range ws {
@@ -332,7 +366,7 @@ func (w *world) opRead() bool {
 		return true
 	}
 	if i := firstDiff(q.data, s.cur[off:off+n]); i >= 0 {
-		w.find("data", "served volume %s: read %d+%d after acknowledged writes: %s", v.name, off, n, describeDiff(q.data, s.cur[off:off+n], i))
+		w.find("data", "served volume %s: read %d+%d after acknowledged writes: %s", v.name, off, n, describeDiff(q.data, s.cur[off:off+n], i, off))
 		// Take what the server returns, so that the defect is reported once.
 		copy(s.cur[off:], q.data)
 		copy(s.durable[off:], q.data)
@@ -594,7 +628,7 @@ func (w *world) opPush() bool {
 	}
 	t := w.name("t")
 	ref := fmt.Sprintf("%s/torture/r:%s", w.reg.Addr, t)
-	tg := &tag{data: append([]byte(nil), v.snaps[sn].alts[0].data...), bs: v.bs}
+	tg := &tag{data: append([]byte(nil), v.snaps[sn].alts[0].data...), bs: v.bs, snap: sn}
 	w.tags[t] = tg
 	w.logf("push %s@%s %s", v.name, sn, t)
 	w.background("push", func(p *proc) { tg.pushed = p.ok() }, "push", v.name+"@"+sn, ref, "--plain-http")
@@ -632,6 +666,7 @@ func (w *world) opPull() bool {
 		v.busy = nil
 		if p.ok() {
 			v.alts = []*state{made}
+			v.snaps[tg.snap] = &snap{seq: w.next, alts: []*state{{data: made.data, why: "pull"}}}
 			v.check = false
 			v.bs = tg.bs
 			return
@@ -639,6 +674,7 @@ func (w *world) opPull() bool {
 		if tg.pushed && !p.killed && w.enospc == 0 {
 			w.logf("  note: pull of a pushed tag failed: %s", p.short())
 		}
+		v.snaps[tg.snap] = &snap{seq: w.next, alts: []*state{{absent: true, why: "pull failed"}, {data: made.data, why: "pull"}}}
 	}
 	if w.rng.Intn(2) == 0 {
 		p := w.run(args...)
@@ -696,11 +732,11 @@ func (w *world) opKill() bool {
 // opStraceKill runs the next foreground command under strace, which
 // kills it at the Nth call of a syscall that commits something.
 func (w *world) opStraceKill() bool {
-	sys := []string{"fdatasync", "fsync", "renameat", "unlinkat", "ftruncate", "pwrite64", "write"}[w.rng.Intn(7)]
-	n := 1 + w.rng.Intn(6)
+	sys := []string{"fdatasync", "fdatasync", "fdatasync", "fsync", "renameat", "renameat", "unlinkat", "ftruncate", "pwrite64", "write"}[w.rng.Intn(10)]
+	n := 1 + w.rng.Intn(5)
 	w.inject = fmt.Sprintf("%s:signal=SIGKILL:when=%d", sys, n)
 	fg := []func(*world) bool{(*world).opSnapshot, (*world).opClone, (*world).opRollback, (*world).opDeleteSnap,
-		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opCreate}
+		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opCreate, (*world).opImport, (*world).opPull}
 	ok := fg[w.rng.Intn(len(fg))](w)
 	w.inject = ""
 	return ok
@@ -721,30 +757,23 @@ func (w *world) opENOSPC() bool {
 	return true
 }
 
-// opStall holds the catalogue's file lock (as a slow obdvol process
-// would) for longer than a command waits for it, starting a few
-// milliseconds after a command starts; then every volume is checked.
+// opStall plays a process that holds the catalogue's file lock longer
+// than a command waits for it (5 s), taken while the command is past its
+// first catalogue reads: strace slows the command's flock calls from the
+// 4th on, and the lock is taken meanwhile. A command may then fail
+// (busy); it may not lose anything. Every volume is checked afterwards.
 func (w *world) opStall() bool {
 	if w.enospc > 0 {
 		return false
 	}
-	delay := time.Duration(w.rng.Intn(30)) * time.Millisecond
 	hold := 5500 * time.Millisecond
-	victim := []string{"list", "gc", "info"}[w.rng.Intn(3)]
-	args := []string{victim}
-	if victim == "info" {
-		v := w.pickVol(func(*vol) bool { return true })
-		if v == nil {
-			return false
-		}
-		args = append(args, v.name)
-	}
-	w.logf("catalogue stall: %s, lock taken after %v for %v", victim, delay, hold)
-	p, err := w.start("obdvol "+strings.Join(args, " "), "", args...)
+	victim := []string{"list", "gc", "list"}[w.rng.Intn(3)]
+	w.logf("catalogue stall during %s: lock held %v", victim, hold)
+	p, err := w.start("obdvol "+victim+" (catalogue stall)", "flock:delay_enter=200000:when=4+", victim)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	time.Sleep(delay)
+	time.Sleep(100 * time.Millisecond)
 	f, err := os.OpenFile(filepath.Join(w.root, "catalog.db"), os.O_RDWR, 0)
 	if err == nil {
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err == nil {
@@ -784,14 +813,14 @@ func (w *world) opSocket() bool {
 	case <-time.After(time.Second):
 	}
 	if p.running() {
-		w.find("socket", "serve %s --nbd unix:PATH where PATH is %s: it did not refuse (still serving after 1s)", v.name, what)
+		w.findOnce("socket-"+what[:8], "socket", "serve %s --nbd unix:PATH where PATH is %s: it did not refuse (still serving after 1s)", v.name, what)
 		p.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	w.wait(p, w.cmdTimeout)
 	w.logf("  -> %s", p.short())
 	if what == "a regular file" {
 		if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
-			w.find("socket", "serve %s --nbd unix:PATH deleted the regular file at PATH", v.name)
+			w.findOnce("socket-file", "socket", "serve %s --nbd unix:PATH deleted the regular file at PATH", v.name)
 		}
 		os.Remove(path)
 	}

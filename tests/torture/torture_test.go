@@ -44,7 +44,7 @@ func TestTorture(t *testing.T) {
 	}
 	w := &world{
 		t: t, seed: seed, rng: rand.New(rand.NewSource(seed)), dir: dir,
-		vols: map[string]*vol{}, tags: map[string]*tag{},
+		vols: map[string]*vol{}, tags: map[string]*tag{}, seen: map[string]bool{},
 		cmdTimeout: 30 * time.Second, maxVols: 8, exportDir: filepath.Join(dir, "export"),
 	}
 	for _, d := range []string{"s", "export", "reg", "mnt"} {
@@ -165,11 +165,19 @@ func (w *world) finish() {
 			w.find("verify", "verify %s: %s", v.name, p.short())
 		}
 	}
-	if len(w.findings) > 0 {
-		return // a leak check after a finding says nothing new
+	l, err := w.list()
+	if err != nil {
+		w.find("unreadable", "list: %v", err)
 	}
-	for _, v := range w.sortedVols(func(*vol) bool { return true }) {
-		w.run("delete", v.name, "--force")
+	var names []string
+	for n := range l {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if p := w.run("delete", n, "--force"); !p.ok() {
+			w.find("leak", "delete %s --force after the run: %s", n, p.short())
+		}
 	}
 	w.run("gc")
 	var left []string

@@ -56,6 +56,7 @@ type tag struct {
 	data   []byte
 	pushed bool // the push exited 0
 	bs     int
+	snap   string // the pushed snapshot's name, which a pull gives the volume
 }
 
 type world struct {
@@ -83,6 +84,7 @@ type world struct {
 	findings  []finding
 	maxVols   int
 	exportDir string
+	seen      map[string]bool
 }
 
 func (w *world) logf(f string, a ...any) {
@@ -92,7 +94,16 @@ func (w *world) logf(f string, a ...any) {
 func (w *world) find(kind, f string, a ...any) {
 	msg := fmt.Sprintf(f, a...)
 	w.findings = append(w.findings, finding{w.step, kind, msg})
-	w.logf("  FINDING %s: %s", kind, firstLine(msg))
+	w.logf("  FINDING %s: %s", kind, strings.ReplaceAll(msg, "\n", "\n        "))
+}
+
+// findOnce records a finding whose key was not seen yet in this run.
+func (w *world) findOnce(key, kind, f string, a ...any) {
+	if w.seen[key] {
+		return
+	}
+	w.seen[key] = true
+	w.find(kind, f, a...)
 }
 
 func firstLine(s string) string {
@@ -216,9 +227,7 @@ func (w *world) export(ref string) ([]byte, *proc) {
 // (all of them when full, else only the uncertain ones), against the model,
 // and resolves the model to what it read.
 func (w *world) checkVol(v *vol, full bool) {
-	if w.enospc > 0 {
-		return // checked once space is back
-	}
+	// While the disk is full too: reading needs no space.
 	l, err := w.list()
 	if err != nil {
 		w.find("unreadable", "list failed while checking %s: %v", v.name, err)
@@ -232,7 +241,7 @@ func (w *world) checkVol(v *vol, full bool) {
 			if p.kind() == "busy" {
 				return // try again later
 			}
-			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported: %s", v.name, whys(v.alts), p.short())
+			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported%s: %s", v.name, whys(v.alts), w.diskFull(), p.short())
 			v.alts = []*state{{absent: true, why: "unreadable"}}
 			w.dropVol(v)
 			return
@@ -275,7 +284,7 @@ func (w *world) checkSnap(v *vol, n string, exists bool) {
 			if p.kind() == "busy" {
 				return
 			}
-			w.find("unreadable", "snapshot %s@%s is listed but cannot be exported: %s", v.name, n, p.short())
+			w.find("unreadable", "snapshot %s@%s is listed but cannot be exported%s: %s", v.name, n, w.diskFull(), p.short())
 			delete(v.snaps, n)
 			return
 		}
@@ -356,6 +365,13 @@ func (w *world) fillDisk(leave int64) error {
 		n -= k
 	}
 	return nil
+}
+
+func (w *world) diskFull() string {
+	if w.enospc > 0 {
+		return " (while the disk is full)"
+	}
+	return ""
 }
 
 func (w *world) freeDisk() { os.Remove(w.ballast) }
