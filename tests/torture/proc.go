@@ -171,6 +171,11 @@ func (w *world) afterProc(p *proc) {
 		}
 		w.find("panic", "%s crashed:\n%s", p.desc, out)
 	}
+	if out := p.out.String(); strings.Contains(out, "is active on") {
+		// The harness never asks this of a volume it serves: the server
+		// it names was killed, and the catalogue still says it runs.
+		w.findOnce("stale-device", "stale", "%s refused: the volume's server was killed, yet the catalogue says it is active: %s", p.desc, p.short())
+	}
 	for i, q := range w.procs {
 		if q == p {
 			w.procs = append(w.procs[:i], w.procs[i+1:]...)
