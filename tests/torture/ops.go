@@ -39,6 +39,7 @@ var ops = []op{
 	{"pull", 5, (*world).opPull},
 	{"fill", 3, (*world).opFill},
 	{"check", 3, (*world).opCheck},
+	{"race", 3, (*world).opRace},
 	{"kill", 5, (*world).opKill},
 	{"strace-kill", 5, (*world).opStraceKill},
 	{"enospc", 2, (*world).opENOSPC},
@@ -395,6 +396,7 @@ func (w *world) opSnapshot() bool {
 		return true
 	}
 	sn.alts = []*state{{absent: true, why: "snapshot failed"}, made}
+	sn.late = true
 	if v.srv == nil {
 		v.check = true
 	}
@@ -682,6 +684,9 @@ func (w *world) opPull() bool {
 		return true
 	}
 	v.busy = w.background("pull", done, args...)
+	if w.rng.Intn(2) == 0 {
+		w.concurrentGC()
+	}
 	return true
 }
 
@@ -697,6 +702,46 @@ func (w *world) opFill() bool {
 			v.check = true
 		}
 	}, w.lazyMax([]string{"fill", v.name})...)
+	if w.rng.Intn(2) == 0 {
+		w.concurrentGC()
+	}
+	return true
+}
+
+// concurrentGC starts gc (with eviction, often) in the background now,
+// while the command just started runs.
+func (w *world) concurrentGC() {
+	args := []string{"gc"}
+	if w.rng.Intn(3) > 0 {
+		args = append(args, "--cache-max", []string{"0", "4K", "64K"}[w.rng.Intn(3)])
+	}
+	time.Sleep(time.Duration(w.rng.Intn(30)) * time.Millisecond)
+	w.background(strings.Join(args, " "), nil, args...)
+}
+
+// opRace clones a snapshot while, at the same moment, another process
+// deletes that snapshot and a third runs gc: either the clone fails or
+// it holds the snapshot's data.
+func (w *world) opRace() bool {
+	if len(w.vols) >= w.maxVols {
+		return false
+	}
+	src, sn := w.pickSnap(func(v *vol) bool { return v.busy == nil })
+	if src == nil {
+		return false
+	}
+	name := w.name("v")
+	w.logf("race: clone %s from %s@%s, delete %s@%s, gc", name, src.name, sn, src.name, sn)
+	data := src.snaps[sn].alts[0].data
+	v := &vol{name: name, bs: src.bs, snaps: map[string]*snap{}, lazy: src.lazy, check: true}
+	made := &state{data: append([]byte(nil), data...), why: "clone"}
+	v.alts = []*state{{absent: true, why: "clone failed"}, made}
+	w.vols[name] = v
+	s := src.snaps[sn]
+	s.alts = append(s.alts, &state{absent: true, why: "delete"})
+	v.busy = w.background("clone", func(p *proc) { v.busy = nil }, "create", name, "--from", src.name+"@"+sn)
+	src.busy = w.background("delete", func(p *proc) { src.busy = nil; src.check = true }, "delete", src.name+"@"+sn, "--force")
+	w.background("gc", nil, "gc")
 	return true
 }
 

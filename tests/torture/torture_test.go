@@ -176,7 +176,11 @@ func (w *world) finish() {
 	sort.Strings(names)
 	for _, n := range names {
 		if p := w.run("delete", n, "--force"); !p.ok() {
-			w.find("leak", "delete %s --force after the run: %s", n, p.short())
+			if !strings.Contains(p.out.String(), "is active on") {
+				w.find("leak", "delete %s --force after the run: %s", n, p.short())
+			}
+			w.logf("  no leak check: volume %s remains", n)
+			return
 		}
 	}
 	w.run("gc")

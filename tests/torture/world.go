@@ -27,6 +27,10 @@ type finding struct {
 type snap struct {
 	seq  int // creation order (rollback --force drops newer ones)
 	alts []*state
+	// late: a snapshot command failed or was killed after recording its
+	// intent; the next open of the volume may finish it, so it may appear
+	// later (with the content it was taken with).
+	late bool
 }
 
 // vol is the model of one volume.
@@ -266,11 +270,17 @@ func (w *world) checkVol(v *vol, full bool) {
 		if !full && known(s) && inList[n] {
 			continue
 		}
+		if s.late && !inList[n] {
+			continue // may still appear
+		}
+		s.late = false
 		w.checkSnap(v, n, inList[n])
 	}
 	for _, n := range snaps {
 		if v.snaps[n] == nil {
 			w.find("data", "snapshot %s@%s exists but the model has no such snapshot", v.name, n)
+			b, _ := w.export(v.name + "@" + n)
+			v.snaps[n] = &snap{seq: w.next, alts: []*state{{data: b, why: "as read after a finding"}}}
 		}
 	}
 }
