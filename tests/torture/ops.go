@@ -40,6 +40,8 @@ var ops = []op{
 	{"fill", 3, (*world).opFill},
 	{"check", 3, (*world).opCheck},
 	{"race", 3, (*world).opRace},
+	{"journal-bitflip", 1, (*world).opJournalFlip},
+	{"catalogue-corrupt", 1, (*world).opCatalogCorrupt},
 	{"kill", 5, (*world).opKill},
 	{"strace-kill", 5, (*world).opStraceKill},
 	{"enospc", 2, (*world).opENOSPC},
@@ -871,6 +873,81 @@ func (w *world) opSocket() bool {
 	}
 	if !p.ok() {
 		v.check = true
+	}
+	return true
+}
+
+// opJournalFlip flips one bit in the first half of an idle volume's
+// journal and exports it: a clear error is right, wrong bytes with exit 0
+// are a finding, and so is a journal rewritten by the read-only export.
+// The bit is flipped back afterwards.
+func (w *world) opJournalFlip() bool {
+	v := w.pickVol(idle)
+	if v == nil {
+		return false
+	}
+	gens, _ := filepath.Glob(filepath.Join(w.root, "volumes", v.name, "w-*", "journal"))
+	if len(gens) == 0 {
+		return false
+	}
+	sort.Slice(gens, func(i, j int) bool {
+		return len(gens[i]) < len(gens[j]) || len(gens[i]) == len(gens[j]) && gens[i] < gens[j]
+	})
+	path := gens[len(gens)-1]
+	orig, err := os.ReadFile(path)
+	if err != nil || len(orig) < 64 {
+		return false
+	}
+	off := w.rng.Intn(len(orig) / 2)
+	bit := byte(1) << w.rng.Intn(8)
+	flipped := append([]byte(nil), orig...)
+	flipped[off] ^= bit
+	w.logf("journal bit flip: %s byte %d of %d", v.name, off, len(orig))
+	if err := os.WriteFile(path, flipped, 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	b, p := w.export(v.name)
+	after, _ := os.ReadFile(path)
+	if b != nil {
+		if i := firstDiff(b, v.alts[0].data); len(b) != len(v.alts[0].data) || i >= 0 {
+			w.findOnce("journal-flip", "corrupt", "export %s exited 0 with wrong data after one flipped bit at byte %d of its %d-byte journal (expected a clear error)", v.name, off, len(orig))
+		}
+	} else {
+		w.logf("  export refused: %s", p.short())
+	}
+	if string(after) != string(flipped) {
+		w.findOnce("journal-rewrite", "corrupt", "export %s (read-only) rewrote the journal after a flipped bit at byte %d: %d bytes before, %d after", v.name, off, len(flipped), len(after))
+	}
+	if len(after) == len(orig) {
+		after[off] ^= bit
+		os.WriteFile(path, after, 0o600)
+	}
+	v.check = true
+	return true
+}
+
+// opCatalogCorrupt overwrites a random page of the catalogue with garbage
+// while no other process runs, runs list, and restores the file: a clear
+// error is right, a panic is a finding.
+func (w *world) opCatalogCorrupt() bool {
+	if len(w.procs) > 0 {
+		return false
+	}
+	path := filepath.Join(w.root, "catalog.db")
+	orig, err := os.ReadFile(path)
+	if err != nil || len(orig) < 4*4096 {
+		return false
+	}
+	page := 2 + w.rng.Intn(len(orig)/4096-2)
+	bad := append([]byte(nil), orig...)
+	w.rng.Read(bad[page*4096 : page*4096+4096])
+	w.logf("catalogue corruption: page %d of %d", page, len(orig)/4096)
+	os.WriteFile(path, bad, 0o600)
+	for _, args := range [][]string{{"list"}, {"gc", "--dry-run"}} {
+		w.run(args...) // a crash is a finding (afterProc)
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		w.t.Fatal(err)
 	}
 	return true
 }

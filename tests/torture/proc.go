@@ -169,7 +169,11 @@ func (w *world) afterProc(p *proc) {
 		if len(out) > 3000 {
 			out = out[:3000]
 		}
-		w.find("panic", "%s crashed:\n%s", p.desc, out)
+		key := out
+		if i := strings.Index(out, "panic:"); i >= 0 {
+			key = firstLine(out[i:])
+		}
+		w.findOnce("panic:"+key, "panic", "%s crashed:\n%s", p.desc, out)
 	}
 	if out := p.out.String(); strings.Contains(out, "is active on") {
 		// The harness never asks this of a volume it serves: the server
