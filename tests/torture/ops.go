@@ -174,7 +174,10 @@ func (w *world) stopServer(v *vol, kill bool) {
 	w.logf("  server %s -> %s", v.name, s.p.short())
 	crashed := &state{data: s.durable, pending: s.pending, why: "kill of serve"}
 	if s.p.ok() && !kill {
-		v.alts = []*state{{data: s.cur, why: "clean stop of serve"}}
+		v.alts = []*state{{data: s.cur, pending: s.unsure, why: "clean stop of serve"}}
+		if len(s.unsure) > 0 {
+			v.check = true
+		}
 		return
 	}
 	v.alts = []*state{crashed}
@@ -261,22 +264,23 @@ func (w *world) opWrite() bool {
 	// Sent writes may land even if the batch fails.
 	s.pending = append(s.pending, writes...)
 	if err := s.nbd.do(reqs, w.cmdTimeout); err != nil {
+		s.unsure = append(s.unsure, writes...)
 		w.nbdFailed(v, "write", err)
 		return true
 	}
 	failed := 0
-	for _, q := range reqs {
+	for i, q := range reqs {
 		if q.err != 0 {
+			// A failed write may have landed in part.
 			failed++
+			s.unsure = append(s.unsure, writes[i])
+			w.logf("  write %d+%d failed: errno %d", q.off, q.n, q.err)
+		} else {
+			apply(s.cur, writes[i])
 		}
 	}
 	if failed > 0 {
-		w.logf("  %d writes failed (errno %d)", failed, reqs[0].err)
 		w.stopServer(v, false)
-		return true
-	}
-	for _, wr := range writes {
-		apply(s.cur, wr)
 	}
 	return true
 }
@@ -339,7 +343,7 @@ func (w *world) opFlush() bool {
 		return true
 	}
 	v.srv.durable = append(v.srv.durable[:0], v.srv.cur...)
-	v.srv.pending = nil
+	v.srv.pending = append([]write(nil), v.srv.unsure...)
 	return true
 }
 

@@ -53,6 +53,7 @@ type server struct {
 	durable []byte  // content at the last acknowledged flush
 	pending []write // written since
 	cur     []byte  // content after every acknowledged write
+	unsure  []write // writes that failed: each may have landed, in part
 }
 
 // tag is a pushed (or maybe pushed) snapshot in the registry.
