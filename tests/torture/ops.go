@@ -36,8 +36,8 @@ var ops = []op{
 	{"resize", 3, (*world).opResize},
 	{"gc", 5, (*world).opGC},
 	{"push", 4, (*world).opPush},
-	{"pull", 5, (*world).opPull},
-	{"fill", 3, (*world).opFill},
+	{"pull", 8, (*world).opPull},
+	{"fill", 5, (*world).opFill},
 	{"check", 3, (*world).opCheck},
 	{"race", 3, (*world).opRace},
 	{"journal-bitflip", 1, (*world).opJournalFlip},
@@ -653,6 +653,15 @@ func (w *world) opPull() bool {
 	}
 	sort.Strings(ts)
 	t := ts[w.rng.Intn(len(ts))]
+	var pushed []string
+	for _, x := range ts {
+		if w.tags[x].pushed {
+			pushed = append(pushed, x)
+		}
+	}
+	if len(pushed) > 0 && w.rng.Intn(5) > 0 {
+		t = pushed[w.rng.Intn(len(pushed))]
+	}
 	tg := w.tags[t]
 	name := w.name("v")
 	args := []string{"pull", fmt.Sprintf("%s/torture/r:%s", w.reg.Addr, t), name, "--plain-http"}
@@ -787,7 +796,7 @@ func (w *world) opStraceKill() bool {
 	n := 1 + w.rng.Intn(5)
 	w.inject = fmt.Sprintf("%s:signal=SIGKILL:when=%d", sys, n)
 	fg := []func(*world) bool{(*world).opSnapshot, (*world).opClone, (*world).opRollback, (*world).opDeleteSnap,
-		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opCreate, (*world).opImport, (*world).opPull}
+		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opResize, (*world).opCreate, (*world).opImport, (*world).opPull}
 	ok := fg[w.rng.Intn(len(fg))](w)
 	w.inject = ""
 	return ok
@@ -919,12 +928,19 @@ func (w *world) opJournalFlip() bool {
 	} else {
 		w.logf("  export refused: %s", p.short())
 	}
-	if string(after) != string(flipped) {
+	rewritten := string(after) != string(flipped)
+	if rewritten {
 		w.findOnce("journal-rewrite", "corrupt", "export %s (read-only) rewrote the journal after a flipped bit at byte %d: %d bytes before, %d after", v.name, off, len(flipped), len(after))
 	}
 	if len(after) == len(orig) {
 		after[off] ^= bit
 		os.WriteFile(path, after, 0o600)
+	}
+	if rewritten || b != nil && firstDiff(b, v.alts[0].data) >= 0 {
+		// Reported above: the model takes what is there now.
+		if b2, _ := w.export(v.name); b2 != nil {
+			v.alts = []*state{{data: b2, why: "as read after a journal bit flip"}}
+		}
 	}
 	v.check = true
 	return true

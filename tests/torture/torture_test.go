@@ -45,7 +45,7 @@ func TestTorture(t *testing.T) {
 	w := &world{
 		t: t, seed: seed, rng: rand.New(rand.NewSource(seed)), dir: dir,
 		vols: map[string]*vol{}, tags: map[string]*tag{}, seen: map[string]bool{},
-		cmdTimeout: 30 * time.Second, maxVols: 8, exportDir: filepath.Join(dir, "export"),
+		cmdTimeout: 30 * time.Second, maxVols: 10, exportDir: filepath.Join(dir, "export"),
 	}
 	for _, d := range []string{"s", "export", "reg", "mnt"} {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)

@@ -246,7 +246,11 @@ func (w *world) checkVol(v *vol, full bool) {
 			if p.kind() == "busy" {
 				return // try again later
 			}
-			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported%s: %s", v.name, whys(v.alts), w.diskFull(), p.short())
+			if w.enospc > 0 {
+				w.findOnce("full:"+fullKey(p.out.String()), "unreadable-full", "volume %s (possible states: %s) cannot be exported while the disk is full: %s", v.name, whys(v.alts), p.short())
+				return // checked again later
+			}
+			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported: %s", v.name, whys(v.alts), p.short())
 			v.alts = []*state{{absent: true, why: "unreadable"}}
 			w.dropVol(v)
 			return
@@ -295,7 +299,11 @@ func (w *world) checkSnap(v *vol, n string, exists bool) {
 			if p.kind() == "busy" {
 				return
 			}
-			w.find("unreadable", "snapshot %s@%s is listed but cannot be exported%s: %s", v.name, n, w.diskFull(), p.short())
+			if w.enospc > 0 {
+				w.findOnce("full:"+fullKey(p.out.String()), "unreadable-full", "snapshot %s@%s cannot be exported while the disk is full: %s", v.name, n, p.short())
+				return
+			}
+			w.find("unreadable", "snapshot %s@%s is listed but cannot be exported: %s", v.name, n, p.short())
 			delete(v.snaps, n)
 			return
 		}
@@ -378,11 +386,16 @@ func (w *world) fillDisk(leave int64) error {
 	return nil
 }
 
-func (w *world) diskFull() string {
-	if w.enospc > 0 {
-		return " (while the disk is full)"
+// fullKey classes an error seen while the disk is full, so that each
+// class is reported once.
+func fullKey(out string) string {
+	switch {
+	case strings.Contains(out, "finishing interrupted snapshot"):
+		return "seal"
+	case strings.Contains(out, "journal"):
+		return "journal"
 	}
-	return ""
+	return "other"
 }
 
 func (w *world) freeDisk() { os.Remove(w.ballast) }
