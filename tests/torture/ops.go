@@ -792,12 +792,17 @@ func (w *world) opKill() bool {
 // opStraceKill runs the next foreground command under strace, which
 // kills it at the Nth call of a syscall that commits something.
 func (w *world) opStraceKill() bool {
-	sys := []string{"fdatasync", "fdatasync", "fdatasync", "fsync", "renameat", "renameat", "unlinkat", "ftruncate", "pwrite64", "write"}[w.rng.Intn(10)]
-	n := 1 + w.rng.Intn(5)
-	w.inject = fmt.Sprintf("%s:signal=SIGKILL:when=%d", sys, n)
 	fg := []func(*world) bool{(*world).opSnapshot, (*world).opClone, (*world).opRollback, (*world).opDeleteSnap,
 		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opResize, (*world).opCreate, (*world).opImport, (*world).opPull}
-	ok := fg[w.rng.Intn(len(fg))](w)
+	i := w.rng.Intn(len(fg))
+	sys := []string{"fdatasync", "fdatasync", "fdatasync", "fsync", "renameat", "renameat", "unlinkat", "ftruncate", "pwrite64", "write"}[w.rng.Intn(10)]
+	n := 1 + w.rng.Intn(5)
+	if i >= 5 && i <= 7 {
+		// resize: its commit points are fdatasyncs.
+		sys, n = "fdatasync", 1+w.rng.Intn(4)
+	}
+	w.inject = fmt.Sprintf("%s:signal=SIGKILL:when=%d", sys, n)
+	ok := fg[i](w)
 	w.inject = ""
 	return ok
 }
@@ -950,15 +955,17 @@ func (w *world) opJournalFlip() bool {
 // while no other process runs, runs list, and restores the file: a clear
 // error is right, a panic is a finding.
 func (w *world) opCatalogCorrupt() bool {
-	if len(w.procs) > 0 {
-		return false
+	for _, p := range w.procs {
+		if !strings.HasPrefix(p.desc, "obdvol serve") {
+			return false
+		}
 	}
 	path := filepath.Join(w.root, "catalog.db")
 	orig, err := os.ReadFile(path)
 	if err != nil || len(orig) < 4*4096 {
 		return false
 	}
-	page := 2 + w.rng.Intn(len(orig)/4096-2)
+	page := 2 + w.rng.Intn(min(len(orig)/4096-2, 4))
 	bad := append([]byte(nil), orig...)
 	w.rng.Read(bad[page*4096 : page*4096+4096])
 	w.logf("catalogue corruption: page %d of %d", page, len(orig)/4096)
