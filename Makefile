@@ -47,7 +47,7 @@ torture:
 
 # A bounded run (at most 60 s with the build and the registry start).
 torture-short:
-	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=35s -torture.seed=$(SEED)
+	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=30s -torture.seed=$(SEED)
 
 bench: build
 	@scripts/deps.sh bench
