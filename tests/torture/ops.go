@@ -895,8 +895,8 @@ func (w *world) opSocket() bool {
 	return true
 }
 
-// opJournalFlip flips one bit in the first half of an idle volume's
-// journal and exports it: a clear error is right, wrong bytes with exit 0
+// opJournalFlip flips one bit in a journal record of an idle volume that
+// valid records follow, and exports it: a clear error is right, wrong bytes with exit 0
 // are a finding, and so is a journal rewritten by the read-only export.
 // The bit is flipped back afterwards.
 func (w *world) opJournalFlip() bool {
@@ -912,11 +912,14 @@ func (w *world) opJournalFlip() bool {
 		return len(gens[i]) < len(gens[j]) || len(gens[i]) == len(gens[j]) && gens[i] < gens[j]
 	})
 	path := gens[len(gens)-1]
+	// The journal is a 16-byte header and 24-byte records; only a torn
+	// last record may be dropped, so the flip goes into an earlier one.
 	orig, err := os.ReadFile(path)
-	if err != nil || len(orig) < 64 {
+	nrec := (len(orig) - 16) / 24
+	if err != nil || nrec < 2 {
 		return false
 	}
-	off := w.rng.Intn(len(orig) / 2)
+	off := 16 + 24*w.rng.Intn(nrec-1) + w.rng.Intn(24)
 	bit := byte(1) << w.rng.Intn(8)
 	flipped := append([]byte(nil), orig...)
 	flipped[off] ^= bit

@@ -173,6 +173,9 @@ func (w *world) afterProc(p *proc) {
 		if i := strings.Index(out, "panic:"); i >= 0 {
 			key = firstLine(out[i:])
 		}
+		if strings.Contains(out, "bbolt") {
+			key = "bbolt"
+		}
 		w.findOnce("panic:"+key, "panic", "%s crashed:\n%s", p.desc, out)
 	}
 	if out := p.out.String(); strings.Contains(out, "is active on") {
