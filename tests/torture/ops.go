@@ -37,6 +37,7 @@ var ops = []op{
 	{"gc", 5, (*world).opGC},
 	{"push", 4, (*world).opPush},
 	{"pull", 8, (*world).opPull},
+	{"remote-push", 3, (*world).opRemotePush},
 	{"fill", 5, (*world).opFill},
 	{"check", 3, (*world).opCheck},
 	{"race", 3, (*world).opRace},
@@ -543,6 +544,9 @@ func (w *world) opResize() bool {
 	if w.rng.Intn(3) == 0 {
 		size = len(old) + v.bs*(1+w.rng.Intn(4))*[]int{1, -1}[w.rng.Intn(2)]
 	}
+	if w.inject != "" && w.rng.Intn(3) > 0 {
+		size = len(old) / 2 // a shrink killed before its commit must keep the data
+	}
 	if size <= 0 || size%v.bs != 0 {
 		return false
 	}
@@ -696,6 +700,23 @@ func (w *world) opPull() bool {
 	if w.rng.Intn(2) == 0 {
 		p := w.run(args...)
 		done(p)
+		return true
+	}
+	if w.rng.Intn(2) == 0 {
+		// Slow the pull after each rename (a blob entering the store) while
+		// gc runs: gc may not take the blobs of a pull in flight.
+		inject := "renameat,renameat2:delay_exit=150000"
+		p, err := w.start("obdvol "+strings.Join(args, " ")+" [slow renames]", inject, args...)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		p.onDone = done
+		v.busy = p
+		w.logf("  started pull with slow renames (pid %d), gc every 100ms", p.cmd.Process.Pid)
+		for i := 0; i < 4; i++ {
+			time.Sleep(100 * time.Millisecond)
+			w.background("gc", nil, "gc", "--cache-max", "0")
+		}
 		return true
 	}
 	v.busy = w.background("pull", done, args...)
@@ -983,5 +1004,44 @@ func (w *world) opCatalogCorrupt() bool {
 	for _, v := range w.sortedVols(idle) {
 		v.check = true
 	}
+	return true
+}
+
+// opRemotePush pushes a snapshot from another root (another host): pulls
+// of its tag then download every blob instead of finding it in the store.
+func (w *world) opRemotePush() bool {
+	name := w.name("o")
+	size := sizes[w.rng.Intn(4)]
+	bs := []int{4096, 4096, 512, 16384}[w.rng.Intn(4)]
+	data := make([]byte, size)
+	for i := 0; i < 1+w.rng.Intn(4); i++ {
+		off := w.rng.Intn(size)
+		n := 1 + w.rng.Intn(size-off)
+		w.rng.Read(data[off : off+n])
+	}
+	file := filepath.Join(w.dir, "origin.bin")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	t := w.name("t")
+	ref := fmt.Sprintf("%s/torture/r:%s", w.reg.Addr, t)
+	w.logf("remote push %s (%d bytes, bs %d) as %s", name, size, bs, t)
+	for _, args := range [][]string{
+		{"create", name, "--size", fmt.Sprint(size), "--block-size", fmt.Sprint(bs)},
+		{"import", name, file},
+		{"snapshot", name + "@r"},
+		{"push", name + "@r", ref, "--plain-http"},
+	} {
+		p, err := w.startIn(w.origin, "origin: obdvol "+strings.Join(args, " "), "", args...)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		w.wait(p, w.cmdTimeout)
+		w.logf("  %s -> %s", p.desc, p.short())
+		if !p.ok() {
+			return true
+		}
+	}
+	w.tags[t] = &tag{data: data, bs: bs, snap: "r", pushed: true}
 	return true
 }

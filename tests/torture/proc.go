@@ -110,9 +110,14 @@ func (p *proc) crashed() bool {
 
 // start runs the process; its end is recorded in p.done.
 func (w *world) start(desc string, inject string, args ...string) (*proc, error) {
+	return w.startIn(w.root, desc, inject, args...)
+}
+
+// startIn starts obdvol on another root (the origin host of remote tags).
+func (w *world) startIn(root, desc string, inject string, args ...string) (*proc, error) {
 	w.nextProc++
 	p := &proc{id: w.nextProc, desc: desc, done: make(chan struct{})}
-	full := append([]string{"--root", w.root, "--no-progress", "--json"}, args...)
+	full := append([]string{"--root", root, "--no-progress", "--json"}, args...)
 	if inject != "" {
 		// strace delivers SIGKILL at the Nth call of a syscall: a kill at
 		// an exact, replayable point of the command.

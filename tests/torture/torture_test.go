@@ -67,6 +67,7 @@ func TestTorture(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.root = filepath.Join(dir, "root")
+	w.origin = filepath.Join(dir, "origin")
 	if *tmpfsMB > 0 {
 		mnt := filepath.Join(dir, "mnt")
 		out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%dm", *tmpfsMB), "torture", mnt).CombinedOutput()

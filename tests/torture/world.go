@@ -71,6 +71,7 @@ type world struct {
 	dir        string // scratch: sockets, exports
 	mnt        string // the tmpfs holding root (empty: none)
 	root       string
+	origin     string // the root of another host that pushes tags
 	bin        string
 	reg        *regtest.Registry
 	cmdTimeout time.Duration
