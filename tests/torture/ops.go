@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -38,6 +39,7 @@ var ops = []op{
 	{"push", 4, (*world).opPush},
 	{"pull", 8, (*world).opPull},
 	{"remote-push", 3, (*world).opRemotePush},
+	{"offline-check", 2, (*world).opOffline},
 	{"fill", 5, (*world).opFill},
 	{"check", 3, (*world).opCheck},
 	{"race", 3, (*world).opRace},
@@ -686,6 +688,7 @@ func (w *world) opPull() bool {
 	done := func(p *proc) {
 		v.busy = nil
 		if p.ok() {
+			v.lazy = lazy && !slices.Contains(args, "--wait")
 			v.alts = []*state{made}
 			v.snaps[tg.snap] = &snap{seq: w.next, alts: []*state{{data: made.data, why: "pull"}}}
 			v.check = false
@@ -705,16 +708,16 @@ func (w *world) opPull() bool {
 	if w.rng.Intn(2) == 0 {
 		// Slow the pull after each rename (a blob entering the store) while
 		// gc runs: gc may not take the blobs of a pull in flight.
-		inject := "renameat,renameat2:delay_exit=150000"
+		inject := "renameat,renameat2:delay_exit=300000"
 		p, err := w.start("obdvol "+strings.Join(args, " ")+" [slow renames]", inject, args...)
 		if err != nil {
 			w.t.Fatal(err)
 		}
 		p.onDone = done
 		v.busy = p
-		w.logf("  started pull with slow renames (pid %d), gc every 100ms", p.cmd.Process.Pid)
-		for i := 0; i < 4; i++ {
-			time.Sleep(100 * time.Millisecond)
+		w.logf("  started pull with slow renames (pid %d), gc every 80ms", p.cmd.Process.Pid)
+		for i := 0; i < 6; i++ {
+			time.Sleep(80 * time.Millisecond)
 			w.background("gc", nil, "gc", "--cache-max", "0")
 		}
 		return true
@@ -736,6 +739,8 @@ func (w *world) opFill() bool {
 		v.busy = nil
 		if !p.ok() {
 			v.check = true
+		} else {
+			v.lazy = false // complete: readable without the registry
 		}
 	}, w.lazyMax([]string{"fill", v.name})...)
 	if w.rng.Intn(2) == 0 {
@@ -1043,5 +1048,27 @@ func (w *world) opRemotePush() bool {
 		}
 	}
 	w.tags[t] = &tag{data: data, bs: bs, snap: "r", pushed: true}
+	return true
+}
+
+// opOffline stops the registry and reads back every volume that was pulled
+// whole, filled, or made here: none may need the registry any more (a gc
+// during its pull may not have taken its blobs, eviction may not touch a
+// complete blob). Lazily pulled volumes are skipped.
+func (w *world) opOffline() bool {
+	vs := w.sortedVols(func(v *vol) bool { return idle(v) && !v.lazy })
+	if len(vs) == 0 || w.enospc > 0 {
+		return false
+	}
+	w.logf("offline check: registry stopped, read %d volumes", len(vs))
+	w.reg.Stop()
+	w.offline = true
+	for _, v := range vs {
+		w.checkVol(v, false)
+	}
+	w.offline = false
+	if err := w.reg.Restart(); err != nil {
+		w.t.Fatalf("restart registry: %v", err)
+	}
 	return true
 }

@@ -91,6 +91,7 @@ type world struct {
 	maxVols   int
 	exportDir string
 	seen      map[string]bool
+	offline   bool // the registry is stopped
 }
 
 func (w *world) logf(f string, a ...any) {
@@ -212,7 +213,11 @@ func (w *world) export(ref string) ([]byte, *proc) {
 	var p *proc
 	for try := 0; try < 4; try++ {
 		os.Remove(file)
-		p = w.run("export", ref, file)
+		if w.offline {
+			p = w.run("--remote-timeout", "2s", "export", ref, file)
+		} else {
+			p = w.run("export", ref, file)
+		}
 		if p.ok() {
 			b, err := os.ReadFile(file)
 			if err != nil {
@@ -251,7 +256,11 @@ func (w *world) checkVol(v *vol, full bool) {
 				w.findOnce("full:"+fullKey(p.out.String()), "unreadable-full", "volume %s (possible states: %s) cannot be exported while the disk is full: %s", v.name, whys(v.alts), p.short())
 				return // checked again later
 			}
-			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported: %s", v.name, whys(v.alts), p.short())
+			off := ""
+			if w.offline {
+				off = " without the registry (it was pulled whole or filled)"
+			}
+			w.find("unreadable", "volume %s (possible states: %s) is listed but cannot be exported%s: %s", v.name, whys(v.alts), off, p.short())
 			v.alts = []*state{{absent: true, why: "unreadable"}}
 			w.dropVol(v)
 			return
