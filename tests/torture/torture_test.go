@@ -23,6 +23,7 @@ var (
 	binFlag  = flag.String("torture.bin", "", "obdvol binary to drive (default: go build ./cmd/obdvol)")
 	tmpfsMB  = flag.Int("torture.tmpfs", 64, "size in MiB of the tmpfs root used to inject ENOSPC (0: no tmpfs, no ENOSPC)")
 	keepFlag = flag.Bool("torture.keep", false, "keep the work directory even when the run passes")
+	maxFind  = flag.Int("torture.max-findings", 12, "stop the run after this many findings")
 )
 
 // TestTorture drives real obdvol processes on one root with random
@@ -97,7 +98,7 @@ func TestTorture(t *testing.T) {
 
 	start := time.Now()
 	counts := map[string]int{}
-	for time.Since(start) < *duration && len(w.findings) < 12 {
+	for time.Since(start) < *duration && len(w.findings) < *maxFind {
 		w.step++
 		w.reap(false)
 		if w.enospc > 0 {
