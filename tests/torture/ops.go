@@ -705,7 +705,7 @@ func (w *world) opPull() bool {
 		done(p)
 		return true
 	}
-	if w.rng.Intn(2) == 0 {
+	if w.rng.Intn(2) == 0 && w.strace {
 		// Slow the pull after each rename (a blob entering the store) while
 		// gc runs: gc may not take the blobs of a pull in flight.
 		inject := "renameat,renameat2:delay_exit=300000"
@@ -818,6 +818,9 @@ func (w *world) opKill() bool {
 // opStraceKill runs the next foreground command under strace, which
 // kills it at the Nth call of a syscall that commits something.
 func (w *world) opStraceKill() bool {
+	if !w.strace {
+		return false
+	}
 	fg := []func(*world) bool{(*world).opSnapshot, (*world).opClone, (*world).opRollback, (*world).opDeleteSnap,
 		(*world).opFlatten, (*world).opResize, (*world).opResize, (*world).opResize, (*world).opCreate, (*world).opImport, (*world).opPull}
 	i := w.rng.Intn(len(fg))
@@ -854,7 +857,7 @@ func (w *world) opENOSPC() bool {
 // 4th on, and the lock is taken meanwhile. A command may then fail
 // (busy); it may not lose anything. Every volume is checked afterwards.
 func (w *world) opStall() bool {
-	if w.enospc > 0 {
+	if w.enospc > 0 || !w.strace {
 		return false
 	}
 	hold := 5500 * time.Millisecond

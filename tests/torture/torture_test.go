@@ -60,8 +60,10 @@ func TestTorture(t *testing.T) {
 			t.Fatalf("go build: %v\n%s", err, out)
 		}
 	}
-	if _, err := exec.LookPath("strace"); err != nil {
-		t.Fatalf("strace not installed: run make deps")
+	if _, err := exec.LookPath("strace"); err == nil {
+		w.strace = true
+	} else {
+		t.Logf("strace not installed (apt-get install strace): no kills at exact syscalls, no catalogue stalls, no slowed pulls")
 	}
 	w.reg, err = regtest.StartIn(filepath.Join(dir, "reg"))
 	if err != nil {

@@ -92,6 +92,7 @@ type world struct {
 	exportDir string
 	seen      map[string]bool
 	offline   bool // the registry is stopped
+	strace    bool // strace is installed: faults at exact syscalls
 }
 
 func (w *world) logf(f string, a ...any) {
