@@ -176,6 +176,7 @@ func (w *world) stopServer(v *vol, kill bool) {
 	w.wait(s.p, w.cmdTimeout)
 	w.logf("  server %s -> %s", v.name, s.p.short())
 	crashed := &state{data: s.durable, pending: s.pending, why: "kill of serve"}
+	v.stale = !s.p.ok() || kill
 	if s.p.ok() && !kill {
 		v.alts = []*state{{data: s.cur, pending: s.unsure, why: "clean stop of serve"}}
 		if len(s.unsure) > 0 {
@@ -538,6 +539,11 @@ func (w *world) opFlatten() bool {
 
 func (w *world) opResize() bool {
 	v := w.pickVol(idle)
+	if w.inject != "" {
+		// A kill needs a resize that runs: not one refused because a
+		// killed server left the volume marked active.
+		v = w.pickVol(func(v *vol) bool { return idle(v) && !v.stale })
+	}
 	if v == nil {
 		return false
 	}

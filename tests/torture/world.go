@@ -43,6 +43,7 @@ type vol struct {
 	busy  *proc // a background command that owns the volume
 	lazy  bool
 	check bool // its state is uncertain: read it back before using it
+	stale bool // its last server was killed (obdvol may still think it active)
 }
 
 // server is a running `obdvol serve` of one volume with an NBD client.
