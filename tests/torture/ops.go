@@ -553,7 +553,15 @@ func (w *world) opResize() bool {
 		size = len(old) + v.bs*(1+w.rng.Intn(4))*[]int{1, -1}[w.rng.Intn(2)]
 	}
 	if w.inject != "" && w.rng.Intn(3) > 0 {
-		size = len(old) / 2 // a shrink killed before its commit must keep the data
+		// A shrink killed before its commit must keep the data past the new
+		// end: cut below the last byte that is not zero.
+		last := len(old) - 1
+		for last >= 0 && old[last] == 0 {
+			last--
+		}
+		if last >= v.bs {
+			size = v.bs * (1 + w.rng.Intn(last/v.bs))
+		}
 	}
 	if size <= 0 || size%v.bs != 0 {
 		return false
