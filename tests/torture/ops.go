@@ -40,6 +40,7 @@ var ops = []op{
 	{"pull", 8, (*world).opPull},
 	{"remote-push", 3, (*world).opRemotePush},
 	{"offline-check", 2, (*world).opOffline},
+	{"lazy-share", 3, (*world).opLazyShare},
 	{"fill", 5, (*world).opFill},
 	{"check", 3, (*world).opCheck},
 	{"race", 3, (*world).opRace},
@@ -267,6 +268,7 @@ func (w *world) opWrite() bool {
 	w.logf("write %s: %d writes in flight (%s)", v.name, len(reqs), describeWrites(writes))
 	// Sent writes may land even if the batch fails.
 	s.pending = append(s.pending, writes...)
+	v.dirty = true
 	if err := s.nbd.do(reqs, w.cmdTimeout); err != nil {
 		s.unsure = append(s.unsure, writes...)
 		w.nbdFailed(v, "write", err)
@@ -313,6 +315,7 @@ func (w *world) opImport() bool {
 	p := w.run(w.lazyMax([]string{"import", v.name, file, "--offset", fmt.Sprint(off)})...)
 	next := &state{data: append([]byte(nil), old...), why: "import"}
 	apply(next.data, write{off, data})
+	v.dirty = true
 	if p.ok() {
 		v.alts = []*state{next}
 		return true
@@ -398,6 +401,7 @@ func (w *world) opSnapshot() bool {
 	v.snaps[n] = sn
 	made := &state{data: data, why: "snapshot"}
 	if p.ok() {
+		v.dirty = false
 		sn.alts = []*state{made}
 		if v.srv != nil {
 			v.srv.durable = append(v.srv.durable[:0], v.srv.cur...)
@@ -542,7 +546,10 @@ func (w *world) opResize() bool {
 	if w.inject != "" {
 		// A kill needs a resize that runs: not one refused because a
 		// killed server left the volume marked active.
-		v = w.pickVol(func(v *vol) bool { return idle(v) && !v.stale })
+		v = w.pickVol(func(v *vol) bool { return idle(v) && !v.stale && v.dirty })
+		if v == nil {
+			v = w.pickVol(func(v *vol) bool { return idle(v) && !v.stale })
+		}
 	}
 	if v == nil {
 		return false
@@ -1064,7 +1071,7 @@ func (w *world) opRemotePush() bool {
 			return true
 		}
 	}
-	w.tags[t] = &tag{data: data, bs: bs, snap: "r", pushed: true}
+	w.tags[t] = &tag{data: data, bs: bs, snap: "r", pushed: true, remote: true}
 	return true
 }
 
@@ -1087,5 +1094,61 @@ func (w *world) opOffline() bool {
 	if err := w.reg.Restart(); err != nil {
 		w.t.Fatalf("restart registry: %v", err)
 	}
+	return true
+}
+
+// opLazyShare pulls one remote tag lazily into two volumes (they share the
+// lazy blob), then at once: fill of the first, a read of the second, and
+// gc evicting lazily fetched data. The filled volume must then read
+// without the registry, and both must hold the tag's data.
+func (w *world) opLazyShare() bool {
+	if len(w.vols)+2 > w.maxVols || w.enospc > 0 {
+		return false
+	}
+	var ts []string
+	for t, tg := range w.tags {
+		if tg.remote {
+			ts = append(ts, t)
+		}
+	}
+	if len(ts) == 0 {
+		return false
+	}
+	sort.Strings(ts)
+	t := ts[w.rng.Intn(len(ts))]
+	tg := w.tags[t]
+	ref := fmt.Sprintf("%s/torture/r:%s", w.reg.Addr, t)
+	var vs []*vol
+	for i := 0; i < 2; i++ {
+		name := w.name("v")
+		w.logf("lazy-share: pull %s into %s lazily", t, name)
+		p := w.run("pull", ref, name, "--plain-http", "--lazy", "--fill=false")
+		v := &vol{name: name, bs: tg.bs, snaps: map[string]*snap{}, lazy: true}
+		made := &state{data: append([]byte(nil), tg.data...), why: "pull"}
+		w.vols[name] = v
+		if !p.ok() {
+			v.alts = []*state{{absent: true, why: "pull failed"}, made}
+			v.snaps[tg.snap] = &snap{seq: w.next, late: true, alts: []*state{{absent: true, why: "pull failed"}, {data: made.data, why: "pull"}}}
+			v.check = true
+			return true
+		}
+		v.alts = []*state{made}
+		v.snaps[tg.snap] = &snap{seq: w.next, alts: []*state{{data: made.data, why: "pull"}}}
+		vs = append(vs, v)
+	}
+	a, b := vs[0], vs[1]
+	w.logf("lazy-share: fill %s, read %s, gc --cache-max 0, at once", a.name, b.name)
+	a.busy = w.background("fill", func(p *proc) {
+		a.busy = nil
+		if p.ok() {
+			a.lazy = false
+		}
+		a.check = true
+	}, w.lazyMax([]string{"fill", a.name})...)
+	b.busy = w.background("export", func(p *proc) {
+		b.busy = nil
+		b.check = true
+	}, "export", b.name, filepath.Join(w.dir, "lazy-share.img"))
+	w.background("gc", nil, "gc", "--cache-max", "0")
 	return true
 }

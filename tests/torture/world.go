@@ -44,6 +44,7 @@ type vol struct {
 	lazy  bool
 	check bool // its state is uncertain: read it back before using it
 	stale bool // its last server was killed (obdvol may still think it active)
+	dirty bool // its writable layer holds data (import or writes since a seal)
 }
 
 // server is a running `obdvol serve` of one volume with an NBD client.
@@ -63,6 +64,7 @@ type tag struct {
 	pushed bool // the push exited 0
 	bs     int
 	snap   string // the pushed snapshot's name, which a pull gives the volume
+	remote bool   // pushed from the origin root: a pull downloads it
 }
 
 type world struct {
