@@ -42,12 +42,13 @@ demo: deps build
 # seed; a failing run prints its seed, findings and op log.
 DURATION  ?= 30m
 SEED      ?= 0
-torture:
-	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./tests/torture -torture.duration=$(DURATION) -torture.seed=$(SEED)
+torture: build
+	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./tests/torture -torture.duration=$(DURATION) -torture.seed=$(SEED) -torture.bin=$(abspath $(BIN))
 
-# A bounded run (at most 60 s with the build and the registry start).
-torture-short:
-	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=30s -torture.seed=$(SEED)
+# A bounded run: 30 s of operations, under 60 s with the registry start and
+# the final checks (the binary is built first, by the build target).
+torture-short: build
+	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=30s -torture.seed=$(SEED) -torture.bin=$(abspath $(BIN))
 
 bench: build
 	@scripts/deps.sh bench

@@ -878,7 +878,7 @@ func (w *world) opENOSPC() bool {
 // 4th on, and the lock is taken meanwhile. A command may then fail
 // (busy); it may not lose anything. Every volume is checked afterwards.
 func (w *world) opStall() bool {
-	if w.enospc > 0 || !w.strace {
+	if w.enospc > 0 || !w.strace || time.Until(w.deadline) < 10*time.Second {
 		return false
 	}
 	hold := 5500 * time.Millisecond

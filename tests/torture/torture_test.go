@@ -99,6 +99,7 @@ func TestTorture(t *testing.T) {
 	}()
 
 	start := time.Now()
+	w.deadline = start.Add(*duration)
 	counts := map[string]int{}
 	for time.Since(start) < *duration && len(w.findings) < *maxFind {
 		w.step++

@@ -95,7 +95,8 @@ type world struct {
 	exportDir string
 	seen      map[string]bool
 	offline   bool // the registry is stopped
-	strace    bool // strace is installed: faults at exact syscalls
+	strace    bool      // strace is installed: faults at exact syscalls
+	deadline  time.Time // when the run stops starting operations
 }
 
 func (w *world) logf(f string, a ...any) {
