@@ -94,7 +94,7 @@ type world struct {
 	maxVols   int
 	exportDir string
 	seen      map[string]bool
-	offline   bool // the registry is stopped
+	offline   bool      // the registry is stopped
 	strace    bool      // strace is installed: faults at exact syscalls
 	deadline  time.Time // when the run stops starting operations
 }
