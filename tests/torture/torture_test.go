@@ -131,7 +131,7 @@ func TestTorture(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "oplog.txt"), []byte(strings.Join(w.log, "\n")+"\n"), 0o644)
 	if len(w.findings) > 0 {
 		var b strings.Builder
-		fmt.Fprintf(&b, "torture seed %d: %d findings (replay: go test ./tests/torture -run TestTorture -torture.duration=%s -torture.seed=%d)\n", seed, len(w.findings), *duration, seed)
+		fmt.Fprintf(&b, "torture seed %d: %d findings (replay: make torture DURATION=%s SEED=%d)\n", seed, len(w.findings), *duration, seed)
 		for _, f := range w.findings {
 			fmt.Fprintf(&b, "step %d [%s] %s\n", f.step, f.kind, f.msg)
 		}
