@@ -118,7 +118,13 @@ func (w *world) opServe() bool {
 func (w *world) serve(v *vol) {
 	sock := filepath.Join(w.dir, "s", v.name+".sock")
 	os.Remove(sock)
-	p, err := w.start("obdvol serve "+v.name, "", w.lazyMax([]string{"serve", v.name, "--nbd", "unix:" + sock})...)
+	inject := ""
+	if w.strace && w.rng.Intn(4) == 0 {
+		// A failing disk: the Nth fdatasync of the server fails with EIO.
+		inject = fmt.Sprintf("fdatasync:error=EIO:when=%d", 3+w.rng.Intn(8))
+		w.logf("  serve %s with %s", v.name, inject)
+	}
+	p, err := w.start("obdvol serve "+v.name, inject, w.lazyMax([]string{"serve", v.name, "--nbd", "unix:" + sock})...)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -156,7 +162,7 @@ func (w *world) serve(v *vol) {
 		return
 	}
 	data := v.alts[0].data
-	v.srv = &server{p: p, sock: sock, nbd: c, durable: append([]byte(nil), data...), cur: append([]byte(nil), data...)}
+	v.srv = &server{p: p, sock: sock, nbd: c, durable: append([]byte(nil), data...), cur: append([]byte(nil), data...), eio: inject != ""}
 	if int(c.size) != len(data) {
 		w.find("data", "serve %s exports %d bytes, the volume has %d", v.name, c.size, len(data))
 	}
@@ -172,12 +178,24 @@ func (w *world) stopServer(v *vol, kill bool) {
 	if kill {
 		w.kill9(s.p)
 	} else {
-		s.p.cmd.Process.Signal(syscall.SIGTERM)
+		// Under strace, signal obdvol itself: strace would detach.
+		pid := s.p.cmd.Process.Pid
+		if s.eio {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
+				if f := strings.Fields(string(b)); len(f) > 0 {
+					fmt.Sscan(f[0], &pid)
+				}
+			}
+		}
+		syscall.Kill(pid, syscall.SIGTERM)
 	}
 	w.wait(s.p, w.cmdTimeout)
 	w.logf("  server %s -> %s", v.name, s.p.short())
 	crashed := &state{data: s.durable, pending: s.pending, why: "kill of serve"}
 	v.stale = !s.p.ok() || kill
+	if s.p.ok() && !kill && s.flushFailed {
+		w.findOnce("fsync-exit", "fsync", "serve %s exited 0 on SIGTERM (\"flush, exit\") after a flush had failed with EIO: its final flush claimed durability an earlier failed fdatasync may have lost", v.name)
+	}
 	if s.p.ok() && !kill {
 		v.alts = []*state{{data: s.cur, pending: s.unsure, why: "clean stop of serve"}}
 		if len(s.unsure) > 0 {
@@ -346,8 +364,15 @@ func (w *world) opFlush() bool {
 	}
 	if q.err != 0 {
 		w.logf("  flush failed: errno %d", q.err)
+		if v.srv.eio {
+			v.srv.flushFailed = true // keep going: later flushes must fail too
+			return true
+		}
 		w.stopServer(v, false)
 		return true
+	}
+	if v.srv.flushFailed {
+		w.findOnce("fsync-retry", "fsync", "flush of %s succeeded after an earlier flush failed (EIO injected on fdatasync): after a failed fdatasync the kernel may have dropped the dirty pages, so the volume must stay broken (fail-stop), not report a later flush as durable", v.name)
 	}
 	v.srv.durable = append(v.srv.durable[:0], v.srv.cur...)
 	v.srv.pending = append([]write(nil), v.srv.unsure...)

@@ -56,6 +56,9 @@ type server struct {
 	pending []write // written since
 	cur     []byte  // content after every acknowledged write
 	unsure  []write // writes that failed: each may have landed, in part
+	eio     bool    // runs under strace, which fails its Nth fdatasync
+	// flushFailed: a flush failed (the injected EIO); none may succeed after.
+	flushFailed bool
 }
 
 // tag is a pushed (or maybe pushed) snapshot in the registry.
