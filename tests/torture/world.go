@@ -249,7 +249,11 @@ func (w *world) checkVol(v *vol, full bool) {
 	// While the disk is full too: reading needs no space.
 	l, err := w.list()
 	if err != nil {
-		w.find("unreadable", "list failed while checking %s: %v", v.name, err)
+		if w.enospc > 0 {
+			w.findOnce("full:list", "unreadable-full", "list fails while the disk is full (so nothing can be read back): %v", err)
+			return // checked again later
+		}
+		w.findOnce("list:"+err.Error(), "unreadable", "list failed while checking %s: %v", v.name, err)
 		return
 	}
 	snaps, exists := l[v.name]
