@@ -180,7 +180,18 @@ func (w *world) finish() {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if p := w.run("delete", n, "--force"); !p.ok() {
+		p := w.run("delete", n, "--force")
+		if !p.ok() && strings.Contains(p.out.String(), "is active on") {
+			// Reported already (stale): a clean serve and stop clears it.
+			sock := filepath.Join(w.dir, "s", "final.sock")
+			if q, err := w.start("obdvol serve "+n+" (to clear it)", "", "serve", n, "--nbd", "unix:"+sock); err == nil {
+				time.Sleep(300 * time.Millisecond)
+				q.cmd.Process.Signal(syscall.SIGTERM)
+				w.wait(q, w.cmdTimeout)
+			}
+			p = w.run("delete", n, "--force")
+		}
+		if !p.ok() {
 			if !strings.Contains(p.out.String(), "is active on") {
 				w.find("leak", "delete %s --force after the run: %s", n, p.short())
 			}
