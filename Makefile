@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench clean
+.PHONY: all build deps test vet lint unit fuzz demo bench clean torture torture-short
 
 all: build
 
@@ -37,6 +37,18 @@ test: deps vet lint unit
 
 demo: deps build
 	scripts/demo.sh
+
+# Randomized multi-process torture run (tests/torture): SEED=0 draws a new
+# seed; a failing run prints its seed, findings and op log.
+DURATION  ?= 30m
+SEED      ?= 0
+torture: build
+	$(GO) test -count=1 -timeout 0 -v -run '^TestTorture$$' ./tests/torture -torture.duration=$(DURATION) -torture.seed=$(SEED) -torture.bin=$(abspath $(BIN))
+
+# A bounded run: 30 s of operations, under 60 s with the registry start and
+# the final checks (the binary is built first, by the build target).
+torture-short: build
+	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=30s -torture.seed=$(SEED) -torture.bin=$(abspath $(BIN))
 
 bench: build
 	@scripts/deps.sh bench
