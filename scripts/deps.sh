@@ -20,6 +20,7 @@ want fio fio
 want qemu-system-x86_64 qemu-system-x86
 want busybox busybox-static
 want cpio cpio
+want strace strace
 want xz xz-utils
 if [ "${1:-}" = bench ]; then
 	want nbdkit nbdkit
