@@ -400,6 +400,15 @@ func (w *world) opRead() bool {
 		return true
 	}
 	if q.err != 0 {
+		if s.eio && q.err == 5 {
+			// Fail-stop: after the injected fdatasync EIO the volume
+			// refuses all I/O until it is reopened. Not a finding; the
+			// server is killed and its unflushed writes become unsure.
+			w.logf("  read failed: errno 5 (fail-stop after the injected EIO)")
+			s.flushFailed = true
+			w.stopServer(v, true)
+			return true
+		}
 		w.find("unreadable", "read %d+%d of served volume %s failed: errno %d", off, n, v.name, q.err)
 		w.stopServer(v, true)
 		return true
