@@ -162,6 +162,12 @@ func TestCLIReadOnlyCommandsOnFullDisk(t *testing.T) {
 		}
 		h.ok("info", v)
 	}
+	if got := jstr(t, h.json("info", "frozen"), "volume", "pending_snapshot"); got != "s1" {
+		t.Errorf("info frozen: pending_snapshot %q, want s1", got)
+	}
+	if r := h.ok("info", "frozen"); !strings.Contains(r.stdout, "snapshot s1 is not finished") {
+		t.Errorf("info of a volume with an unfinished snapshot should say so\n%s", r)
+	}
 	h.ok("verify", "snapped")
 	h.ok("verify", "snapped@s1")
 
