@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -179,8 +181,8 @@ func TestOpenReadOnlyLocking(t *testing.T) {
 	if err != nil {
 		t.Fatalf("two read-only opens: %v", err)
 	}
-	if _, err := m.Open("v"); !errors.Is(err, volume.ErrInUse) {
-		t.Fatalf("Open while read-only opens hold the volume = %v, want ErrInUse", err)
+	if _, err := m.Open("v"); !errors.Is(err, volume.ErrInUse) || !strings.Contains(err.Error(), "read-only open") {
+		t.Fatalf("Open while read-only opens hold the volume = %v, want ErrInUse naming a read-only open", err)
 	}
 	r1.Close()
 	r2.Close()
@@ -189,4 +191,48 @@ func TestOpenReadOnlyLocking(t *testing.T) {
 		t.Fatalf("Open after the read-only opens closed: %v", err)
 	}
 	w.Close()
+}
+
+// Recover, which every command runs first, writes nothing when it has
+// nothing to change: no catalogue transaction, no lock file rewritten,
+// even with an intent whose operation is still running (its volume held
+// by a live owner).
+func TestRecoverWritesNothingWhenClean(t *testing.T) {
+	root := t.TempDir()
+	var full atomic.Bool
+	m := newFullManager(t, root, &full)
+	for _, n := range []string{"a", "b"} {
+		if _, err := m.Create(n, 1<<20, volume.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := m.Open("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.WriteAt(make([]byte, 4096), 0)
+	v.Close()
+	held, err := m.Open("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := m.Catalog().Update(func(tx *metadata.Tx) error {
+		_, err := tx.AddIntent(&metadata.Intent{Op: "flatten", Volume: "b"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{filepath.Join(root, "catalog.db"), filepath.Join(root, "volumes", "a", "lock"), filepath.Join(root, "volumes", "b", "lock")}
+	before := stateOf(t, paths...)
+	m2 := newFullManager(t, root, &full)
+	if rec, err := m2.Recover(); err != nil || len(rec) != 0 {
+		t.Fatalf("Recover = %v, %v; want nothing to do", rec, err)
+	}
+	after := stateOf(t, paths...)
+	for _, p := range paths {
+		if !bytes.Equal(before[p].data, after[p].data) || before[p].mtime != after[p].mtime {
+			t.Errorf("%s changed by a Recover with nothing to do", p)
+		}
+	}
 }

@@ -34,6 +34,13 @@ func lockFile(path, what string) (*volumeLock, error) {
 		defer f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			owner := "another process"
+			if unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB) == nil {
+				// Only shared holders: read-only opens (sharedLockNB),
+				// which do not write their PID (the file names the last
+				// writer, who may be gone).
+				unix.Flock(int(f.Fd()), unix.LOCK_UN)
+				return nil, fmt.Errorf("%s is in use by a read-only open (an export) in another process: %w", what, ErrInUse)
+			}
 			if b, err := os.ReadFile(path); err == nil {
 				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 					owner = fmt.Sprintf("process %d", pid)
