@@ -23,8 +23,8 @@ var (
 	ErrInUse   = errors.New("in use")
 	ErrRefused = errors.New("refused")
 	ErrClosed  = errors.New("volume is closed")
-	// ErrReadOnly is returned by every write, flush-free change (snapshot,
-	// flatten) and repair of a volume opened with OpenReadOnly.
+	// ErrReadOnly is returned by the writes, Snapshot and Flatten of a
+	// volume opened with OpenReadOnly.
 	ErrReadOnly = errors.New("volume is open read-only")
 )
 
