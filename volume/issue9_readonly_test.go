@@ -236,3 +236,63 @@ func TestRecoverWritesNothingWhenClean(t *testing.T) {
 		}
 	}
 }
+
+// A frozen layer left by a seal that failed for lack of space is read
+// through by a read-only open, which does not finish the seal even when
+// it could (space is back): that is the next open for writing's job.
+func TestOpenReadOnlyFrozenLayer(t *testing.T) {
+	root := t.TempDir()
+	var full atomic.Bool
+	m := newFullManager(t, root, &full)
+	if _, err := m.Create("v", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := m.Open("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	copy(want, bytes.Repeat([]byte("frozen--"), 4096))
+	v.WriteAt(want[:32768], 0)
+	full.Store(true)
+	if _, err := v.Snapshot(context.Background(), "s1"); err == nil {
+		t.Fatal("precondition: the snapshot on a full disk succeeded")
+	}
+	copy(want[65536:], bytes.Repeat([]byte("fresh---"), 512))
+	v.WriteAt(want[65536:65536+4096], 65536)
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	full.Store(false)
+	frozen := func() uint64 {
+		var rec *metadata.Volume
+		if err := m.Catalog().View(func(tx *metadata.Tx) (err error) { rec, err = tx.Volume("v"); return }); err != nil {
+			t.Fatal(err)
+		}
+		return rec.Frozen
+	}
+	if frozen() == 0 {
+		t.Fatal("precondition: no frozen layer after the failed snapshot")
+	}
+	r, err := newFullManager(t, root, &full).OpenReadOnly("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SealPending(); err == nil || !strings.Contains(err.Error(), "snapshot s1 is not finished") {
+		t.Errorf("SealPending = %v, want the unfinished snapshot s1", err)
+	}
+	got := make([]byte, len(want))
+	if _, err := r.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read-only open of a frozen volume reads other data than was written")
+	}
+	r.Close()
+	if frozen() == 0 {
+		t.Fatal("a read-only open finished the seal")
+	}
+	if _, err := m.SnapshotChain("v", "s1"); !errors.Is(err, metadata.ErrNotFound) {
+		t.Fatalf("snapshot s1 after a read-only open: %v, want it still unrecorded", err)
+	}
+}
