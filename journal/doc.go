@@ -35,6 +35,8 @@
 //     be in the file: a failed write is cut back off (Truncate, checked)
 //     before anything else is appended, so valid records are never
 //     followed by garbage they did not come before;
+//   - Read (a read-only open) changes nothing: it creates no file,
+//     ignores a torn tail in memory and refuses damage as Open does;
 //   - only a torn tail is dropped at Open (and the file truncated there).
 //     A bad record followed by a valid one cannot come from a crash: Open
 //     fails with an error wrapping ErrCorrupt and changes nothing. Damage

@@ -124,32 +124,13 @@ func (j *Journal) replay(apply func(Record)) error {
 		}
 		return j.opts.Sync(int(j.f.Fd()))
 	}
-	h := raw[:HeaderSize]
-	if string(h[:8]) != magic || binary.LittleEndian.Uint32(h[12:]) != crc32.Checksum(h[:12], crcTable) {
-		return fmt.Errorf("%w: bad header", ErrCorrupt)
+	recs, end, err := parse(raw, j.bs)
+	if err != nil {
+		return err
 	}
-	if got := binary.LittleEndian.Uint32(h[8:]); got != j.bs {
-		return fmt.Errorf("%w: block size %d, volume %d", ErrCorrupt, got, j.bs)
-	}
-	var recs []Record
-	off := HeaderSize
-	for ; off+RecordSize <= len(raw); off += RecordSize {
-		r, err := decodeRecord(raw[off:])
-		if errors.Is(err, errBad) {
-			if next := validAfter(raw, off+RecordSize); next >= 0 {
-				return fmt.Errorf("%w: bad record at offset %d followed by a valid one at offset %d: damaged, not torn by a crash (nothing was changed; restore the volume from a snapshot or a backup)",
-					ErrCorrupt, off, next)
-			}
-			break // a torn tail
-		}
-		if err != nil {
-			return fmt.Errorf("record at offset %d: %w", off, err)
-		}
-		recs = append(recs, r)
-	}
-	if off != len(raw) {
+	if end != len(raw) {
 		// Drop the torn tail so that new records follow valid ones.
-		if err := j.f.Truncate(int64(off)); err != nil {
+		if err := j.f.Truncate(int64(end)); err != nil {
 			return fmt.Errorf("dropping a torn tail: %w", err)
 		}
 	}
@@ -158,6 +139,67 @@ func (j *Journal) replay(apply func(Record)) error {
 	}
 	j.n = len(recs)
 	return nil
+}
+
+// Read replays the journal at path for block size bs without changing
+// anything: it calls apply for each valid record, in order, once the
+// whole file was checked, as Open does, but opens the file read-only,
+// creates nothing and truncates nothing. A missing file, or one torn
+// before its header reached the disk, holds no records; a torn tail is
+// ignored (left in the file for the next Open to drop); damage fails
+// with an error wrapping ErrCorrupt. It is for readers that must not
+// write (a read-only open, a full disk); what it read is the state as of
+// the call, so a concurrent writer must be excluded by the caller.
+func Read(path string, bs uint32, apply func(Record)) error {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("journal %s: %w", path, err)
+	}
+	if len(raw) < HeaderSize {
+		return nil
+	}
+	recs, _, err := parse(raw, bs)
+	if err != nil {
+		return fmt.Errorf("journal %s: %w", path, err)
+	}
+	for _, r := range recs {
+		apply(r)
+	}
+	return nil
+}
+
+// parse checks a journal file of at least HeaderSize bytes and returns
+// its valid records and the offset where they end (the start of a torn
+// tail, or len(raw)). A bad record followed by a valid one, an
+// impossible record or a bad header is damage (ErrCorrupt).
+func parse(raw []byte, bs uint32) ([]Record, int, error) {
+	h := raw[:HeaderSize]
+	if string(h[:8]) != magic || binary.LittleEndian.Uint32(h[12:]) != crc32.Checksum(h[:12], crcTable) {
+		return nil, 0, fmt.Errorf("%w: bad header", ErrCorrupt)
+	}
+	if got := binary.LittleEndian.Uint32(h[8:]); got != bs {
+		return nil, 0, fmt.Errorf("%w: block size %d, volume %d", ErrCorrupt, got, bs)
+	}
+	var recs []Record
+	off := HeaderSize
+	for ; off+RecordSize <= len(raw); off += RecordSize {
+		r, err := decodeRecord(raw[off:])
+		if errors.Is(err, errBad) {
+			if next := validAfter(raw, off+RecordSize); next >= 0 {
+				return nil, 0, fmt.Errorf("%w: bad record at offset %d followed by a valid one at offset %d: damaged, not torn by a crash (nothing was changed; restore the volume from a snapshot or a backup)",
+					ErrCorrupt, off, next)
+			}
+			break // a torn tail
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("record at offset %d: %w", off, err)
+		}
+		recs = append(recs, r)
+	}
+	return recs, off, nil
 }
 
 // validAfter returns the offset of the first valid record at or after

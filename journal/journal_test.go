@@ -209,3 +209,47 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// Read replays without writing: a missing file or one shorter than its
+// header holds nothing (and is not created or completed), a torn tail is
+// ignored and stays in the file, damage fails with ErrCorrupt.
+func TestReadWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	read := func(path string) ([]Record, error) {
+		var got []Record
+		err := Read(path, 4096, func(r Record) { got = append(got, r) })
+		return got, err
+	}
+	missing := filepath.Join(dir, "missing")
+	if got, err := read(missing); err != nil || len(got) != 0 {
+		t.Fatalf("Read of a missing journal: %v, %d records", err, len(got))
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Read created the missing journal: %v", err)
+	}
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, EncodeHeader(4096)[:7], 0o600)
+	if got, err := read(short); err != nil || len(got) != 0 {
+		t.Fatalf("Read of a journal torn in its header: %v, %d records", err, len(got))
+	}
+	if b, _ := os.ReadFile(short); len(b) != 7 {
+		t.Fatalf("Read changed a journal torn in its header to %d bytes", len(b))
+	}
+	torn := filepath.Join(dir, "torn")
+	raw := append(encode(three...), 1, 2, 3, 4, 5)
+	os.WriteFile(torn, raw, 0o600)
+	got, err := read(torn)
+	if err != nil || len(got) != 3 || got[2] != three[2] {
+		t.Fatalf("Read of a torn journal: %v, %v", err, got)
+	}
+	if b, _ := os.ReadFile(torn); !bytes.Equal(b, raw) {
+		t.Fatal("Read truncated a torn tail")
+	}
+	bad := filepath.Join(dir, "bad")
+	raw = encode(three...)
+	raw[HeaderSize+3] ^= 1 // the first record, followed by valid ones
+	os.WriteFile(bad, raw, 0o600)
+	if _, err := read(bad); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Read of a damaged journal = %v, want ErrCorrupt", err)
+	}
+}

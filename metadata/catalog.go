@@ -74,8 +74,11 @@ type Catalog struct {
 
 // Open checks or creates the catalogue file at path (mode 0o600; its
 // directory must exist): it creates the buckets and records the schema
-// version of a new file, and refuses, with an error wrapping ErrSchema, a
-// file written by a newer schema. It leaves the file closed.
+// version of a new file, migrates an older one, and refuses, with an
+// error wrapping ErrSchema, a file written by a newer schema. A file
+// already at SchemaVersion with every bucket is only read (a read-only
+// transaction under a shared lock): Open writes to the file only when it
+// creates or migrates it. It leaves the file closed.
 func Open(path string) (*Catalog, error) {
 	return open(path, 0)
 }
@@ -83,8 +86,14 @@ func Open(path string) (*Catalog, error) {
 func open(path string, timeout time.Duration) (*Catalog, error) {
 	c := &Catalog{path: path, Timeout: timeout}
 	if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
-		if err := c.precheck(); err != nil {
+		current, err := c.precheck()
+		if err != nil {
 			return nil, err
+		}
+		if current {
+			// Nothing to create or migrate: Open writes nothing (a
+			// read-only command on a full disk must work).
+			return c, nil
 		}
 	}
 	db, err := c.openDB(openCreate)

@@ -349,3 +349,33 @@ func TestConcurrent(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// Open of a catalogue already at SchemaVersion writes nothing (a
+// read-only command must work on a full disk, or a read-only mount): not
+// a byte, not its modification time.
+func TestOpenCurrentWritesNothing(t *testing.T) {
+	c := newCatalog(t)
+	mustUpdate(t, c, func(tx *Tx) error { return tx.CreateVolume(testVolume("db")) })
+	before, err := os.ReadFile(c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1e9, 0)
+	if err := os.Chtimes(c.Path(), old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(c.Path()); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(c.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(before) != string(after) || !fi.ModTime().Equal(old) {
+		t.Fatalf("Open of a current catalogue wrote to it (same bytes %v, mtime %v)", string(before) == string(after), fi.ModTime())
+	}
+}

@@ -91,16 +91,42 @@ func panickedInBolt() bool {
 // reading its freelist, and checks its size (see checkSize) before Open
 // opens it read-write: bbolt reads the freelist inside bolt.Open then,
 // and a fault there would leave the file open and locked (see guard).
-func (c *Catalog) precheck() error {
+// In the same read-only transaction it checks the schema: current
+// reports a file Open need not touch (SchemaVersion, every bucket); a
+// newer schema or an unreadable version fails.
+func (c *Catalog) precheck() (current bool, err error) {
 	db, err := c.openDB(openRead)
 	if err != nil {
-		return err
+		return false, err
 	}
-	err = c.guard(func() error { return db.View(c.checkSize) })
+	err = c.guard(func() error {
+		return db.View(func(btx *bolt.Tx) error {
+			if err := c.checkSize(btx); err != nil {
+				return err
+			}
+			if btx.Bucket(bucketMeta) == nil {
+				return nil // a new file: Open creates the buckets
+			}
+			v, err := checkVersion(btx)
+			if err != nil {
+				return err
+			}
+			current = v == SchemaVersion
+			for _, name := range allBuckets {
+				if btx.Bucket(name) == nil {
+					current = false
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		err = fmt.Errorf("catalogue %s: %w", c.path, err) // corrupt names the file already
+	}
 	if cerr := db.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("catalogue %s: close: %w", c.path, cerr)
 	}
-	return err
+	return current && err == nil, err
 }
 
 // checkSize refuses a file shorter than the pages its meta page claims

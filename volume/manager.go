@@ -23,6 +23,9 @@ var (
 	ErrInUse   = errors.New("in use")
 	ErrRefused = errors.New("refused")
 	ErrClosed  = errors.New("volume is closed")
+	// ErrReadOnly is returned by the writes, Snapshot and Flatten of a
+	// volume opened with OpenReadOnly.
+	ErrReadOnly = errors.New("volume is open read-only")
 )
 
 // BlobWriter is a blob being written into the content store.
@@ -529,6 +532,67 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 			v.sealErr = fmt.Errorf("volume %s: snapshot %s is not finished (it is retried by the next snapshot): %w",
 				name, rec.FrozenSnapshot, err)
 		}
+	}
+	return v, nil
+}
+
+// OpenReadOnly opens a volume for reading only (export): it writes
+// nothing under the root, so it works on a full disk. Compared with Open:
+//
+//   - the volume's lock is taken shared, without writing the owner's PID
+//     into the lock file (whose absence, for a volume directory never
+//     created, means no lock is needed). A process that owns the volume
+//     (a server, an import) holds it exclusively, so a read-only open of
+//     a volume in use fails with ErrInUse, as Open does, rather than read
+//     a layer being written; read-only opens share the volume, and an
+//     Open for writing fails with ErrInUse while one is open;
+//   - no directory or file is created (a writable layer never opened is
+//     empty), no leftover writable directory is removed, the data file is
+//     not resized, the journal is read as it is (a torn tail is ignored in
+//     memory, not truncated; damage fails with ErrCorrupt as in Open);
+//   - a frozen layer left by an interrupted seal is read through, the
+//     seal is not finished (SealPending says so);
+//   - the catalogue is only read.
+//
+// Writes, Snapshot and Flatten of the volume fail with ErrReadOnly;
+// Flush and Close write nothing.
+func (m *Manager) OpenReadOnly(name string) (*Volume, error) {
+	if err := metadata.ValidateName("volume", name); err != nil {
+		return nil, err
+	}
+	lock, err := sharedLockNB(filepath.Join(m.volDir(name), "lock"), "volume "+name)
+	if err != nil {
+		return nil, err
+	}
+	var rec *metadata.Volume
+	if err := m.cat.View(func(tx *metadata.Tx) (err error) { rec, err = tx.Volume(name); return }); err != nil {
+		lock.release()
+		return nil, err
+	}
+	if err := checkSize(rec.Size, rec.BlockSize); err != nil {
+		lock.release()
+		return nil, fmt.Errorf("volume %s: %w", name, err)
+	}
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
+	if err != nil {
+		lock.release()
+		return nil, fmt.Errorf("volume %s: %w", name, err)
+	}
+	v := &Volume{m: m, name: name, lock: lock, rec: rec, chain: chain,
+		bs: uint64(rec.BlockSize), size: rec.Size, readOnly: true}
+	v.ctx, v.cancel = context.WithCancel(context.Background())
+	if v.w, err = openWritableReadOnly(m.writableDir(name, rec.Writable), rec.Size, rec.BlockSize); err != nil {
+		chain.release()
+		lock.release()
+		return nil, fmt.Errorf("volume %s: %w", name, err)
+	}
+	if rec.Frozen != 0 {
+		if v.frozen, err = openWritableReadOnly(m.writableDir(name, rec.Frozen), rec.Size, rec.BlockSize); err != nil {
+			v.Close()
+			return nil, fmt.Errorf("volume %s: frozen layer of interrupted snapshot %s: %w", name, rec.FrozenSnapshot, err)
+		}
+		v.sealErr = fmt.Errorf("volume %s: snapshot %s is not finished (opened read-only: its frozen layer is read through; the next open for writing finishes it)",
+			name, rec.FrozenSnapshot)
 	}
 	return v, nil
 }

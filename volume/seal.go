@@ -45,6 +45,9 @@ func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error)
 	if err := metadata.ValidateName("snapshot", name); err != nil {
 		return nil, err
 	}
+	if v.readOnly {
+		return nil, fmt.Errorf("volume %s: %w", v.name, ErrReadOnly)
+	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	if v.w == nil {
@@ -269,6 +272,9 @@ func (m *Manager) writeLayer(ctx context.Context, rec *metadata.Volume, lease *L
 // long costs one layer's index again. Snapshots keep their own chains;
 // the writable layer is untouched.
 func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
+	if v.readOnly {
+		return nil, fmt.Errorf("volume %s: %w", v.name, ErrReadOnly)
+	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	if v.w == nil {

@@ -41,6 +41,8 @@ type Volume struct {
 	size   uint64
 	broken error // set when a swap failed half-way: I/O refused
 
+	readOnly bool // opened by OpenReadOnly: every change fails with ErrReadOnly
+
 	sealMu  sync.Mutex // one seal, flatten or resize at a time
 	sealErr error      // why the seal of frozen failed at open (under sealMu)
 
@@ -308,6 +310,9 @@ func (v *Volume) fetchBlock(blk uint64) fetched {
 // layer; a partial block at either end is read, merged and rewritten.
 // Writes are durable only after Flush.
 func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	if v.readOnly {
+		return 0, fmt.Errorf("volume %s: %w", v.name, ErrReadOnly)
+	}
 	var e edges
 	v.warm(off, len(p), &e)
 	defer e.release()
@@ -419,6 +424,9 @@ func (v *Volume) writeLocked(p []byte, pos uint64, e *edges) error {
 // WriteZeroes makes [off, off+n) read as zeros; whole blocks become a zero
 // extent (no data stored), partial blocks are written.
 func (v *Volume) WriteZeroes(off int64, n int64) error {
+	if v.readOnly {
+		return fmt.Errorf("volume %s: %w", v.name, ErrReadOnly)
+	}
 	if n < 0 || int64(int(n)) != n {
 		return fmt.Errorf("%w: length %d", ErrRange, n)
 	}

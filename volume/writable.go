@@ -47,6 +47,11 @@ type writable struct {
 	compactN int        // journal size that triggers a rewrite
 
 	failed atomic.Pointer[error] // fail-stop: set once by a failed fsync
+
+	// readOnly: opened by openWritableReadOnly. data is opened O_RDONLY
+	// (nil when the layer has no data file), j is nil, and every method
+	// that would change the layer or its files fails with ErrReadOnly.
+	readOnly bool
 }
 
 // jrec is a journal record: (start, count, state).
@@ -113,6 +118,43 @@ func openWritable(dir string, size uint64, bs uint32) (*writable, error) {
 	return w, nil
 }
 
+// openWritableReadOnly opens the writable layer in dir for reading only:
+// it creates, truncates, repairs and fsyncs nothing, so that it works on
+// a full (or read-only) filesystem. A missing directory or data file (a
+// layer never opened for writing) is an empty layer; the journal is read
+// as it is (journal.Read: a torn tail is ignored in memory, left in the
+// file); a data file shorter than the volume reads as zeros past its end
+// and one longer is read only up to size. The caller keeps writers out
+// (the volume's lock, shared) for as long as it reads.
+func openWritableReadOnly(dir string, size uint64, bs uint32) (*writable, error) {
+	w := &writable{dir: dir, bs: uint64(bs), bm: newBitmap(size / uint64(bs)), readOnly: true}
+	f, err := os.Open(filepath.Join(dir, "data"))
+	switch {
+	case err == nil:
+		w.data = f
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("writable layer %s: data file: %w", dir, err)
+	}
+	err = journal.Read(filepath.Join(dir, "journal"), bs, func(r jrec) { w.bm.set(r.Start, r.Count, r.State) })
+	if errors.Is(err, journal.ErrCorrupt) {
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if err == nil && w.data == nil {
+		// Records of data with no data file: the file was lost.
+		w.bm.runs(func(s, c uint64, st uint8) error {
+			if st == stData && err == nil {
+				err = fmt.Errorf("%w: journal records data at block %d but there is no data file", ErrCorrupt, s)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("writable layer %s: %w", dir, err)
+	}
+	return w, nil
+}
+
 // run reports the state of blk and how many following blocks (at most
 // max) share it.
 func (w *writable) run(blk, max uint64) (uint8, uint64) {
@@ -124,6 +166,9 @@ func (w *writable) run(blk, max uint64) (uint8, uint64) {
 
 // readData reads data-state bytes at byte offset off.
 func (w *writable) readData(p []byte, off uint64) error {
+	if w.data == nil { // a read-only layer without a data file has no data-state blocks
+		return fmt.Errorf("writable layer %s: no data file", w.dir)
+	}
 	n, err := w.data.ReadAt(p, int64(off))
 	if err == io.EOF {
 		clear(p[n:])
@@ -134,7 +179,7 @@ func (w *writable) readData(p []byte, off uint64) error {
 
 // writeBlocks writes whole blocks at blk.
 func (w *writable) writeBlocks(p []byte, blk uint64) error {
-	if err := w.err(); err != nil {
+	if err := w.writeErr(); err != nil {
 		return err
 	}
 	if _, err := w.data.WriteAt(p, int64(blk*w.bs)); err != nil {
@@ -152,7 +197,7 @@ func (w *writable) writeBlocks(p []byte, blk uint64) error {
 
 // zeroBlocks records count blocks at blk as zeros and frees their space.
 func (w *writable) zeroBlocks(blk, count uint64) error {
-	if err := w.err(); err != nil {
+	if err := w.writeErr(); err != nil {
 		return err
 	}
 	w.mu.Lock()
@@ -173,6 +218,9 @@ func (w *writable) zeroBlocks(blk, count uint64) error {
 // before a shrink) had there reappears once the new size is committed.
 // The data file is not extended yet (setSize does it).
 func (w *writable) growZero(oldSize, newSize uint64) error {
+	if w.readOnly {
+		return ErrReadOnly
+	}
 	w.setBlocks(newSize)
 	first := oldSize / w.bs
 	w.mu.Lock()
@@ -194,6 +242,9 @@ func (w *writable) setBlocks(size uint64) {
 // extended to it. Journal records past the end stay; they are ignored at
 // open and overridden by the zero extent of any later grow.
 func (w *writable) setSize(size uint64) error {
+	if w.readOnly {
+		return ErrReadOnly
+	}
 	w.setBlocks(size)
 	if err := w.data.Truncate(int64(size)); err != nil {
 		return fmt.Errorf("writable layer: resize data file: %w", err)
@@ -209,6 +260,14 @@ func (w *writable) err() error {
 	return nil
 }
 
+// writeErr is why the layer cannot be written: fail-stop, or read-only.
+func (w *writable) writeErr() error {
+	if w.readOnly {
+		return ErrReadOnly
+	}
+	return w.err()
+}
+
 // fail makes the layer fail-stop with err (the first error sticks) and
 // returns the error in force.
 func (w *writable) fail(err error) error {
@@ -216,8 +275,12 @@ func (w *writable) fail(err error) error {
 	return w.err()
 }
 
-// flush makes every write that completed before it durable.
+// flush makes every write that completed before it durable. A read-only
+// layer has none: it does nothing.
 func (w *writable) flush() error {
+	if w.readOnly {
+		return nil
+	}
 	w.flushMu.Lock()
 	defer w.flushMu.Unlock()
 	if err := w.err(); err != nil {
@@ -273,6 +336,9 @@ func (w *writable) runs(fn func(start, count uint64, st uint8) error) error {
 
 // allocated is the disk space the data file uses.
 func (w *writable) allocated() uint64 {
+	if w.data == nil {
+		return 0
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(w.data.Fd()), &st); err != nil {
 		return 0
@@ -282,11 +348,15 @@ func (w *writable) allocated() uint64 {
 
 func (w *writable) close() error {
 	err := w.flush()
-	if e := w.data.Close(); err == nil {
-		err = e
+	if w.data != nil {
+		if e := w.data.Close(); err == nil {
+			err = e
+		}
 	}
-	if e := w.j.Close(); err == nil {
-		err = e
+	if w.j != nil {
+		if e := w.j.Close(); err == nil {
+			err = e
+		}
 	}
 	return err
 }
@@ -332,6 +402,9 @@ var syncDir = func(dir string) error {
 // a process crash, not a host crash. The changes are journaled by the
 // next flush.
 func (w *writable) reconcile() (changed uint64, err error) {
+	if w.readOnly {
+		return 0, ErrReadOnly
+	}
 	fd := int(w.data.Fd())
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {

@@ -29,7 +29,13 @@ against its chunk checksum. A regular output file is written sparse: zero blocks
 become holes, so its apparent size is the volume's size. The file is written
 under a temporary name beside it and renamed into place once complete and
 synced: an existing file is refused unless --force, and a failed export
-leaves nothing behind.`,
+leaves nothing behind.
+
+Export only reads: it writes nothing under --root, so it works on a full disk.
+A volume is opened read-only (an interrupted snapshot's frozen layer is read
+through, not finished); a volume in use by another process (serve, activate,
+import) is refused, since its writable layer is changing: export one of its
+snapshots, or take a snapshot through the server first.`,
 		Example: "  obdvol export golden@v1 golden.img\n  obdvol export web1 - | sha256sum",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -98,7 +104,7 @@ func runExport(ctx context.Context, out io.Writer, g *globalOptions, o *exportOp
 		}
 		src, size = chain, s.Size
 	} else {
-		v, err := e.openVolume(name)
+		v, err := openVolumeReadOnly(e, name)
 		if err != nil {
 			return err
 		}
@@ -199,4 +205,18 @@ func placeExport(tmp, file string, force bool) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// openVolumeReadOnly opens a volume for reading only (it writes nothing
+// under the root: see volume.Manager.OpenReadOnly) and warns about a
+// snapshot whose seal is unfinished (its frozen layer is read through).
+func openVolumeReadOnly(e *env, name string) (*volume.Volume, error) {
+	v, err := e.mgr.OpenReadOnly(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.SealPending(); err != nil {
+		e.warnf("%v", err)
+	}
+	return v, nil
 }

@@ -40,18 +40,22 @@ type snapInfo struct {
 }
 
 type volumeInfo struct {
-	Name          string           `json:"name"`
-	Size          uint64           `json:"size"`
-	BlockSize     uint32           `json:"block_size"`
-	Codec         string           `json:"codec"`
-	ChunkSize     uint32           `json:"chunk_size"`
-	Origin        string           `json:"origin,omitempty"`
-	Created       time.Time        `json:"created"`
-	Chain         []layerInfo      `json:"chain"`
-	WritableBytes uint64           `json:"writable_bytes"`
-	Snapshots     []snapInfo       `json:"snapshots"`
-	Clones        []string         `json:"clones"`
-	Device        *metadata.Device `json:"device,omitempty"`
+	Name          string      `json:"name"`
+	Size          uint64      `json:"size"`
+	BlockSize     uint32      `json:"block_size"`
+	Codec         string      `json:"codec"`
+	ChunkSize     uint32      `json:"chunk_size"`
+	Origin        string      `json:"origin,omitempty"`
+	Created       time.Time   `json:"created"`
+	Chain         []layerInfo `json:"chain"`
+	WritableBytes uint64      `json:"writable_bytes"`
+	// PendingSnapshot is a snapshot whose seal was interrupted (a full
+	// disk, a crash): its frozen layer is read through until the next
+	// open for writing or snapshot finishes it.
+	PendingSnapshot string           `json:"pending_snapshot,omitempty"`
+	Snapshots       []snapInfo       `json:"snapshots"`
+	Clones          []string         `json:"clones"`
+	Device          *metadata.Device `json:"device,omitempty"`
 }
 
 func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) error {
@@ -73,6 +77,9 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 		vi = volumeInfo{Name: v.Name, Size: v.Size, BlockSize: v.BlockSize, Codec: v.Codec, ChunkSize: v.ChunkSize,
 			Origin: v.Origin, Created: v.Created, Chain: []layerInfo{}, Snapshots: []snapInfo{}, Device: v.Device,
 			WritableBytes: e.mgr.WritableUsage(v)}
+		if v.Frozen != 0 {
+			vi.PendingSnapshot = v.FrozenSnapshot
+		}
 		for _, d := range v.Layers {
 			li := layerInfo{Digest: d, State: "missing"}
 			if l, err := tx.Layer(d); err == nil {
@@ -109,6 +116,9 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 		fmt.Fprintf(out, "device:     %s (%s, pid %d)\n", vi.Device.Path, vi.Device.Kind, vi.Device.PID)
 	}
 	fmt.Fprintf(out, "writable:   %s on disk\n", formatSize(vi.WritableBytes))
+	if vi.PendingSnapshot != "" {
+		fmt.Fprintf(out, "pending:    snapshot %s is not finished (its seal was interrupted; the next snapshot or open for writing finishes it)\n", vi.PendingSnapshot)
+	}
 	fmt.Fprintf(out, "chain:      %d layer(s), base first\n", len(vi.Chain))
 	t := newTable(out)
 	fmt.Fprintln(t, "  #\tDIGEST\tLOGICAL\tDATA\tSTORED\tLOCAL\tEXTENTS\tSTATE")
