@@ -63,23 +63,6 @@ func (l *volumeLock) release() {
 	}
 }
 
-// sharedLock takes a shared flock (blocking); gcLock's exclusive holder
-// waits for shared holders and vice versa.
-func sharedLock(path string) (*volumeLock, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &volumeLock{f: f}, nil
-}
-
 // sharedLockNB takes a shared flock on an existing lock file, without
 // waiting and without writing anything (the file is opened read-only,
 // and not created): for readers that must not write (OpenReadOnly). A
