@@ -201,3 +201,33 @@ func mustEnv(t *testing.T, g *globalOptions) *env {
 	t.Cleanup(e.close)
 	return e
 }
+
+// A volume snapshotted before any write has a chain with no layers: it
+// pushes to a registry (with the empty blob its manifest names) and
+// pulls back, eagerly and lazily, as a volume of its size reading zeros.
+func TestPushPullNeverWrittenVolume(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	a, b := newHost(t), newHost(t)
+	tx := &transferFlags{PlainHTTP: true, Concurrency: 4}
+	a.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, a.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "e")
+	})
+	snap := a.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, a.g, "e@s1") })
+	if snap["layer"] != nil {
+		t.Fatalf("precondition: a snapshot of a volume never written made a layer: %v", snap)
+	}
+	ref := reg.Addr + "/disks/e:s1"
+	a.run(func(o *bytes.Buffer) error {
+		return runPush(ctx, o, a.g, &pushOptions{transferFlags: *tx}, "e@s1", ref)
+	})
+	for _, lazy := range []bool{false, true} {
+		name := map[bool]string{false: "eager", true: "lazy"}[lazy]
+		b.run(func(o *bytes.Buffer) error {
+			return runPull(ctx, o, b.g, &pullOptions{transferFlags: *tx, Lazy: lazy}, ref, name)
+		})
+		if got := b.export(name); !bytes.Equal(got, make([]byte, 1<<20)) {
+			t.Fatalf("%s pull of a volume never written: %d bytes, not 1 MiB of zeros", name, len(got))
+		}
+	}
+}
