@@ -28,7 +28,8 @@ import (
 //   - ublk: the kernel keeps /dev/ublkbN (user recovery) and queues its
 //     I/O until a new server reattaches it (obdvol activate does). The
 //     record stays; operations that would change the volume under the
-//     device (rollback, delete, resize) are refused, pointing to activate.
+//     device (rollback, delete, resize, a pull's fast-forward) are
+//     refused, pointing to activate.
 
 // Device kinds (metadata.Device.Kind).
 const (
