@@ -175,7 +175,19 @@ func ParseManifest(b []byte) (*ocispec.Manifest, error) {
 	if len(m.Layers) > maxLayers {
 		return nil, fmt.Errorf("%w: %d layers", ErrArtifact, len(m.Layers))
 	}
+	if len(m.Layers) == 1 && isEmptyLayer(m.Layers[0]) {
+		m.Layers = nil // a chain with no layers (see isEmptyLayer)
+	}
 	return &m, nil
+}
+
+// isEmptyLayer reports whether d is OCI 1.1's empty "{}" descriptor,
+// which a manifest lists as its only layer when the artifact has none:
+// the manifest of a snapshot whose chain has no layers (a volume never
+// written).
+func isEmptyLayer(d ocispec.Descriptor) bool {
+	e := ocispec.DescriptorEmptyJSON
+	return d.MediaType == e.MediaType && d.Digest == e.Digest && d.Size == e.Size
 }
 
 // matchLayers checks that the manifest's layers are exactly the config's.

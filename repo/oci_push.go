@@ -77,10 +77,19 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	}
 	cfgDesc := ocispec.Descriptor{MediaType: ConfigMediaType, Digest: digest.FromBytes(cfgBytes), Size: int64(len(cfgBytes))}
 	layers := layerDescriptors(cfg)
-	mdesc, mb, err := packManifest(ctx, cfg, cfgDesc, layers)
+	mdesc, mb, packed, err := packManifest(ctx, cfg, cfgDesc, layers)
 	if err != nil {
 		return nil, err
 	}
+	// Every blob the manifest references goes up, not only those we
+	// asked for: the packer puts the empty "{}" blob in place of the
+	// layers of a chain that has none (OCI 1.1), and a registry refuses
+	// a manifest that names a blob it lacks.
+	var m ocispec.Manifest
+	if err := json.Unmarshal(mb, &m); err != nil {
+		return nil, fmt.Errorf("pack manifest: %w", err)
+	}
+	blobs := append([]ocispec.Descriptor{m.Config}, m.Layers...)
 	if strings.HasPrefix(t.Ref.Reference, "sha256:") && mdesc.Digest.String() != t.Ref.Reference {
 		return nil, fmt.Errorf("the manifest of this snapshot is %s, the reference asks for %s", mdesc.Digest, t.Ref.Reference)
 	}
@@ -89,15 +98,20 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 		switch {
 		case d.Digest == cfgDesc.Digest:
 			return io.NopCloser(bytes.NewReader(cfgBytes)), nil
-		case !s.Has(dg) && opts.Open != nil:
-			return opts.Open(dg)
+		case !s.Has(dg):
+			if ok, _ := packed.Exists(ctx, d); ok {
+				return packed.Fetch(ctx, d) // made by the packer
+			}
+			if opts.Open != nil {
+				return opts.Open(dg)
+			}
 		}
 		return s.Open(dg)
 	}}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
 	seen := make(map[digest.Digest]bool) // a chain may hold one blob twice
-	for _, d := range append([]ocispec.Descriptor{cfgDesc}, layers...) {
+	for _, d := range blobs {
 		if !seen[d.Digest] {
 			seen[d.Digest] = true
 			g.Go(func() error { return ps.blob(gctx, d) })
@@ -116,8 +130,10 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 }
 
 // packManifest builds the manifest of the artifact (oras.PackManifest:
-// OCI 1.1 with our artifactType) without pushing it.
-func packManifest(ctx context.Context, cfg *ChainConfig, cfgDesc ocispec.Descriptor, layers []ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
+// OCI 1.1 with our artifactType) without pushing it. It returns the
+// packer's store too, which holds the manifest and any blob the packer
+// made for it (the empty "{}" layer of a chain with no layers).
+func packManifest(ctx context.Context, cfg *ChainConfig, cfgDesc ocispec.Descriptor, layers []ocispec.Descriptor) (ocispec.Descriptor, []byte, *memory.Store, error) {
 	ann := map[string]string{
 		ocispec.AnnotationCreated: cfg.Created.UTC().Format(time.RFC3339),
 		ocispec.AnnotationTitle:   cfg.Volume + "@" + cfg.Snapshot,
@@ -126,10 +142,10 @@ func packManifest(ctx context.Context, cfg *ChainConfig, cfgDesc ocispec.Descrip
 	mdesc, err := oras.PackManifest(ctx, mem, oras.PackManifestVersion1_1, ArtifactType,
 		oras.PackManifestOptions{Layers: layers, ConfigDescriptor: &cfgDesc, ManifestAnnotations: ann})
 	if err != nil {
-		return mdesc, nil, fmt.Errorf("pack manifest: %w", err)
+		return mdesc, nil, nil, fmt.Errorf("pack manifest: %w", err)
 	}
 	mb, err := content.FetchAll(ctx, mem, mdesc)
-	return mdesc, mb, err
+	return mdesc, mb, mem, err
 }
 
 // putManifest pushes the manifest under t's tag with one request where

@@ -72,3 +72,36 @@ func TestPushAgain(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot with no layers (an empty volume, snapshotted before any
+// write) is pushed with every blob its manifest references, among them
+// the empty "{}" blob OCI 1.1 puts in place of the missing layers, and
+// pulls back as a chain of no layers: to a registry, which refuses a
+// manifest naming a blob it lacks, and to a layout.
+func TestPushEmptyChain(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	a := newStore(t)
+	cfg := chainOf(t, a, 33)
+	if len(cfg.Layers) != 0 {
+		t.Fatalf("precondition: a chain of %d layers", len(cfg.Layers))
+	}
+	for _, ref := range []string{reg.Addr + "/empty:v1", "oci:" + t.TempDir() + ":v1"} {
+		res, err := Push(ctx, a, target(t, ref, nil), cfg, PushOptions{})
+		if err != nil {
+			t.Fatalf("push of a chain with no layers to %s: %v", ref, err)
+		}
+		b := newStore(t)
+		p, err := Pull(ctx, b, target(t, ref, nil), PullOptions{})
+		if err != nil {
+			t.Fatalf("pull of a chain with no layers from %s: %v", ref, err)
+		}
+		if p.Manifest != res.Manifest || len(p.Layers) != 0 || len(p.Config.Layers) != 0 || p.Config.VirtualSize != cfg.VirtualSize {
+			t.Fatalf("pull from %s: %+v, pushed %+v", ref, p, res)
+		}
+		again, err := Push(ctx, a, target(t, ref, nil), cfg, PushOptions{})
+		if err != nil || again.Manifest != res.Manifest || again.BlobsMoved != 0 {
+			t.Fatalf("second push to %s: %+v, %v", ref, again, err)
+		}
+	}
+}

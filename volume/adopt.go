@@ -174,6 +174,9 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 		if cur.Frozen != 0 || len(cur.Layers) > len(digests) || !slices.Equal(cur.Layers, digests[:len(cur.Layers)]) {
 			return fmt.Errorf("volume %s changed (a seal finished): %s is not a newer snapshot of it: %w", name, spec.Snapshot, ErrRefused)
 		}
+		if err := refuseUnderDevice(cur); err != nil {
+			return err // a dead ublk server's device still shows the old chain
+		}
 		if err := putLayers(tx); err != nil {
 			return err
 		}

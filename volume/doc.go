@@ -26,6 +26,10 @@
 //     read with it released.
 //   - A layer is closed only when no chain references it and no one-shot
 //     caller pinned it (Manager.Layer, Manager.Chain).
+//   - A volume's device record names a live server only while that server
+//     holds the volume lock: it opens the volume before recording its
+//     device and clears the record before closing it. Liveness is judged
+//     by the lock, never by the record's PID (see Manager.Device).
 //
 // Crash safety: see Snapshot (seal ordering), writable (flush ordering)
 // and Manager.Recover. docs/design.md has the whole picture.

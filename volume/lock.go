@@ -19,8 +19,10 @@ type volumeLock struct {
 }
 
 func (m *Manager) lockVolume(name string) (*volumeLock, error) {
-	return lockFile(filepath.Join(m.volDir(name), "lock"), "volume "+name)
+	return lockFile(m.lockPath(name), "volume "+name)
 }
+
+func (m *Manager) lockPath(name string) string { return filepath.Join(m.volDir(name), "lock") }
 
 func lockFile(path, what string) (*volumeLock, error) {
 	if err := mkdirAllSync(filepath.Dir(path)); err != nil {

@@ -496,6 +496,14 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	if err := m.cat.View(func(tx *metadata.Tx) (err error) { rec, err = tx.Volume(name); return }); err != nil {
 		return nil, err
 	}
+	if rec.Device != nil && rec.Device.Kind == DeviceNBD {
+		// We hold the lock, so that NBD server is gone (see Device).
+		d, err := m.clearStaleNBDRecord(name)
+		if err != nil {
+			return nil, err
+		}
+		rec.Device = d
+	}
 	if err := checkSize(rec.Size, rec.BlockSize); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err) // before allocating for its size
 	}

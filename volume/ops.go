@@ -158,13 +158,16 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 	defer lock.release()
 	var removed []string
 	var oldGen, oldFrozen uint64
+	var socket string
 	err = m.cat.Update(func(tx *metadata.Tx) error {
 		v, err := tx.Volume(vol)
 		if err != nil {
 			return err
 		}
-		if v.Device != nil {
-			return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.Device.Path, ErrRefused)
+		// We hold the lock: a server its device record names is gone.
+		socket = clearStaleNBD(v)
+		if err := refuseUnderDevice(v); err != nil {
+			return err
 		}
 		target, err := tx.Snapshot(vol, snap)
 		if err != nil {
@@ -212,6 +215,7 @@ func (m *Manager) Rollback(vol, snap string, force bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeStaleSocket(socket)
 	if oldFrozen != 0 {
 		if err := m.discard(m.writableDir(vol, oldFrozen)); err != nil {
 			return removed, err
@@ -230,13 +234,16 @@ func (m *Manager) Delete(vol string, force bool) error {
 		return err
 	}
 	defer lock.release()
+	var socket string
 	err = m.cat.Update(func(tx *metadata.Tx) error {
 		v, err := tx.Volume(vol)
 		if err != nil {
 			return err
 		}
-		if v.Device != nil {
-			return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.Device.Path, ErrRefused)
+		// We hold the lock: a server its device record names is gone.
+		socket = clearStaleNBD(v)
+		if err := refuseUnderDevice(v); err != nil {
+			return err
 		}
 		clones, err := tx.ClonesOf(vol, "")
 		if err != nil {
@@ -250,6 +257,7 @@ func (m *Manager) Delete(vol string, force bool) error {
 	if err != nil {
 		return err
 	}
+	removeStaleSocket(socket)
 	return m.discard(m.volDir(vol))
 }
 
@@ -298,8 +306,8 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	defer v.Close()
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
-	if v.rec.Device != nil {
-		return fmt.Errorf("volume %s is active on %s: deactivate it first: %w", vol, v.rec.Device.Path, ErrRefused)
+	if err := refuseUnderDevice(v.rec); err != nil {
+		return err // Open cleared a stale NBD record: a dead ublk server's is left
 	}
 	if err := checkSize(size, v.rec.BlockSize); err != nil {
 		return err

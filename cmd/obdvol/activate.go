@@ -68,21 +68,6 @@ func newDeactivateCommand(g *globalOptions) *cobra.Command {
 	}
 }
 
-// activeDevice returns the recorded device of vol, clearing a record
-// whose server process is gone.
-func activeDevice(e *env, vol string) (*metadata.Device, error) {
-	rec, err := volumeRecord(e, vol)
-	if err != nil {
-		return nil, err
-	}
-	d := rec.Device
-	if d != nil && d.PID > 0 && syscall.Kill(d.PID, 0) == syscall.ESRCH {
-		setDevice(e, vol, nil)
-		return nil, nil
-	}
-	return d, nil
-}
-
 func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activateOptions, vol string) error {
 	if _, _, err := parseRef(vol, snapForbidden); err != nil {
 		return err
@@ -95,19 +80,18 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 		return err
 	}
 	defer e.close()
-	rec, err := volumeRecord(e, vol)
+	// A stale NBD record is cleared here; a stale ublk one is returned.
+	d, live, err := e.mgr.Device(vol)
 	if err != nil {
 		return err
 	}
 	o.recoverID = -1
-	if d := rec.Device; d != nil {
-		if d.PID > 0 && syscall.Kill(d.PID, 0) != syscall.ESRCH {
-			return fmt.Errorf("volume %s is already active on %s (pid %d): %w", vol, d.Path, d.PID, volume.ErrRefused)
-		}
-		if d.Kind == "ublk" {
-			// Its server died: the kernel kept the device; reattach.
-			o.recoverID = d.ID
-		}
+	switch {
+	case live:
+		return fmt.Errorf("volume %s is already active on %s (pid %d): %w", vol, d.Path, d.PID, volume.ErrRefused)
+	case d != nil && d.Kind == volume.DeviceUblk:
+		// Its server died: the kernel kept the device; reattach.
+		o.recoverID = d.ID
 	}
 	if o.Recover && o.recoverID < 0 {
 		return fmt.Errorf("volume %s has no device whose server died: nothing to recover: %w", vol, volume.ErrRefused)
@@ -123,7 +107,13 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 			return err
 		}
 		defer v.Close()
-		if dev, err = ublk.Recover(v, o.recoverID, uopts); err != nil {
+		dev, err = ublk.Recover(v, o.recoverID, uopts)
+		if errors.Is(err, syscall.ENODEV) {
+			// The kernel device went too (a reboot, or it was deleted
+			// after its server died): the record was all that was left.
+			dev, err = ublk.Start(v, uopts)
+		}
+		if err != nil {
 			return err
 		}
 	} else {
@@ -136,7 +126,7 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 		}
 	}
 	stopDev := func() error { return dev.Stop() }
-	if err := setDevice(e, vol, &metadata.Device{Kind: "ublk", Path: dev.Path, PID: os.Getpid(), ID: dev.ID}); err != nil {
+	if err := setDevice(e, vol, &metadata.Device{Kind: volume.DeviceUblk, Path: dev.Path, PID: os.Getpid(), ID: dev.ID}); err != nil {
 		stopDev()
 		return err
 	}
@@ -233,15 +223,20 @@ func runDeactivate(ctx context.Context, out io.Writer, g *globalOptions, vol str
 		return err
 	}
 	defer e.close()
-	d, err := activeDevice(e, vol)
+	// Liveness is the volume lock's (volume.Manager.Device), never the
+	// PID's: a dead server's PID may name another process by now.
+	d, live, err := e.mgr.Device(vol)
 	if err != nil {
 		return err
 	}
-	if d == nil {
+	switch {
+	case d == nil || !live && d.Kind != volume.DeviceUblk:
 		return fmt.Errorf("volume %s is not active: %w", vol, volume.ErrRefused)
-	}
-	if d.Kind != "ublk" {
+	case d.Kind != volume.DeviceUblk:
 		return fmt.Errorf("volume %s is served over %s by pid %d: stop that server: %w", vol, d.Kind, d.PID, volume.ErrRefused)
+	case !live:
+		return fmt.Errorf("the server of volume %s (pid %d) died and the kernel keeps %s: run obdvol activate %s to reattach it, then deactivate: %w",
+			vol, d.PID, d.Path, vol, volume.ErrRefused)
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: deactivate runs as root", ublk.ErrNotRoot)
@@ -249,10 +244,23 @@ func runDeactivate(ctx context.Context, out io.Writer, g *globalOptions, vol str
 	if err := syscall.Kill(d.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal server %d: %w", d.PID, err)
 	}
+	// The server deletes the device, clears the record, then closes the
+	// volume (releasing its lock).
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if syscall.Kill(d.PID, 0) == syscall.ESRCH {
-			setDevice(e, vol, nil)
+		held, err := e.mgr.HeldBy(vol, d.PID)
+		if err != nil {
+			return err
+		}
+		if !held {
+			now, _, err := e.mgr.Device(vol)
+			if err != nil {
+				return err
+			}
+			if now != nil {
+				return fmt.Errorf("the server of %s (pid %d) exited without deleting %s: run obdvol activate %s to reattach it, then deactivate: %w",
+					vol, d.PID, d.Path, vol, volume.ErrRefused)
+			}
 			if g.JSON {
 				return printJSON(out, map[string]any{"volume": vol, "device": d.Path, "active": false})
 			}

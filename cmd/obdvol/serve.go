@@ -158,7 +158,7 @@ func runServe(ctx context.Context, out io.Writer, g *globalOptions, o *serveOpti
 			return err
 		}
 		defer stop()
-		if err := setDevice(e, v.Name(), &metadata.Device{Kind: "nbd", Path: u, PID: os.Getpid(), ID: -1}); err != nil {
+		if err := setDevice(e, v.Name(), &metadata.Device{Kind: volume.DeviceNBD, Path: u, PID: os.Getpid(), ID: -1}); err != nil {
 			l.Close()
 			return err
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"net"
@@ -70,4 +71,52 @@ func serveRefused(t *testing.T, h *host, spec string, vols ...string) error {
 		return nil
 	}
 	return err
+}
+
+// After kill -9 of a serve process, its device record and socket are
+// stale: the next command that needs the volume clears them and goes on
+// (the server's liveness is its volume lock, not its PID).
+func TestServeKilledLeavesNothingActive(t *testing.T) {
+	h := newCLI(t)
+	h.ok("create", "v", "--size", "1M")
+	h.ok("snapshot", "v@s1")
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := h.command(ctx, "serve", "v", "--nbd", "unix:"+sock)
+	stdout, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	srv.Stderr = &stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	if !strings.HasPrefix(line, "serving ") {
+		srv.Process.Kill()
+		srv.Wait()
+		t.Fatalf("serve printed %q\n%s", line, stderr.String())
+	}
+	if r := h.ok("info", "v"); !strings.Contains(r.stdout, "device:") {
+		t.Fatalf("precondition: info shows no device while serving:\n%s", r.stdout)
+	}
+	if err := srv.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Wait()
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("precondition: kill -9 left no stale socket (%v)", err)
+	}
+
+	h.ok("resize", "v", "2M")
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("the dead server's socket is still there (%v)", err)
+	}
+	if r := h.ok("info", "v"); strings.Contains(r.stdout, "device:") {
+		t.Errorf("info still shows a device after the server died:\n%s", r.stdout)
+	}
+	h.ok("rollback", "v@s1")
+	h.ok("delete", "v")
 }

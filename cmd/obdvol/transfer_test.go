@@ -8,9 +8,11 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/repo"
 	"github.com/obdvol/obdvol/tests/regtest"
 )
@@ -200,4 +202,81 @@ func mustEnv(t *testing.T, g *globalOptions) *env {
 	}
 	t.Cleanup(e.close)
 	return e
+}
+
+// A volume snapshotted before any write has a chain with no layers: it
+// pushes to a registry (with the empty blob its manifest names) and
+// pulls back, eagerly and lazily, as a volume of its size reading zeros.
+func TestPushPullNeverWrittenVolume(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	a, b := newHost(t), newHost(t)
+	tx := &transferFlags{PlainHTTP: true, Concurrency: 4}
+	a.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, a.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "e")
+	})
+	snap := a.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, a.g, "e@s1") })
+	if snap["layer"] != nil {
+		t.Fatalf("precondition: a snapshot of a volume never written made a layer: %v", snap)
+	}
+	ref := reg.Addr + "/disks/e:s1"
+	a.run(func(o *bytes.Buffer) error {
+		return runPush(ctx, o, a.g, &pushOptions{transferFlags: *tx}, "e@s1", ref)
+	})
+	for _, lazy := range []bool{false, true} {
+		name := map[bool]string{false: "eager", true: "lazy"}[lazy]
+		b.run(func(o *bytes.Buffer) error {
+			return runPull(ctx, o, b.g, &pullOptions{transferFlags: *tx, Lazy: lazy}, ref, name)
+		})
+		if got := b.export(name); !bytes.Equal(got, make([]byte, 1<<20)) {
+			t.Fatalf("%s pull of a volume never written: %d bytes, not 1 MiB of zeros", name, len(got))
+		}
+	}
+}
+
+// A pull that fast-forwards a volume whose ublk server died is refused,
+// pointing to activate: the kernel keeps the device, with the old chain's
+// data in a mounted filesystem's cache, for activate to reattach.
+func TestPullFastForwardUnderDeadUblkDevice(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	a, b := newHost(t), newHost(t)
+	tx := &transferFlags{PlainHTTP: true, Concurrency: 4}
+	a.run(func(o *bytes.Buffer) error {
+		return runCreate(ctx, o, a.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "g")
+	})
+	ref := reg.Addr + "/disks/g"
+	for i, snap := range []string{"v1", "v2"} {
+		a.run(func(o *bytes.Buffer) error {
+			return runImport(ctx, o, a.g, &importOptions{Offset: "0"}, "g", writeImage(t, 64<<10, int64(i+1)))
+		})
+		a.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, a.g, "g@"+snap) })
+		a.run(func(o *bytes.Buffer) error {
+			return runPush(ctx, o, a.g, &pushOptions{transferFlags: *tx}, "g@"+snap, ref+":"+snap)
+		})
+	}
+	b.run(func(o *bytes.Buffer) error {
+		return runPull(ctx, o, b.g, &pullOptions{transferFlags: *tx}, ref+":v1", "g")
+	})
+	e := mustEnv(t, b.g)
+	if err := setDevice(e, "g", &metadata.Device{Kind: "ublk", Path: "/dev/ublkb3", PID: os.Getpid(), ID: 3}); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	err := runPull(ctx, &bytes.Buffer{}, b.g, &pullOptions{transferFlags: *tx}, ref+":v2", "g")
+	if err == nil || !strings.Contains(err.Error(), "obdvol activate g") {
+		t.Fatalf("fast-forward under a dead ublk server's device: %v; want a refusal pointing to activate", err)
+	}
+	v1 := a.export("g@v1")
+	if rec, _ := volumeRecord(mustEnv(t, b.g), "g"); rec.Device == nil || len(rec.Layers) != 1 {
+		t.Fatalf("the refused pull changed the volume: %+v", rec)
+	}
+	e = mustEnv(t, b.g)
+	if err := setDevice(e, "g", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if !bytes.Equal(b.export("g"), v1) {
+		t.Fatal("the refused pull changed the volume's data")
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -198,5 +200,58 @@ func TestServeShutdownFlushes(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return after cancel")
+	}
+}
+
+// fullDisk is a memDisk whose writes fail as a full file system makes a
+// volume's writes fail: with an error wrapping ENOSPC (or another errno).
+type fullDisk struct {
+	memDisk
+	err error
+}
+
+func (f *fullDisk) WriteAt(p []byte, off int64) (int, error) { return 0, f.err }
+func (f *fullDisk) WriteZeroes(off, n int64) error           { return f.err }
+func (f *fullDisk) Discard(off, n int64) error               { return f.err }
+
+// A write, write-zeroes or trim that fails for lack of space is answered
+// NBD_ENOSPC (qemu passes it on as ENOSPC); any other failure NBD_EIO.
+func TestWriteErrorsKeepENOSPC(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want uint32
+	}{
+		{fmt.Errorf("volume v: journal append: %w", &os.PathError{Op: "write", Path: "journal", Err: syscall.ENOSPC}), errNoSpc},
+		{fmt.Errorf("volume v: %w", syscall.EDQUOT), errNoSpc},
+		{fmt.Errorf("volume v: %w", syscall.EIO), errIO},
+		{errors.New("volume is closed"), errIO},
+	} {
+		d := &fullDisk{memDisk: memDisk{b: make([]byte, 1<<20)}, err: tc.err}
+		var c bytes.Buffer
+		c.Write([]byte{0, 0, 0, clientFixedNew | clientNoZeroes})
+		c.Write(goOpt("a"))
+		c.Write(req(cmdWrite, 0, 1, 4096, 4))
+		c.Write([]byte("abcd"))
+		c.Write(req(cmdWriteZeroes, 0, 2, 0, 8192))
+		c.Write(req(cmdTrim, 0, 3, 0, 8192))
+		c.Write(req(cmdDisc, 0, 4, 0, 0))
+		out := serveBytes(t, []Export{{Name: "a", Backend: d}}, c.Bytes())
+		// The last three 16-byte simple replies answer the three requests,
+		// in the order they completed.
+		if len(out) < 48 {
+			t.Fatalf("%v: only %d bytes of replies", tc.err, len(out))
+		}
+		got := map[uint64]uint32{}
+		for r := out[len(out)-48:]; len(r) > 0; r = r[16:] {
+			if binary.BigEndian.Uint32(r) != simpleMagic {
+				t.Fatalf("%v: not a simple reply: %x", tc.err, r[:16])
+			}
+			got[binary.BigEndian.Uint64(r[8:])] = binary.BigEndian.Uint32(r[4:])
+		}
+		for cookie, what := range map[uint64]string{1: "write", 2: "write-zeroes", 3: "trim"} {
+			if e, ok := got[cookie]; !ok || e != tc.want {
+				t.Errorf("%s failing with %v: NBD error %d (answered %v), want %d", what, tc.err, e, ok, tc.want)
+			}
+		}
 	}
 }

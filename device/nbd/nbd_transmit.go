@@ -1,8 +1,10 @@
 package nbd
 
 import (
+	"errors"
 	"io"
 	"sync"
+	"syscall"
 
 	"github.com/obdvol/obdvol/device"
 )
@@ -158,7 +160,7 @@ func (c *conn) serve(r request, data *[]byte) {
 	case cmdWrite:
 		if errno = c.check(r, true); errno == 0 {
 			if _, err := b.WriteAt(*data, int64(r.offset)); err != nil {
-				errno = errIO
+				errno = writeErrno(err)
 			}
 			fua()
 		}
@@ -179,7 +181,7 @@ func (c *conn) serve(r request, data *[]byte) {
 				err = b.WriteZeroes(int64(r.offset), int64(r.length))
 			}
 			if err != nil {
-				errno = errIO
+				errno = writeErrno(err)
 			}
 			fua()
 		}
@@ -196,6 +198,17 @@ func (c *conn) serve(r request, data *[]byte) {
 		errno = errInval
 	}
 	c.simpleReply(r.cookie, errno, nil)
+}
+
+// writeErrno is the NBD error for a failed write, write-zeroes or trim:
+// NBD_ENOSPC when the backend ran out of space (qemu then reports ENOSPC,
+// so a guest with werror=enospc pauses instead of seeing a bad disk; the
+// kernel client reports every error as an I/O error), NBD_EIO otherwise.
+func writeErrno(err error) uint32 {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return errNoSpc
+	}
+	return errIO
 }
 
 func (c *conn) simpleReply(cookie uint64, errno uint32, data []byte) {

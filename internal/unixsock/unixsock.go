@@ -114,6 +114,18 @@ func Listen(path string) (net.Listener, error) {
 	return &listener{UnixListener: ul, path: path, fi: fi}, nil
 }
 
+// RemoveStale removes path if it is a stale socket (a dead server's), under
+// the socket lock; it does nothing if path does not exist and fails for
+// anything else (ErrInUse for a live socket, ErrNotSocket for a file).
+func RemoveStale(path string) error {
+	unlock, err := lockDir(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	defer unlock()
+	return removeStale(path)
+}
+
 // removeStale removes path if it is a stale socket; it does nothing if
 // path does not exist and fails for anything else.
 func removeStale(path string) error {
