@@ -134,12 +134,7 @@ func (v *Volume) readUnlocking(ctx context.Context, p []byte, pos uint64) error 
 	for len(p) > 0 {
 		blk, in := pos/bs, pos%bs
 		want := (in + uint64(len(p)) + bs - 1) / bs
-		st, n := v.w.run(blk, want)
-		src := v.w
-		if st == stUnset && v.frozen != nil {
-			st, n = v.frozen.run(blk, n)
-			src = v.frozen
-		}
+		st, n, src := v.localRun(blk, want)
 		nb := min(n*bs-in, uint64(len(p)))
 		var err error
 		switch st {
@@ -179,6 +174,19 @@ func (v *Volume) readUnlocking(ctx context.Context, p []byte, pos uint64) error 
 	return nil
 }
 
+// localRun says where blocks blk.. come from locally: the state of the
+// run starting at blk (at most want blocks) in the writable layer, or,
+// where it has nothing, in the frozen layer of an unfinished seal; src is
+// the layer holding that run. stUnset means the chain. Caller holds ioMu.
+func (v *Volume) localRun(blk, want uint64) (st uint8, n uint64, src *writable) {
+	st, n = v.w.run(blk, want)
+	if st == stUnset && v.frozen != nil {
+		st, n = v.frozen.run(blk, n)
+		return st, n, v.frozen
+	}
+	return st, n, v.w
+}
+
 // readLocked reads p at pos holding ioMu shared throughout, chain blocks
 // included: only for a write's merge of a partial block whose fetched
 // bytes a chain swapped in meanwhile no longer holds (a flatten's new
@@ -188,12 +196,7 @@ func (v *Volume) readLocked(p []byte, pos uint64) error {
 	for len(p) > 0 {
 		blk, in := pos/bs, pos%bs
 		want := (in + uint64(len(p)) + bs - 1) / bs
-		st, n := v.w.run(blk, want)
-		src := v.w
-		if st == stUnset && v.frozen != nil {
-			st, n = v.frozen.run(blk, n)
-			src = v.frozen
-		}
+		st, n, src := v.localRun(blk, want)
 		nb := min(n*bs-in, uint64(len(p)))
 		var err error
 		switch st {
