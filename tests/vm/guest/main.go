@@ -5,6 +5,7 @@
 //	guest io          a volume served as /dev/ublkbN: O_DIRECT writes and
 //	                  reads at many offsets and sizes, flushes and
 //	                  discards, compared with an in-memory model
+//	guest powercut    power cuts at every flush point (powercut.go)
 //	guest write DEV OFFSET SRC LENGTH [loop]
 //	                  writes LENGTH bytes read from SRC to the block device
 //	                  DEV at OFFSET and flushes; DEV is opened without
@@ -44,6 +45,13 @@ func main() {
 		err = ublk.Preflight()
 	case "io":
 		err = ioTest()
+	case "powercut":
+		err = powercutCmd(os.Args[2:])
+		if err != nil {
+			fmt.Printf("OBDVOL-VM-POWERCUT-FAIL %v\n", err)
+			os.Exit(1)
+		}
+		return
 	case "write":
 		err = writeCmd(os.Args[2:])
 		if err != nil {
