@@ -46,7 +46,9 @@ func TestBootUblkKernel(t *testing.T) {
 // (guest/powercut.go says how). The short run checks a few points spread
 // over one workload; OBDVOL_POWERCUT_LONG=1 (make powercut) boots again
 // with new seeds until OBDVOL_POWERCUT_MIN (200) cut points were checked,
-// every one of them. OBDVOL_POWERCUT_SEED replays a seed.
+// every one of them. OBDVOL_POWERCUT_SEED replays a seed;
+// OBDVOL_POWERCUT_FORCE=KIND makes every other command of that kind
+// (guest/powercut.go's pcOps: device, pull, rollback...).
 func TestPowerCut(t *testing.T) {
 	h := newHarness(t)
 	seed := time.Now().UnixNano() % 1_000_000
@@ -56,9 +58,9 @@ func TestPowerCut(t *testing.T) {
 		}
 	}
 	long := os.Getenv("OBDVOL_POWERCUT_LONG") == "1"
-	steps, points, fsck, want, timeout := 10, 8, false, 1, 6*time.Minute
+	steps, points, probe, fsck, want, timeout := 10, 8, 4, false, 1, 6*time.Minute
 	if long {
-		steps, points, fsck, want, timeout = 24, 0, true, 200, 40*time.Minute
+		steps, points, probe, fsck, want, timeout = 24, 0, 5, true, 200, 40*time.Minute
 		if s := os.Getenv("OBDVOL_POWERCUT_MIN"); s != "" {
 			fmt.Sscan(s, &want)
 		}
@@ -66,7 +68,8 @@ func TestPowerCut(t *testing.T) {
 	script, checks := loadScenarios(t, "powercut.sh")
 	total := 0
 	for boot := 0; total < want; boot++ {
-		vars := fmt.Sprintf("SEED=%d STEPS=%d POINTS=%d FSCK=%v\n", seed, steps, points, fsck)
+		vars := fmt.Sprintf("SEED=%d STEPS=%d POINTS=%d PROBE=%d FSCK=%v FORCE=%s\n", seed, steps, points, probe, fsck,
+			os.Getenv("OBDVOL_POWERCUT_FORCE"))
 		out, err := h.boot(t, vars+script, BootOptions{Timeout: timeout, MemoryMB: 1536})
 		wantLines := []string{"OBDVOL-VM-POWERCUT-EXIT 0", "OBDVOL-VM-DONE"}
 		for _, c := range checks {

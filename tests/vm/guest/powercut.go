@@ -101,6 +101,8 @@ type powercut struct {
 	steps   []pcStep // steps[0]: the empty root, made before the "ready" mark
 	layout  string
 	verbose bool
+	device  bool   // also write through ublk devices
+	force   string // every other command is of this kind (pcOps)
 }
 
 func powercutCmd(args []string) error {
@@ -114,11 +116,14 @@ func powercutCmd(args []string) error {
 	scratch := fs.String("scratch", "/dev/ram2", "the RAM disk each cut point is checked on")
 	fsMiB := fs.Int("fs-mib", 96, "filesystem size")
 	verbose := fs.Bool("v", false, "print every command")
+	device := fs.Bool("device", true, "also write through /dev/ublkbN (needs ublk_drv)")
+	force := fs.String("force", "", "make every other command one of this kind (create, import, snapshot, clone, rollback, delete-snapshot, delete-volume, device, gc, flatten, resize, pull)")
+	probeEvery := fs.Int("probe", 0, "at every Nth checked point, also write and snapshot after the recovery (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	pc := &powercut{obdvol: "/bin/obdvol", root: "/mnt/pc/r", r: rand.New(rand.NewSource(*seed)),
-		layout: "/tmp/pc-layout", verbose: *verbose}
+		layout: "/tmp/pc-layout", verbose: *verbose, device: *device, force: *force}
 	size := int64(*fsMiB) << 20
 	t0 := time.Now()
 
@@ -145,7 +150,7 @@ func powercutCmd(args []string) error {
 	}
 	refused := 0
 	for len(pc.steps) <= *nsteps {
-		ok, err := pc.step()
+		ok, post, err := pc.step()
 		if err != nil {
 			return err
 		}
@@ -156,6 +161,11 @@ func powercutCmd(args []string) error {
 		k := len(pc.steps) - 1
 		if err := run("/usr/local/bin/dmsetup", "message", "pclw", "0", "mark", fmt.Sprintf("step-%d", k)); err != nil {
 			return err
+		}
+		if post != nil {
+			if err := post(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := unix.Unmount("/mnt/pc", 0); err != nil {
@@ -224,7 +234,8 @@ func powercutCmd(args []string) error {
 		if !chosen[pi] {
 			continue
 		}
-		if err := pc.check(img, *scratch, p.mark, p.exact, *fsck); err != nil {
+		probe := *probeEvery > 0 && checked%*probeEvery == *probeEvery-1
+		if err := pc.check(img, *scratch, p.mark, p.exact, *fsck, probe); err != nil {
 			kind := "flush"
 			if p.exact {
 				kind = "mark"
@@ -265,9 +276,13 @@ func (pc *powercut) ob(root string, args ...string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
+// pcOps names a value of op in step for each kind of command (-force).
+var pcOps = map[string]int{"create": 0, "import": 20, "snapshot": 50, "clone": 60, "rollback": 66,
+	"delete-snapshot": 72, "delete-volume": 76, "device": 80, "gc": 87, "flatten": 91, "resize": 95, "pull": 98}
+
 // step runs one random command; it returns false if obdvol refused it
-// (the model does not change then).
-func (pc *powercut) step() (bool, error) {
+// (the model does not change then), and what to run after the mark.
+func (pc *powercut) step() (bool, func() error, error) {
 	cur := pc.steps[len(pc.steps)-1].After
 	next := cur.clone()
 	vols := cur.volumes()
@@ -276,6 +291,9 @@ func (pc *powercut) step() (bool, error) {
 	blockish := false
 	pc.seq++
 	op := pc.r.Intn(100)
+	if o, ok := pcOps[pc.force]; ok && pc.seq%2 == 0 {
+		op = o
+	}
 	if len(vols) == 0 || len(vols) < 2 && pc.r.Intn(4) == 0 {
 		op = 0
 	}
@@ -285,7 +303,7 @@ func (pc *powercut) step() (bool, error) {
 		size := int64(1+pc.r.Intn(4)) << 20
 		args = []string{"create", name, "--size", fmt.Sprint(size)}
 		next.Objs[name] = make([]byte, size)
-	case op < 50: // import: any offset and length, sometimes zeros
+	case op < 44: // import: any offset and length, sometimes zeros
 		v := pick(vols)
 		old := cur.Objs[v]
 		off := pc.r.Int63n(int64(len(old)))
@@ -299,7 +317,7 @@ func (pc *powercut) step() (bool, error) {
 		}
 		f := fmt.Sprintf("/tmp/pc-import-%d", pc.seq)
 		if err := os.WriteFile(f, buf, 0o600); err != nil {
-			return false, err
+			return false, nil, err
 		}
 		defer os.Remove(f)
 		args = []string{"import", v, f, "--offset", fmt.Sprint(off)}
@@ -307,26 +325,26 @@ func (pc *powercut) step() (bool, error) {
 		copy(nv[off:], buf)
 		next.Objs[v] = nv
 		blockish = true
-	case op < 64: // snapshot
+	case op < 58: // snapshot
 		v := pick(vols)
 		name := fmt.Sprintf("%s@s%d", v, pc.seq)
 		args = []string{"snapshot", name}
 		next.Objs[name] = cur.Objs[v]
 		next.Order = append(next.Order, name)
-	case op < 70: // clone
+	case op < 64: // clone
 		snaps := cur.Order
 		if len(snaps) == 0 || len(vols) >= 5 {
-			return false, nil
+			return false, nil, nil
 		}
 		s := pick(snaps)
 		name := fmt.Sprintf("c%d", pc.seq)
 		args = []string{"create", name, "--from", s}
 		next.Objs[name] = cur.Objs[s]
-	case op < 76: // rollback (removes newer snapshots)
+	case op < 70: // rollback (removes newer snapshots)
 		v := pick(vols)
 		snaps := cur.snapshots(v)
 		if len(snaps) == 0 {
-			return false, nil
+			return false, nil, nil
 		}
 		s := pick(snaps)
 		args = []string{"rollback", s, "--force"}
@@ -338,16 +356,16 @@ func (pc *powercut) step() (bool, error) {
 			}
 			newer = newer || k == s
 		}
-	case op < 81: // delete a snapshot
+	case op < 75: // delete a snapshot
 		if len(cur.Order) == 0 {
-			return false, nil
+			return false, nil, nil
 		}
 		s := pick(cur.Order)
 		args = []string{"delete", s, "--force"}
 		next.dropSnapshot(s)
-	case op < 84: // delete a volume with its snapshots
+	case op < 78: // delete a volume with its snapshots
 		if len(vols) < 3 {
-			return false, nil
+			return false, nil, nil
 		}
 		v := pick(vols)
 		args = []string{"delete", v, "--force"}
@@ -355,6 +373,8 @@ func (pc *powercut) step() (bool, error) {
 		for _, s := range cur.snapshots(v) {
 			next.dropSnapshot(s)
 		}
+	case op < 86 && pc.device: // writes through /dev/ublkbN, flushed
+		return pc.deviceWrite(pick(vols), cur, next)
 	case op < 89:
 		args = []string{"gc"}
 	case op < 93:
@@ -375,12 +395,12 @@ func (pc *powercut) step() (bool, error) {
 		next.Objs[v] = nv
 	default: // push a snapshot to a layout, then pull it as a new volume
 		if len(cur.Order) == 0 || len(vols) >= 5 {
-			return false, nil
+			return false, nil, nil
 		}
 		s := pick(cur.Order)
 		ref := fmt.Sprintf("oci:%s:t%d", pc.layout, pc.seq)
 		if _, err := pc.ob(pc.root, "push", s, ref); err != nil {
-			return false, fmt.Errorf("push: %w", err)
+			return false, nil, fmt.Errorf("push: %w", err)
 		}
 		name := fmt.Sprintf("p%d", pc.seq)
 		args = []string{"pull", ref, name}
@@ -394,15 +414,72 @@ func (pc *powercut) step() (bool, error) {
 	}
 	if _, err := pc.ob(pc.root, args...); err != nil {
 		fmt.Printf("powercut: refused: %v\n", err)
-		return false, nil
+		return false, nil, nil
 	}
 	pc.steps = append(pc.steps, pcStep{Cmd: strings.Join(args, " "), Blockish: blockish, After: next})
-	return true, nil
+	return true, nil, nil
+}
+
+// deviceWrite activates v as a ublk device, writes a few block ranges
+// through it and fsyncs the device: the mark follows the fsync, before
+// deactivate (run after the mark), so what the mark acknowledges is what
+// the device's flush made durable.
+func (pc *powercut) deviceWrite(v string, cur, next *pcState) (bool, func() error, error) {
+	out, err := pc.ob(pc.root, "activate", v, "--json")
+	if err != nil {
+		fmt.Printf("powercut: refused: %v\n", err)
+		return false, nil, nil
+	}
+	var a struct {
+		Device string `json:"device"`
+	}
+	if err := json.Unmarshal(out, &a); err != nil || a.Device == "" {
+		return false, nil, fmt.Errorf("activate %s --json: %v: %s", v, err, out)
+	}
+	deactivate := func() error {
+		if _, err := pc.ob(pc.root, "deactivate", v); err != nil {
+			return fmt.Errorf("deactivate after the device writes: %w", err)
+		}
+		return nil
+	}
+	nv := bytes.Clone(cur.Objs[v])
+	f, err := os.OpenFile(a.Device, os.O_WRONLY, 0)
+	if err != nil {
+		deactivate()
+		return false, nil, err
+	}
+	var desc []string
+	for i := 0; i < 1+pc.r.Intn(4); i++ {
+		off := pc.r.Int63n(int64(len(nv))/pcBlock) * pcBlock
+		n := min(int64(1+pc.r.Intn(16))*pcBlock, int64(len(nv))-off)
+		buf := make([]byte, n)
+		pc.r.Read(buf)
+		if _, err := f.WriteAt(buf, off); err != nil {
+			f.Close()
+			deactivate()
+			return false, nil, fmt.Errorf("write %s at %d: %w", a.Device, off, err)
+		}
+		copy(nv[off:], buf)
+		desc = append(desc, fmt.Sprintf("%d+%d", off, n))
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		deactivate()
+		return false, nil, fmt.Errorf("fsync %s: %w", a.Device, err)
+	}
+	f.Close()
+	next.Objs[v] = nv
+	cmd := fmt.Sprintf("device writes to %s via %s at %s, fsync", v, a.Device, strings.Join(desc, ","))
+	if pc.verbose {
+		fmt.Println("powercut: step", len(pc.steps), cmd)
+	}
+	pc.steps = append(pc.steps, pcStep{Cmd: cmd, Blockish: true, After: next})
+	return true, deactivate, nil
 }
 
 // check mounts the replayed image and compares what obdvol reads with the
 // model: exactly steps[mark] if exact, else steps[mark] or steps[mark+1].
-func (pc *powercut) check(img []byte, scratch string, mark int, exact, fsck bool) error {
+func (pc *powercut) check(img []byte, scratch string, mark int, exact, fsck, probe bool) error {
 	f, err := os.OpenFile(scratch, os.O_WRONLY, 0)
 	if err != nil {
 		return err
@@ -422,6 +499,9 @@ func (pc *powercut) check(img []byte, scratch string, mark int, exact, fsck bool
 		return fmt.Errorf("the filesystem does not mount: %w", err)
 	}
 	cerr := pc.compare(mnt+"/r", mark, exact)
+	if cerr == nil && probe {
+		cerr = pc.probe(mnt + "/r")
+	}
 	if err := unix.Unmount(mnt, 0); err != nil && cerr == nil {
 		cerr = fmt.Errorf("umount: %w", err)
 	}
@@ -547,4 +627,42 @@ func describeDiff(got, o []byte, inOld bool, n []byte, inNew bool) string {
 	}
 	zero := first >= 0 && bytes.Count(got[first:min(first+pcBlock, len(got))], []byte{0}) == min(pcBlock, len(got)-first)
 	return fmt.Sprintf("%d blocks differ, the first at byte %d (reads as zeros: %v)", count, first, zero)
+}
+
+// probe checks that obdvol goes on working after the recovery: a write
+// into the first volume, a snapshot of it, and the snapshot reads back as
+// the volume read before with the write.
+func (pc *powercut) probe(root string) error {
+	out, err := pc.ob(root, "list", "--json")
+	if err != nil {
+		return err
+	}
+	var l pcList
+	if err := json.Unmarshal(out, &l); err != nil || len(l.Volumes) == 0 {
+		return err // nothing to probe
+	}
+	v := l.Volumes[0].Name
+	before, err := pc.ob(root, "export", v, "-")
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	buf := bytes.Repeat([]byte("probe after a power cut "), 200)[:4000]
+	if err := os.WriteFile("/tmp/pc-probe", buf, 0o600); err != nil {
+		return err
+	}
+	if _, err := pc.ob(root, "import", v, "/tmp/pc-probe", "--offset", "100"); err != nil {
+		return fmt.Errorf("probe: a write after the recovery: %w", err)
+	}
+	if _, err := pc.ob(root, "snapshot", v+"@probe"); err != nil {
+		return fmt.Errorf("probe: a snapshot after the recovery: %w", err)
+	}
+	got, err := pc.ob(root, "export", v+"@probe", "-")
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	copy(before[100:], buf)
+	if !bytes.Equal(got, before) {
+		return fmt.Errorf("probe: %s@probe differs from what was written: %s", v, describeDiff(got, before, true, nil, false))
+	}
+	return nil
 }
