@@ -560,6 +560,9 @@ func (pc *powercut) compare(root string, mark int, exact bool) error {
 		sorted = append(sorted, k)
 	}
 	sort.Strings(sorted)
+	// A command other than a write is atomic: every object it changes
+	// is as before it, or every one as after it.
+	var onlyOld, onlyNew []string
 	for _, name := range sorted {
 		o, inOld := old.Objs[name]
 		var n []byte
@@ -567,30 +570,39 @@ func (pc *powercut) compare(root string, mark int, exact bool) error {
 		if nw != nil {
 			n, inNew = nw.Objs[name]
 		}
+		var asOld, asNew bool
 		if !present[name] {
-			if inOld && (nw == nil || inNew) {
+			asOld, asNew = !inOld, nw != nil && !inNew
+			if !asOld && !asNew {
 				return fmt.Errorf("%s is gone (it held %d bytes, sha256 %x)", name, len(o), sha256.Sum256(o))
 			}
-			continue
-		}
-		if !inOld && !inNew {
-			return fmt.Errorf("%s exists but the model has no such object", name)
-		}
-		got, err := pc.ob(root, "export", name, "-")
-		if err != nil {
-			return fmt.Errorf("%s does not export: %w", name, err)
-		}
-		if inOld && bytes.Equal(got, o) || inNew && bytes.Equal(got, n) {
-			continue
-		}
-		if blockish && inOld && inNew && len(o) == len(n) && len(got) == len(o) {
-			if b := mixedBlocks(got, o, n); b < 0 {
-				continue
-			} else {
-				return fmt.Errorf("%s: block %d is neither its content before nor after the import in flight", name, b)
+		} else {
+			if !inOld && !inNew {
+				return fmt.Errorf("%s exists but the model has no such object", name)
+			}
+			got, err := pc.ob(root, "export", name, "-")
+			if err != nil {
+				return fmt.Errorf("%s does not export: %w", name, err)
+			}
+			asOld, asNew = inOld && bytes.Equal(got, o), inNew && bytes.Equal(got, n)
+			if !asOld && !asNew {
+				if !blockish || !inOld || !inNew || len(o) != len(n) || len(got) != len(o) {
+					return fmt.Errorf("%s differs from the model: %s", name, describeDiff(got, o, inOld, n, inNew))
+				}
+				if b := mixedBlocks(got, o, n); b >= 0 {
+					return fmt.Errorf("%s: block %d is neither its content before nor after the write in flight", name, b)
+				}
 			}
 		}
-		return fmt.Errorf("%s differs from the model: %s", name, describeDiff(got, o, inOld, n, inNew))
+		if asOld && !asNew {
+			onlyOld = append(onlyOld, name)
+		}
+		if asNew && !asOld {
+			onlyNew = append(onlyNew, name)
+		}
+	}
+	if !blockish && len(onlyOld) > 0 && len(onlyNew) > 0 {
+		return fmt.Errorf("the command in flight was half done: %v as before it, %v as after it", onlyOld, onlyNew)
 	}
 	return nil
 }
