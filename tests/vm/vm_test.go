@@ -58,9 +58,9 @@ func TestPowerCut(t *testing.T) {
 		}
 	}
 	long := os.Getenv("OBDVOL_POWERCUT_LONG") == "1"
-	steps, points, probe, fsck, want, timeout := 10, 8, 4, false, 1, 6*time.Minute
+	steps, points, probe, subsets, fsck, want, timeout := 10, 8, 4, 1, false, 1, 6*time.Minute
 	if long {
-		steps, points, probe, fsck, want, timeout = 24, 0, 5, true, 200, 40*time.Minute
+		steps, points, probe, subsets, fsck, want, timeout = 24, 0, 5, 1, true, 200, 40*time.Minute
 		if s := os.Getenv("OBDVOL_POWERCUT_MIN"); s != "" {
 			fmt.Sscan(s, &want)
 		}
@@ -68,8 +68,8 @@ func TestPowerCut(t *testing.T) {
 	script, checks := loadScenarios(t, "powercut.sh")
 	total := 0
 	for boot := 0; total < want; boot++ {
-		vars := fmt.Sprintf("SEED=%d STEPS=%d POINTS=%d PROBE=%d FSCK=%v FORCE=%s\n", seed, steps, points, probe, fsck,
-			os.Getenv("OBDVOL_POWERCUT_FORCE"))
+		vars := fmt.Sprintf("SEED=%d STEPS=%d POINTS=%d PROBE=%d FSCK=%v FORCE=%s SUBSETS=%d\n", seed, steps, points, probe, fsck,
+			os.Getenv("OBDVOL_POWERCUT_FORCE"), subsets)
 		out, err := h.boot(t, vars+script, BootOptions{Timeout: timeout, MemoryMB: 1536})
 		wantLines := []string{"OBDVOL-VM-POWERCUT-EXIT 0", "OBDVOL-VM-DONE"}
 		for _, c := range checks {
