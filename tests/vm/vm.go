@@ -3,6 +3,18 @@
 // returns what they print on the serial console. This host's kernel has no
 // ublk, so the ublk frontend is tested here, under TCG (slower, fine for
 // functional tests).
+//
+// Two tests use it:
+//   - TestBootUblkKernel: the scenarios in scenarios/[1-9]-*.sh drive the
+//     real obdvol binary on /dev/ublkbN (activate, live snapshot, rollback,
+//     ext4, deactivate under load, kill -9 of the server and recovery).
+//     Each check prints OBDVOL-VM-OK NAME only after testing its condition;
+//     the host requires every named check's OK and no FAIL or error line.
+//   - TestPowerCut: power cuts by CrashMonkey's method (guest/powercut.go):
+//     obdvol's --root on ext4 over dm-log-writes, a workload of real obdvol
+//     commands, the log replayed to every flush, FUA and mark and each
+//     state checked against a model of what was acknowledged. `make
+//     powercut` runs it until at least 200 cut points were checked.
 package vm
 
 import (
