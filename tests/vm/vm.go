@@ -21,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -191,6 +192,7 @@ type BootOptions struct {
 	Timeout  time.Duration // default 5 minutes
 	MemoryMB int           // default 512
 	CPUs     int           // default 2
+	Console  io.Writer     // if set, also gets the console output as it comes
 }
 
 // Boot runs the kernel with the initramfs and returns the console output.
@@ -218,7 +220,11 @@ func Boot(ctx context.Context, k *Kernel, initrd string, o BootOptions) (string,
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var w io.Writer = &out
+	if o.Console != nil {
+		w = io.MultiWriter(&out, o.Console)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
 	err := cmd.Run()
 	if ctx.Err() != nil {
 		return out.String(), fmt.Errorf("VM did not finish in %v", o.Timeout)

@@ -70,7 +70,17 @@ func TestPowerCut(t *testing.T) {
 	for boot := 0; total < want; boot++ {
 		vars := fmt.Sprintf("SEED=%d STEPS=%d POINTS=%d PROBE=%d FSCK=%v FORCE=%s SUBSETS=%d\n", seed, steps, points, probe, fsck,
 			os.Getenv("OBDVOL_POWERCUT_FORCE"), subsets)
-		out, err := h.boot(t, vars+script, BootOptions{Timeout: timeout, MemoryMB: 1536})
+		o := BootOptions{Timeout: timeout, MemoryMB: 1536}
+		if long {
+			f, err := os.CreateTemp("", fmt.Sprintf("obdvol-powercut-%d-*.log", seed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("seed %d: console in %s", seed, f.Name())
+			o.Console = f
+			defer f.Close()
+		}
+		out, err := h.boot(t, vars+script, o)
 		wantLines := []string{"OBDVOL-VM-POWERCUT-EXIT 0", "OBDVOL-VM-DONE"}
 		for _, c := range checks {
 			wantLines = append(wantLines, "OBDVOL-VM-OK "+c)
