@@ -175,7 +175,7 @@ func powercutCmd(args []string) error {
 	if err := run("/usr/local/bin/dmsetup", "remove", "pclw"); err != nil {
 		return err
 	}
-	fmt.Printf("powercut: seed %d: %d commands (%d refused) recorded in %v\n", *seed, len(pc.steps)-1, refused,
+	fmt.Printf("powercut: seed %d: %d commands (%d skipped or refused) recorded in %v\n", *seed, len(pc.steps)-1, refused,
 		time.Since(t0).Round(time.Second))
 
 	// Replay.
