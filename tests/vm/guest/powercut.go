@@ -43,16 +43,31 @@ const pcBlock = 4096 // the volumes' block size (obdvol's default)
 // volume ("v1") and snapshot ("v1@s2"), and the order snapshots were made
 // in (rollback --force removes the newer ones).
 type pcState struct {
-	Objs  map[string][]byte
-	Order []string // snapshots, oldest first
+	Objs    map[string][]byte
+	Order   []string          // snapshots, oldest first
+	Origins map[string]string // clone -> the snapshot it was made from
 }
 
 func (s *pcState) clone() *pcState {
-	c := &pcState{Objs: make(map[string][]byte, len(s.Objs)), Order: append([]string(nil), s.Order...)}
+	c := &pcState{Objs: make(map[string][]byte, len(s.Objs)), Order: append([]string(nil), s.Order...),
+		Origins: make(map[string]string, len(s.Origins))}
 	for k, v := range s.Objs {
 		c.Objs[k] = v // contents are never modified in place
 	}
+	for k, v := range s.Origins {
+		c.Origins[k] = v
+	}
 	return c
+}
+
+// hasClones says whether a live volume was cloned from snapshot snap.
+func (s *pcState) hasClones(snap string) bool {
+	for c, o := range s.Origins {
+		if _, live := s.Objs[c]; live && o == snap {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *pcState) volumes() []string {
@@ -145,7 +160,7 @@ func powercutCmd(args []string) error {
 		return err
 	}
 	unix.Sync()
-	pc.steps = []pcStep{{Cmd: "(start)", After: &pcState{Objs: map[string][]byte{}}}}
+	pc.steps = []pcStep{{Cmd: "(start)", After: &pcState{Objs: map[string][]byte{}, Origins: map[string]string{}}}}
 	if err := run("/usr/local/bin/dmsetup", "message", "pclw", "0", "mark", "step-0"); err != nil {
 		return err
 	}
@@ -175,7 +190,7 @@ func powercutCmd(args []string) error {
 	if err := run("/usr/local/bin/dmsetup", "remove", "pclw"); err != nil {
 		return err
 	}
-	fmt.Printf("powercut: seed %d: %d commands (%d skipped or refused) recorded in %v\n", *seed, len(pc.steps)-1, refused,
+	fmt.Printf("powercut: seed %d: %d commands (%d skipped) recorded in %v\n", *seed, len(pc.steps)-1, refused,
 		time.Since(t0).Round(time.Second))
 
 	// Replay.
@@ -320,8 +335,10 @@ func (pc *powercut) ob(root string, args ...string) ([]byte, error) {
 var pcOps = map[string]int{"create": 0, "import": 20, "snapshot": 50, "clone": 60, "rollback": 66,
 	"delete-snapshot": 72, "delete-volume": 76, "device": 80, "gc": 87, "flatten": 91, "resize": 95, "pull": 98}
 
-// step runs one random command; it returns false if obdvol refused it
-// (the model does not change then), and what to run after the mark.
+// step runs one random command; it returns false if it skipped the
+// command (one the model says obdvol must refuse, or that does not apply
+// now), and what to run after the mark. Every command it runs is valid:
+// a refusal is a finding.
 func (pc *powercut) step() (bool, func() error, error) {
 	cur := pc.steps[len(pc.steps)-1].After
 	next := cur.clone()
@@ -380,6 +397,7 @@ func (pc *powercut) step() (bool, func() error, error) {
 		name := fmt.Sprintf("c%d", pc.seq)
 		args = []string{"create", name, "--from", s}
 		next.Objs[name] = cur.Objs[s]
+		next.Origins[name] = s
 	case op < 70: // rollback (removes newer snapshots)
 		v := pick(vols)
 		snaps := cur.snapshots(v)
@@ -392,6 +410,9 @@ func (pc *powercut) step() (bool, func() error, error) {
 		newer := false
 		for _, k := range snaps {
 			if newer {
+				if cur.hasClones(k) {
+					return false, nil, nil // refused by design: a clone was made from k
+				}
 				next.dropSnapshot(k)
 			}
 			newer = newer || k == s
@@ -422,7 +443,7 @@ func (pc *powercut) step() (bool, func() error, error) {
 	case op < 97: // resize: grow, or shrink
 		v := pick(vols)
 		old := cur.Objs[v]
-		size := int64(len(old)) + int64(pc.r.Intn(3)-1)<<20
+		size := int64(len(old)) + int64(pc.r.Intn(2)*2-1)<<20
 		if size <= 0 {
 			size = int64(len(old)) + 1<<20
 		}
@@ -433,28 +454,40 @@ func (pc *powercut) step() (bool, func() error, error) {
 		nv := make([]byte, size)
 		copy(nv, old)
 		next.Objs[v] = nv
-	default: // push a snapshot to a layout, then pull it as a new volume
-		if len(cur.Order) == 0 || len(vols) >= 5 {
+	default: // pull a snapshot made and pushed on another root (tmpfs)
+		if len(vols) >= 5 {
 			return false, nil, nil
 		}
-		s := pick(cur.Order)
+		src, vol, snap := "/tmp/pc-src", fmt.Sprintf("src%d", pc.seq), fmt.Sprintf("r%d", pc.seq)
+		size := int64(1+pc.r.Intn(2)) << 20
+		content := make([]byte, size)
+		for i := 0; i < 1+pc.r.Intn(3); i++ {
+			off := pc.r.Int63n(size)
+			pc.r.Read(content[off:min(size, off+pc.r.Int63n(256<<10))])
+		}
+		f := fmt.Sprintf("/tmp/pc-src-%d", pc.seq)
+		if err := os.WriteFile(f, content, 0o600); err != nil {
+			return false, nil, err
+		}
+		defer os.Remove(f)
 		ref := fmt.Sprintf("oci:%s:t%d", pc.layout, pc.seq)
-		if _, err := pc.ob(pc.root, "push", s, ref); err != nil {
-			return false, nil, fmt.Errorf("push: %w", err)
+		for _, a := range [][]string{{"create", vol, "--size", fmt.Sprint(size)}, {"import", vol, f},
+			{"snapshot", vol + "@" + snap}, {"push", vol + "@" + snap, ref}} {
+			if _, err := pc.ob(src, a...); err != nil {
+				return false, nil, fmt.Errorf("on the source root: %w", err)
+			}
 		}
 		name := fmt.Sprintf("p%d", pc.seq)
 		args = []string{"pull", ref, name}
-		snap := name + "@" + strings.SplitN(s, "@", 2)[1]
-		next.Objs[name] = cur.Objs[s]
-		next.Objs[snap] = cur.Objs[s]
-		next.Order = append(next.Order, snap)
+		next.Objs[name] = content
+		next.Objs[name+"@"+snap] = content
+		next.Order = append(next.Order, name+"@"+snap)
 	}
 	if pc.verbose {
 		fmt.Println("powercut: step", len(pc.steps), strings.Join(args, " "))
 	}
 	if _, err := pc.ob(pc.root, args...); err != nil {
-		fmt.Printf("powercut: refused: %v\n", err)
-		return false, nil, nil
+		return false, nil, fmt.Errorf("FINDING: step %d: obdvol refused a valid command: %w", len(pc.steps), err)
 	}
 	pc.steps = append(pc.steps, pcStep{Cmd: strings.Join(args, " "), Blockish: blockish, After: next})
 	return true, nil, nil
@@ -467,8 +500,7 @@ func (pc *powercut) step() (bool, func() error, error) {
 func (pc *powercut) deviceWrite(v string, cur, next *pcState) (bool, func() error, error) {
 	out, err := pc.ob(pc.root, "activate", v, "--json")
 	if err != nil {
-		fmt.Printf("powercut: refused: %v\n", err)
-		return false, nil, nil
+		return false, nil, fmt.Errorf("FINDING: step %d: obdvol refused a valid command: %w", len(pc.steps), err)
 	}
 	var a struct {
 		Device string `json:"device"`
