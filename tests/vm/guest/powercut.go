@@ -279,6 +279,9 @@ func powercutCmd(args []string) error {
 				pi, p.entry, kind, p.mark, pc.steps[p.mark].Cmd, inflight, err)
 		}
 		checked++
+		if checked%25 == 0 {
+			fmt.Printf("powercut: %d cut points checked (%v)\n", checked, time.Since(t0).Round(time.Second))
+		}
 		for j := 0; len(window) > 1 && j < *subsets; j++ {
 			sub := append([]byte(nil), base...)
 			kept := 0
