@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench clean torture torture-short
+.PHONY: all build deps test vet lint unit fuzz demo bench clean torture torture-short powercut
 
 all: build
 
@@ -49,6 +49,13 @@ torture: build
 # the final checks (the binary is built first, by the build target).
 torture-short: build
 	$(GO) test -count=1 -timeout 120s -run '^TestTorture$$' ./tests/torture -torture.duration=30s -torture.seed=$(SEED) -torture.bin=$(abspath $(BIN))
+
+# Power cuts in a VM (tests/vm): obdvol's root on ext4 over dm-log-writes,
+# the log replayed to every flush and mark of seeded workloads until at
+# least POWERCUT_MIN cut points were checked (make test runs a short one).
+POWERCUT_MIN ?= 200
+powercut: deps
+	OBDVOL_POWERCUT_LONG=1 OBDVOL_POWERCUT_MIN=$(POWERCUT_MIN) $(GO) test -count=1 -timeout 120m -v -run '^TestPowerCut$$' ./tests/vm/
 
 bench: build
 	@scripts/deps.sh bench

@@ -3,12 +3,25 @@
 // returns what they print on the serial console. This host's kernel has no
 // ublk, so the ublk frontend is tested here, under TCG (slower, fine for
 // functional tests).
+//
+// Two tests use it:
+//   - TestBootUblkKernel: the scenarios in scenarios/[1-9]-*.sh drive the
+//     real obdvol binary on /dev/ublkbN (activate, live snapshot, rollback,
+//     ext4, deactivate under load, kill -9 of the server and recovery).
+//     Each check prints OBDVOL-VM-OK NAME only after testing its condition;
+//     the host requires every named check's OK and no FAIL or error line.
+//   - TestPowerCut: power cuts by CrashMonkey's method (guest/powercut.go):
+//     obdvol's --root on ext4 over dm-log-writes, a workload of real obdvol
+//     commands, the log replayed to every flush, FUA and mark and each
+//     state checked against a model of what was acknowledged. `make
+//     powercut` runs it until at least 200 cut points were checked.
 package vm
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,19 +29,43 @@ import (
 	"time"
 )
 
-// Kernel is an unpacked kernel image and its ublk module.
+// Kernel is an unpacked kernel image and the modules the tests load.
 type Kernel struct {
 	Vmlinuz string
 	UblkKO  string
+	// Modules maps a module's name (ublk_drv, dm-mod, dm-flakey,
+	// dm-log-writes, brd, loop) to its uncompressed .ko on the host; the
+	// initramfs holds each as /lib/modules/NAME.ko.
+	Modules map[string]string
+}
+
+// modules are the kernel modules copied out of the package: ublk for the
+// device tests; device-mapper (flakey, log-writes) and brd (RAM disks)
+// for the power-cut tests.
+var modules = map[string]string{
+	"ublk_drv":      "drivers/block/ublk_drv.ko",
+	"brd":           "drivers/block/brd.ko",
+	"loop":          "drivers/block/loop.ko",
+	"dm-mod":        "drivers/md/dm-mod.ko",
+	"dm-flakey":     "drivers/md/dm-flakey.ko",
+	"dm-log-writes": "drivers/md/dm-log-writes.ko",
 }
 
 // FetchKernel returns the cached kernel under cache, downloading Debian's
-// 6.12 cloud kernel package (apt-get download) on first use.
+// 6.12 cloud kernel package (apt-get download) on first use. The kernel
+// image is moved into place last: its presence marks a complete cache.
 func FetchKernel(cache string) (*Kernel, error) {
-	k := &Kernel{Vmlinuz: filepath.Join(cache, "vmlinuz"), UblkKO: filepath.Join(cache, "ublk_drv.ko")}
-	if fileExists(k.Vmlinuz) && fileExists(k.UblkKO) {
+	k := &Kernel{Vmlinuz: filepath.Join(cache, "vmlinuz"), Modules: map[string]string{}}
+	complete := fileExists(k.Vmlinuz)
+	for name := range modules {
+		k.Modules[name] = filepath.Join(cache, "modules", name+".ko")
+		complete = complete && fileExists(k.Modules[name])
+	}
+	k.UblkKO = k.Modules["ublk_drv"]
+	if complete {
 		return k, nil
 	}
+	os.Remove(k.Vmlinuz)
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return nil, err
 	}
@@ -45,8 +82,11 @@ func FetchKernel(cache string) (*Kernel, error) {
 	if pkg == "" {
 		return nil, fmt.Errorf("no linux-image-6.12 cloud kernel package found:\n%s", out)
 	}
-	dl := filepath.Join(cache, "dl")
-	os.MkdirAll(dl, 0o755)
+	dl, err := os.MkdirTemp(cache, "fetch-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dl)
 	cmd := exec.Command("apt-get", "download", pkg)
 	cmd.Dir = dl
 	if o, err := cmd.CombinedOutput(); err != nil {
@@ -56,29 +96,35 @@ func FetchKernel(cache string) (*Kernel, error) {
 	if len(debs) == 0 {
 		return nil, fmt.Errorf("apt-get download %s produced no .deb", pkg)
 	}
-	x := filepath.Join(cache, "x")
+	x := filepath.Join(dl, "x")
 	if o, err := exec.Command("dpkg-deb", "-x", debs[0], x).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("dpkg-deb -x: %v\n%s", err, o)
 	}
 	vmlinuz, _ := filepath.Glob(filepath.Join(x, "boot", "vmlinuz-*"))
-	ko, _ := filepath.Glob(filepath.Join(x, "lib", "modules", "*", "kernel", "drivers", "block", "ublk_drv.ko*"))
-	if len(vmlinuz) == 0 || len(ko) == 0 {
-		return nil, fmt.Errorf("%s has no vmlinuz or ublk_drv.ko", pkg)
+	if len(vmlinuz) == 0 {
+		return nil, fmt.Errorf("%s has no boot/vmlinuz-*", pkg)
+	}
+	if err := os.MkdirAll(filepath.Join(cache, "modules"), 0o755); err != nil {
+		return nil, err
+	}
+	for name, rel := range modules {
+		ko, _ := filepath.Glob(filepath.Join(x, "lib", "modules", "*", "kernel", rel+"*"))
+		if len(ko) == 0 {
+			return nil, fmt.Errorf("%s has no %s", pkg, rel)
+		}
+		if strings.HasSuffix(ko[0], ".xz") {
+			if o, err := exec.Command("xz", "-d", ko[0]).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("xz -d: %v\n%s", err, o)
+			}
+			ko[0] = strings.TrimSuffix(ko[0], ".xz")
+		}
+		if err := os.Rename(ko[0], k.Modules[name]); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.Rename(vmlinuz[0], k.Vmlinuz); err != nil {
 		return nil, err
 	}
-	if strings.HasSuffix(ko[0], ".xz") {
-		if o, err := exec.Command("xz", "-dk", ko[0]).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("xz -d: %v\n%s", err, o)
-		}
-		ko[0] = strings.TrimSuffix(ko[0], ".xz")
-	}
-	if err := os.Rename(ko[0], k.UblkKO); err != nil {
-		return nil, err
-	}
-	os.RemoveAll(x)
-	os.RemoveAll(dl)
 	return k, nil
 }
 
@@ -89,7 +135,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // module, runs script, and powers off.
 func Initramfs(dir string, k *Kernel, files map[string]string, script string) (string, error) {
 	root := filepath.Join(dir, "root")
-	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp"} {
+	for _, d := range []string{"bin", "dev", "proc", "sys", "tmp", "mnt", "etc"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return "", err
 		}
@@ -98,7 +144,10 @@ func Initramfs(dir string, k *Kernel, files map[string]string, script string) (s
 	if err != nil {
 		return "", fmt.Errorf("busybox not installed: run make deps (busybox-static)")
 	}
-	copies := map[string]string{"bin/busybox": bb, "ublk_drv.ko": k.UblkKO}
+	copies := map[string]string{"bin/busybox": bb}
+	for name, p := range k.Modules {
+		copies["lib/modules/"+name+".ko"] = p
+	}
 	for g, h := range files {
 		copies[g] = h
 	}
@@ -121,7 +170,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-insmod /ublk_drv.ko && echo OBDVOL-VM-UBLK-LOADED
+insmod /lib/modules/ublk_drv.ko && echo OBDVOL-VM-UBLK-LOADED
 ` + script + `
 echo OBDVOL-VM-DONE
 poweroff -f
@@ -138,12 +187,32 @@ poweroff -f
 	return out, nil
 }
 
+// BootOptions shape the VM.
+type BootOptions struct {
+	Timeout  time.Duration // default 5 minutes
+	MemoryMB int           // default 512
+	CPUs     int           // default 2
+	Console  io.Writer     // if set, also gets the console output as it comes
+}
+
 // Boot runs the kernel with the initramfs and returns the console output.
-func Boot(ctx context.Context, k *Kernel, initrd string, timeout time.Duration) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// The console shows kernel messages of level KERN_CRIT and above only
+// (loglevel=3): expected I/O errors of a removed device do not reach it,
+// scenarios read dmesg where they check for errors.
+func Boot(ctx context.Context, k *Kernel, initrd string, o BootOptions) (string, error) {
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Minute
+	}
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 512
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	args := []string{"-m", "512", "-smp", "2", "-nographic", "-no-reboot", "-kernel", k.Vmlinuz, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet"}
+	args := []string{"-m", fmt.Sprint(o.MemoryMB), "-smp", fmt.Sprint(o.CPUs), "-nographic", "-no-reboot",
+		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet loglevel=3"}
 	// /dev/kvm exists on these machines but KVM fails inside qemu (MSR
 	// errors), so TCG is the default; OBDVOL_VM_KVM=1 opts in.
 	if os.Getenv("OBDVOL_VM_KVM") == "1" {
@@ -151,10 +220,14 @@ func Boot(ctx context.Context, k *Kernel, initrd string, timeout time.Duration) 
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var w io.Writer = &out
+	if o.Console != nil {
+		w = io.MultiWriter(&out, o.Console)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		return out.String(), fmt.Errorf("VM did not finish in %v", timeout)
+		return out.String(), fmt.Errorf("VM did not finish in %v", o.Timeout)
 	}
 	return out.String(), err
 }

@@ -5,14 +5,24 @@
 //	guest io          a volume served as /dev/ublkbN: O_DIRECT writes and
 //	                  reads at many offsets and sizes, flushes and
 //	                  discards, compared with an in-memory model
+//	guest powercut    power cuts at every flush point (powercut.go)
+//	guest write DEV OFFSET SRC LENGTH [loop]
+//	                  writes LENGTH bytes read from SRC to the block device
+//	                  DEV at OFFSET and flushes; DEV is opened without
+//	                  O_CREAT and must be a block device, so a write after
+//	                  the device went away fails instead of creating a
+//	                  file in /dev. With loop: again and again until a
+//	                  write fails, then "writer stopped after N writes".
 package main
 
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 	"unsafe"
 
@@ -35,6 +45,20 @@ func main() {
 		err = ublk.Preflight()
 	case "io":
 		err = ioTest()
+	case "powercut":
+		err = powercutCmd(os.Args[2:])
+		if err != nil {
+			fmt.Printf("OBDVOL-VM-POWERCUT-FAIL %v\n", err)
+			os.Exit(1)
+		}
+		return
+	case "write":
+		err = writeCmd(os.Args[2:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "guest write:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if err != nil {
 		fmt.Printf("OBDVOL-VM-%s FAIL %v\n", mode, err)
@@ -127,4 +151,56 @@ func ioTest() error {
 		return fmt.Errorf("volume differs from the model after the device stopped")
 	}
 	return v.Close()
+}
+
+func writeCmd(args []string) error {
+	if len(args) < 4 {
+		return fmt.Errorf("usage: guest write DEV OFFSET SRC LENGTH [loop]")
+	}
+	off, err1 := strconv.ParseInt(args[1], 10, 64)
+	n, err2 := strconv.ParseInt(args[3], 10, 64)
+	if err1 != nil || err2 != nil || off < 0 || n <= 0 {
+		return fmt.Errorf("bad offset %q or length %q", args[1], args[3])
+	}
+	loop := len(args) > 4 && args[4] == "loop"
+	src, err := os.Open(args[2])
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	buf := make([]byte, n)
+	for i := 0; ; i++ {
+		if _, err := io.ReadFull(src, buf); err != nil {
+			return fmt.Errorf("read %s: %w", args[2], err)
+		}
+		err := writeDevice(args[0], off, buf)
+		if err == nil && loop {
+			continue
+		}
+		if loop {
+			fmt.Printf("writer stopped after %d writes: %v\n", i, err)
+			return nil
+		}
+		return err
+	}
+}
+
+// writeDevice writes p at off to the block device dev and flushes it.
+func writeDevice(dev string, off int64, p []byte) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0) // no O_CREAT
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return fmt.Errorf("%s is not a block device", dev)
+	}
+	if _, err := f.WriteAt(p, off); err != nil {
+		return err
+	}
+	return f.Sync()
 }
