@@ -25,6 +25,39 @@ func (m *Manager) dropIntent(id uint64) {
 	m.cat.Update(func(tx *metadata.Tx) error { return tx.DeleteIntent(id) })
 }
 
+// ErrOutcomeUnknown wraps the error of a catalogue transaction whose
+// checks passed but whose commit failed (an fdatasync or close error):
+// bbolt may already have written its meta page, so the change may be
+// visible to the next reader, or lost at a power cut. Nothing may act on
+// either outcome: the caller stops the volume (fail-stop) and the next
+// open goes by what the catalogue then says.
+var ErrOutcomeUnknown = errors.New("catalogue commit failed, outcome unknown")
+
+// testHookAfterCommit, when set, runs after a committed transaction of
+// update and may fail it (a test's stand-in for an fdatasync error after
+// bbolt wrote its meta page).
+var testHookAfterCommit func() error
+
+// update runs fn in one write transaction. An error of fn (or of opening
+// the catalogue) means nothing changed; an error after fn succeeded is
+// returned wrapping ErrOutcomeUnknown.
+func (m *Manager) update(fn func(tx *metadata.Tx) error) error {
+	ran := false
+	var fnErr error
+	err := m.cat.Update(func(tx *metadata.Tx) error {
+		ran = true
+		fnErr = fn(tx)
+		return fnErr
+	})
+	if err == nil && ran && testHookAfterCommit != nil {
+		err = testHookAfterCommit()
+	}
+	if err != nil && ran && fnErr == nil {
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+	}
+	return err
+}
+
 // commit runs fn and removes the intent in one transaction.
 func (m *Manager) commit(intent uint64, fn func(tx *metadata.Tx) error) error {
 	err := m.cat.Update(func(tx *metadata.Tx) error {

@@ -105,7 +105,7 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("volume %s: new writable layer: %w", v.name, err)
 	}
-	err = v.m.cat.Update(func(tx *metadata.Tx) error {
+	err = v.m.update(func(tx *metadata.Tx) error {
 		if _, err := tx.Snapshot(v.name, name); err == nil {
 			return fmt.Errorf("snapshot %s@%s: %w", v.name, name, metadata.ErrExists)
 		} else if !errors.Is(err, metadata.ErrNotFound) {
@@ -118,6 +118,17 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 		rec.Device = cur.Device // set by the serving process
 		return tx.PutVolume(&rec)
 	})
+	if errors.Is(err, ErrOutcomeUnknown) {
+		// The catalogue may now name the new layer as writable and this
+		// one as frozen: writing on here could put later writes into the
+		// snapshot. Stop the volume; both layers stay for the next open,
+		// which goes by what the catalogue says (every acknowledged write
+		// is in the flushed layer either way).
+		err = fmt.Errorf("volume %s: snapshot %s: %w (the volume is stopped: reopen it)", v.name, name, err)
+		v.w.fail(err)
+		w.close()
+		return nil, false, err
+	}
 	if err != nil {
 		w.close()
 		os.RemoveAll(dir)
@@ -143,7 +154,7 @@ func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 	layers := append(append([]string(nil), rec.Layers...), layer.Digest)
 	snap := &metadata.Snapshot{Volume: v.name, Name: name, Layers: layers, Size: rec.Size, Created: time.Now().UTC()}
 	var next metadata.Volume
-	err = v.m.cat.Update(func(tx *metadata.Tx) error {
+	err = v.m.update(func(tx *metadata.Tx) error {
 		cur, err := tx.Volume(v.name)
 		if err != nil {
 			return err
@@ -165,6 +176,15 @@ func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 		}
 		return lease.Commit(tx)
 	})
+	if errors.Is(err, ErrOutcomeUnknown) {
+		// The snapshot may be recorded and the frozen layer no longer
+		// named: stop rather than seal it again or keep reading through
+		// it; the next open goes by the catalogue.
+		err = fmt.Errorf("volume %s: snapshot %s: %w (the volume is stopped: reopen it)", v.name, name, err)
+		v.w.fail(err)
+		v.frozen.fail(err)
+		return nil, err
+	}
 	if err != nil {
 		return nil, err
 	}
