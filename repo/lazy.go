@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -301,6 +302,9 @@ func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 		complete := b.isComplete()
 		if !complete {
 			if err := b.ensure(ctx, off, fetchEnd, end); err != nil {
+				if noSpace(err) {
+					return b.readThrough(ctx, p[:n], off, len(p), err)
+				}
 				return 0, err
 			}
 		}
@@ -320,6 +324,28 @@ func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 		}
 		fetchEnd = end
 	}
+}
+
+// noSpace reports whether err is a full disk (or quota) under the store.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// readThrough serves a read whose pages could not be cached because the
+// disk is full: straight from the remote, without caching, so data stays
+// readable (exported, copied off) on a full disk. The chunks read are
+// still checked by their crc32c above this layer; nothing is recorded as
+// present. cause is returned if the remote fails too.
+func (b *LazyBlob) readThrough(ctx context.Context, p []byte, off int64, want int, cause error) (int, error) {
+	data, err := b.fetchOnce(ctx, off, int64(len(p)))
+	if err != nil {
+		return 0, fmt.Errorf("%w (and reading through without caching: %w)", cause, err)
+	}
+	m := copy(p, data)
+	if m < want {
+		return m, io.EOF
+	}
+	return m, nil
 }
 
 // readAhead returns where the fetch for a read of [off, end) ends. As the
