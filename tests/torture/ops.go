@@ -1056,11 +1056,25 @@ func (w *world) opCatalogCorrupt() bool {
 	bad := append([]byte(nil), orig...)
 	w.rng.Read(bad[page*4096 : page*4096+4096])
 	w.logf("catalogue corruption: page %d of %d", page, len(orig)/4096)
-	os.WriteFile(path, bad, 0o600)
+	// Pages are overwritten in place: no truncation, no new blocks, so
+	// this works (and restores) on a full disk too.
+	putPage := func(src []byte) error {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = f.WriteAt(src[page*4096:page*4096+4096], int64(page)*4096)
+		return err
+	}
+	if err := putPage(bad); err != nil {
+		w.logf("  cannot corrupt the catalogue: %v", err)
+		return true
+	}
 	for _, args := range [][]string{{"list"}, {"gc", "--dry-run"}} {
 		w.run(args...) // a crash is a finding (afterProc)
 	}
-	if err := os.WriteFile(path, orig, 0o600); err != nil {
+	if err := putPage(orig); err != nil {
 		w.t.Fatal(err)
 	}
 	// A command on a corrupt catalogue may fail; it may not lose data.
