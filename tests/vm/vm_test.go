@@ -153,10 +153,21 @@ func (h *harness) boot(t *testing.T, script string, o BootOptions) (string, erro
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	out, err := Boot(context.Background(), h.k, initrd, o)
-	t.Logf("the VM ran %v", time.Since(start).Round(time.Second))
-	return out, err
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		out, err := Boot(context.Background(), h.k, initrd, o)
+		t.Logf("the VM ran %v", time.Since(start).Round(time.Second))
+		// qemu's TCG occasionally traps a guest kernel's int3-based live
+		// text patching on another vCPU (seen once in ~10 runs: "Oops:
+		// int3" in get_random_u32, no obdvol code on the stack). That is
+		// the emulator, not what is tested: boot once more, the same
+		// script and seed, every check again. Any other oops fails.
+		if attempt == 1 && strings.Contains(out, "Oops: int3") {
+			t.Logf("the guest kernel trapped on int3 under TCG (emulator flake); booting again:\n%s", tail(out))
+			continue
+		}
+		return out, err
+	}
 }
 
 var checkName = regexp.MustCompile(`(?m)^\s*t ([a-z0-9-]+) `)
