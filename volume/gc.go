@@ -87,7 +87,13 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 		// A crash leaves it for Recover, which empties the trash.
 		defer os.RemoveAll(trash)
 	}
-	err := m.cat.Update(func(tx *metadata.Tx) error {
+	// A dry run only reads: a write transaction, even one that changes
+	// nothing, commits a new meta page and freelist.
+	run := m.cat.Update
+	if dryRun {
+		run = m.cat.View
+	}
+	err := run(func(tx *metadata.Tx) error {
 		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}}
 		refs, err := m.liveDigests(tx, dryRun, res)
 		if err != nil {

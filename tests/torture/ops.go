@@ -1042,10 +1042,12 @@ func (w *world) opJournalFlip() bool {
 // while no other process runs, runs list, and restores the file: a clear
 // error is right, a panic is a finding.
 func (w *world) opCatalogCorrupt() bool {
-	for _, p := range w.procs {
-		if !strings.HasPrefix(p.desc, "obdvol serve") {
-			return false
-		}
+	// No other process at all: a server committing to the damaged file
+	// and the page then put back would mix two states of the file (seen
+	// in a 30-minute run: "invalid freelist page" for good), which says
+	// something about this harness, not about obdvol.
+	if len(w.procs) > 0 {
+		return false
 	}
 	path := filepath.Join(w.root, "catalog.db")
 	orig, err := os.ReadFile(path)
