@@ -48,6 +48,14 @@ func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off,
 	if off < 0 || n <= 0 || n > maxFetchSpan || off > maxLazySize {
 		return nil, -1, fmt.Errorf("range [%d,+%d) is invalid", off, n)
 	}
+	b, total, err := r.requestRange(ctx, digest, off, n)
+	observeRange(r.Repo.Reference.Host(), int64(len(b)), err) // the host only: no URL, no credentials
+	return b, total, err
+}
+
+// requestRange sends one range request for [off, off+n) of a valid digest
+// and checks the answer (see fetchRangeTotal).
+func (r RegistryRanges) requestRange(ctx context.Context, digest string, off, n int64) ([]byte, int64, error) {
 	ref := r.Repo.Reference
 	ref.Reference = digest
 	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)

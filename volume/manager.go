@@ -51,6 +51,14 @@ type Blobs interface {
 type Options struct {
 	CacheBytes  int // decompressed-chunk cache shared by all volumes; default 256 MiB
 	Concurrency int // compression workers when sealing; default GOMAXPROCS
+
+	// OnSeal, when set, is called after every Snapshot that got past its
+	// checks (name, read-only, closed) with the volume's name, the time
+	// it took (finishing an interrupted seal, freeze, seal, commit) and
+	// its error. It runs on the caller's goroutine with the volume's seal
+	// lock held: it must be quick and must not call back into the volume.
+	// Package metrics records it.
+	OnSeal func(vol string, d time.Duration, err error)
 }
 
 // Manager owns the volumes under one root: it opens them, and performs the

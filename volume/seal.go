@@ -41,7 +41,7 @@ type SealResult struct {
 // working, reads falling through the fresh layer to the frozen one; an
 // Open that cannot finish it opens the volume that way too (SealPending
 // says why), and the next Snapshot, Flatten or Resize retries it first.
-func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error) {
+func (v *Volume) Snapshot(ctx context.Context, name string) (_ *SealResult, err error) {
 	if err := metadata.ValidateName("snapshot", name); err != nil {
 		return nil, err
 	}
@@ -54,6 +54,9 @@ func (v *Volume) Snapshot(ctx context.Context, name string) (*SealResult, error)
 		return nil, fmt.Errorf("volume %s: %w", v.name, ErrClosed)
 	}
 	start := time.Now()
+	if fn := v.m.opts.OnSeal; fn != nil {
+		defer func() { fn(v.name, time.Since(start), err) }()
+	}
 	if v.frozen != nil {
 		if _, err := v.sealFrozen(ctx); err != nil {
 			return nil, fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
