@@ -195,3 +195,36 @@ func TestScrapeSealFailure(t *testing.T) {
 		t.Errorf("seal failures %v, want 1", got)
 	}
 }
+
+// Over a real volume the wrapper adds no allocation to a read or a write.
+func TestInstrumentVolumeAllocs(t *testing.T) {
+	c := metrics.New()
+	m, _ := newManager(t, c)
+	if _, err := m.Create("vm3", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := m.Open("vm3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	b := c.Instrument("vm3", v)
+	p := make([]byte, 4096)
+	if _, err := v.WriteAt(p, 8192); err != nil { // the block exists: rewrites allocate nothing new
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		bare, wrapd func()
+	}{
+		{"ReadAt", func() { v.ReadAt(p, 8192) }, func() { b.ReadAt(p, 8192) }},
+		{"WriteAt", func() { v.WriteAt(p, 8192) }, func() { b.WriteAt(p, 8192) }},
+	} {
+		bare := testing.AllocsPerRun(200, tc.bare)
+		wrapped := testing.AllocsPerRun(200, tc.wrapd)
+		if wrapped != bare {
+			t.Errorf("%s: %v allocations through Instrument, %v on the bare volume", tc.name, wrapped, bare)
+		}
+		t.Logf("%s: %v allocations per call on the volume", tc.name, bare)
+	}
+}
