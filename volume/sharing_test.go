@@ -351,3 +351,108 @@ func TestSharedChainOpenCloseRace(t *testing.T) {
 		t.Fatalf("%d chains, %d layers open with no volume open", m.OpenChains(), m.OpenLayers())
 	}
 }
+
+// gc removes the merged-index files of chains that no volume or snapshot
+// has any more (and writers' temp files), keeps those of live chains and
+// of chains open in the manager; a volume whose file went rebuilds it.
+func TestGCRemovesStaleIndexFiles(t *testing.T) {
+	root := t.TempDir()
+	m := newSharingManager(t, root)
+	img := makeGolden(t, m)
+	if _, err := m.Clone("c", "golden", "s2"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Open("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dir := filepath.Join(root, "index")
+	live := filepath.Join(dir, snapshot.IndexFileName(snapshot.NewChainKey(4096, goldenSize, c.Record().Layers)))
+	stale := filepath.Join(dir, snapshot.IndexFileName(snapshot.NewChainKey(4096, goldenSize, []string{"sha256:gone"})))
+	tmp := filepath.Join(dir, ".midx-tmp-123")
+	other := filepath.Join(dir, "README")
+	for _, p := range []string{stale, tmp, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Fatalf("precondition: %v", err)
+	}
+	ctx := context.Background()
+	dry, err := m.GC(ctx, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.GC(ctx, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{tmp, stale}
+	if fmt.Sprint(dry.IndexFiles) != fmt.Sprint(want) || fmt.Sprint(res.IndexFiles) != fmt.Sprint(want) {
+		t.Fatalf("gc removed %v, dry run listed %v; want %v", res.IndexFiles, dry.IndexFiles, want)
+	}
+	for _, p := range []string{live, other} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("gc removed %s: %v", p, err)
+		}
+	}
+	// Deleting the golden and the clone leaves their chains to no one:
+	// the next gc takes their files, and the open clone keeps reading its
+	// mapping (unlinked, still valid).
+	if err := m.Delete("golden", true); err != nil {
+		t.Fatal(err)
+	}
+	res, err = m.GC(ctx, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Fatalf("gc removed the index file of a chain open in the manager: %v", err)
+	}
+	c.Close()
+	if err := m.Delete("c", true); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = m.GC(ctx, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(live); !os.IsNotExist(err) {
+		t.Fatalf("index file of a deleted chain: %v (gc removed %v)", err, res.IndexFiles)
+	}
+	_ = img
+}
+
+// A chain whose file another process unlinks while mapped keeps reading
+// (the mapping holds the inode); the next open of that chain rebuilds it.
+func TestMappedIndexSurvivesUnlink(t *testing.T) {
+	root := t.TempDir()
+	m := newSharingManager(t, root)
+	img := makeGolden(t, m)
+	if _, err := m.Clone("c", "golden", "s2"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := m.Open("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Chain().Mapped() {
+		t.Fatal("precondition: not mapped")
+	}
+	if err := os.RemoveAll(filepath.Join(root, "index")); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readAll(t, c), img) {
+		t.Fatal("reads changed after the file was unlinked")
+	}
+	c.Close()
+	c, err = m.Open("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.Chain().Mapped() || !bytes.Equal(readAll(t, c), img) {
+		t.Fatal("the reopened chain did not rebuild and map its index")
+	}
+}
