@@ -18,15 +18,13 @@ import (
 // (Linux keeps the inode while it is mapped), one whose chain was
 // recorded after the catalogue was read here rebuilds the file at its
 // next open, and a writer whose temp file is removed fails its rename
-// and serves the index from its heap.
+// and serves the index from its heap. A file it cannot remove is left
+// (and not listed): derived data never fails a gc.
 func (m *Manager) gcIndexFiles(dryRun bool, res *GCResult) error {
 	dir := filepath.Join(m.root, "index")
 	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
 	if err != nil {
-		return err
+		return nil // none, or not a directory: nothing derived to remove
 	}
 	keep := map[snapshot.ChainKey]bool{}
 	err = m.cat.View(func(tx *metadata.Tx) error {
@@ -66,7 +64,7 @@ func (m *Manager) gcIndexFiles(dryRun bool, res *GCResult) error {
 		path := filepath.Join(dir, name)
 		if !dryRun {
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
+				continue // derived data: left for the next gc
 			}
 		}
 		res.IndexFiles = append(res.IndexFiles, path)

@@ -456,3 +456,39 @@ func TestMappedIndexSurvivesUnlink(t *testing.T) {
 		t.Fatal("the reopened chain did not rebuild and map its index")
 	}
 }
+
+// Where root/index cannot be written (here a file stands in its place,
+// as a read-only or full root would refuse it) volumes open and read
+// with their merged index on the heap, still one per chain.
+func TestUnwritableIndexDirFallsBackToHeap(t *testing.T) {
+	root := t.TempDir()
+	m := newSharingManager(t, root)
+	if err := os.WriteFile(filepath.Join(root, "index"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	img := makeGolden(t, m)
+	for _, n := range []string{"a", "b"} {
+		if _, err := m.Clone(n, "golden", "s2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := m.Open("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := m.OpenReadOnly("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if a.Chain().Mapped() || a.Chain() != b.Chain() || m.OpenChains() != 1 {
+		t.Fatalf("mapped %v, shared %v, %d chains", a.Chain().Mapped(), a.Chain() == b.Chain(), m.OpenChains())
+	}
+	if !bytes.Equal(readAll(t, a), img) || !bytes.Equal(readAll(t, b), img) {
+		t.Fatal("wrong data with the index on the heap")
+	}
+	if res, err := m.GC(context.Background(), false, nil); err != nil || len(res.IndexFiles) != 0 {
+		t.Fatalf("gc with no index directory: %v, %v", res, err)
+	}
+}
