@@ -32,25 +32,19 @@ type Chain struct {
 	bs     uint64
 	size   uint64
 	cache  *Cache
+
+	mapping []byte // the merged-index file idx points into (OpenChain); nil: idx is on the heap
 }
 
 // NewChain merges layers (base first) into one index clipped to size
 // bytes. All layers must have the same block size.
 func NewChain(layers []*Layer, size uint64, blockSize uint32, cache *Cache) (*Chain, error) {
-	if len(layers) > MaxChainDepth {
-		return nil, fmt.Errorf("chain of %d layers exceeds %d", len(layers), MaxChainDepth)
+	if err := checkLayers(layers, blockSize); err != nil {
+		return nil, err
 	}
 	bs := uint64(blockSize)
 	var idx, tmp []MExtent
 	for k, l := range layers {
-		if l.t.BlockSize != blockSize {
-			name := fmt.Sprintf("layer %d", k)
-			if l.label != "" {
-				name = "layer " + l.label
-			}
-			return nil, fmt.Errorf("%w: %s has block size %d, the chain %d (all layers of a chain share one block size)",
-				ErrFormat, name, l.t.BlockSize, blockSize)
-		}
 		tmp = overlay(tmp[:0], idx, l.exts, uint16(k))
 		idx, tmp = tmp, idx
 	}
@@ -67,6 +61,24 @@ func NewChain(layers []*Layer, size uint64, blockSize uint32, cache *Cache) (*Ch
 	out := make([]MExtent, len(idx))
 	copy(out, idx)
 	return &Chain{layers: layers, idx: out, bs: bs, size: size, cache: cache}, nil
+}
+
+// checkLayers checks that layers can form one chain of block size bs.
+func checkLayers(layers []*Layer, blockSize uint32) error {
+	if len(layers) > MaxChainDepth {
+		return fmt.Errorf("chain of %d layers exceeds %d", len(layers), MaxChainDepth)
+	}
+	for k, l := range layers {
+		if l.t.BlockSize != blockSize {
+			name := fmt.Sprintf("layer %d", k)
+			if l.label != "" {
+				name = "layer " + l.label
+			}
+			return fmt.Errorf("%w: %s has block size %d, the chain %d (all layers of a chain share one block size)",
+				ErrFormat, name, l.t.BlockSize, blockSize)
+		}
+	}
+	return nil
 }
 
 // overlay writes into dst the merge of lower (a merged index) with upper

@@ -12,6 +12,11 @@
 //     or zero (reads as zeros, hiding lower layers).
 //   - chain: layers stacked base first; its merged index answers "which
 //     layer holds block b" with one binary search whatever the depth.
+//   - chain key: sha256 of a chain's block size, size and layer digests;
+//     equal keys, equal merged indexes.
+//   - merged-index file: a chain's merged index stored under its key
+//     (derived data, rebuilt when invalid) and mapped read-only by
+//     OpenChain, so its pages are the kernel's to reclaim and shared.
 //
 // The package knows nothing of where blobs live: a layer reads through a
 // BlobSource (a local file, a partial file, or range requests), chosen by

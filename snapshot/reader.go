@@ -121,15 +121,32 @@ func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache
 	for len(p) > 0 {
 		ci := int(off / cs)
 		in := int(off % cs)
-		if cache != nil && cache.copyOut(l.id, ci, in, &p, &off) {
-			continue
+		if cache != nil {
+			hit, wait := cache.copyOut(l.id, ci, in, &p, &off)
+			if hit {
+				continue
+			}
+			if wait != nil {
+				// Another read is loading this chunk: take it from the
+				// cache when that ends (or load it, if that failed).
+				select {
+				case <-wait:
+					continue
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 		}
 		buf := cache.getBuf(int(cs))
 		raw, err := l.loadChunk(ctx, ci, buf)
 		if err != nil {
 			cache.putBuf(buf)
+			if cache != nil {
+				cache.abandon(l.id, ci)
+			}
 			return err
 		}
+		cache.loaded(len(raw))
 		n := copy(p, raw[in:])
 		p = p[n:]
 		off += uint64(n)

@@ -48,7 +48,7 @@ func TestReviewCacheMixedChunkSizesExceedLimit(t *testing.T) {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		accounted += s.bytes
+		accounted += int(s.bytes.Load())
 		for _, e := range s.ents {
 			held += cap(e.data)
 		}

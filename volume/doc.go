@@ -15,11 +15,16 @@
 //     on files and removed in the transaction that completes it.
 //   - chain reference (chainRef): a counted use of an open chain; a volume
 //     holds one on its current chain and each read of the layers made
-//     outside the I/O lock holds one. Each open chain in turn holds a
+//     outside the I/O lock holds one. A Manager has one open chain per
+//     distinct chain (block size, size, layer digests), so clones of one
+//     snapshot share its merged index. Each open chain in turn holds a
 //     reference to each of its layers in the Manager, which closes a layer
 //     (and drops its cached chunks) when the last chain using it goes.
 //
 // Invariants:
+//   - At most one open chain per chain key in a Manager; it is removed,
+//     its merged-index mapping unmapped and its layers released only by
+//     the release that leaves it with no reference, under chainMu.
 //   - Volume.ioMu (exclusive only to swap layers) is never held across a
 //     read of a sealed layer, which may wait on a registry: readers and
 //     writers resolve what they need under it, reference the chain and

@@ -29,6 +29,10 @@ type GCResult struct {
 	// (a killed seal or flatten, a failed pull) and orphan present-maps.
 	Leftovers     []string `json:"leftovers"`
 	LeftoverBytes uint64   `json:"leftover_bytes"`
+	// IndexFiles are the merged-index files (derived data, index/) of
+	// chains no volume or snapshot has any more, and temp files of their
+	// writers.
+	IndexFiles []string `json:"index_files"`
 }
 
 // lazyFiles is implemented by content stores that keep lazily fetched
@@ -94,7 +98,7 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 		run = m.cat.View
 	}
 	err := run(func(tx *metadata.Tx) error {
-		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}}
+		res = &GCResult{Blobs: []string{}, Lazy: []string{}, ExpiredLeases: []string{}, Leftovers: []string{}, IndexFiles: []string{}}
 		refs, err := m.liveDigests(tx, dryRun, res)
 		if err != nil {
 			return err
@@ -138,7 +142,7 @@ func (m *Manager) GC(ctx context.Context, dryRun bool, sizeOf func(digest string
 			return res, err
 		}
 	}
-	return res, nil
+	return res, m.gcIndexFiles(dryRun, res)
 }
 
 // leftoversBeyond returns paths without the files of the digests in lazy:

@@ -81,6 +81,15 @@ type Manager struct {
 	layers  map[string]*openLayer // opened layers
 	opening map[string]*layerCall // layers being opened (one open per digest)
 
+	// chains are the open chains, one per distinct chain (block size,
+	// size, layer digests): clones of one snapshot share one merged index
+	// and the same layers. chainMu is held while a chain is looked up or
+	// built (building may read layers over the network, so it is not
+	// m.mu), and by the last release that removes one.
+	chainMu      sync.Mutex
+	chains       map[snapshot.ChainKey]*chainRef
+	chainOpening map[snapshot.ChainKey]*layerCall // chains being built (one build per key)
+
 	cleanup sync.WaitGroup // background removals of discarded directories
 }
 
@@ -105,7 +114,8 @@ func NewManager(root string, cat *metadata.Catalog, blobs Blobs, opts Options) *
 	}
 	return &Manager{root: root, cat: cat, blobs: blobs, opts: opts,
 		cache: snapshot.NewCache(opts.CacheBytes), layers: map[string]*openLayer{},
-		opening: map[string]*layerCall{}}
+		opening: map[string]*layerCall{}, chains: map[snapshot.ChainKey]*chainRef{},
+		chainOpening: map[snapshot.ChainKey]*layerCall{}}
 }
 
 // Catalog returns the manager's catalogue.
@@ -231,25 +241,72 @@ func (m *Manager) Chain(digests []string, size uint64, bs uint32) (*snapshot.Cha
 	return snapshot.NewChain(layers, size, bs, m.cache)
 }
 
-// chainRef is a chain a volume reads through, with a count of its users:
-// the volume holds one reference while the chain is current, and each
-// read of it made outside the volume's I/O lock holds one for its
-// duration. The last release gives its layers back to the manager, which
-// closes those no other chain uses. Layers are immutable, so a read of a
-// chain that a seal or flatten has meanwhile replaced returns what the
-// volume held when the read was resolved.
+// chainRef is an open chain with a count of its users. There is one
+// per distinct chain in a Manager (see Manager.chains): every volume
+// whose chain is this one holds one reference while it is current, and
+// each read of it made outside a volume's I/O lock holds one for its
+// duration. The last release removes it from the Manager, unmaps its
+// merged index and gives its layers back to the manager, which closes
+// those no other chain uses. Layers are immutable, so a read of a chain
+// that a seal or flatten has meanwhile replaced returns what the volume
+// held when the read was resolved.
 type chainRef struct {
 	m       *Manager
 	c       *snapshot.Chain
+	key     snapshot.ChainKey
 	digests []string
 	refs    atomic.Int64
+	dropped bool // removed from m.chains (under m.chainMu)
 }
 
-// openChain opens the chain of layers (base first) at the given size,
-// holding a reference to each layer; the returned chainRef has one
-// reference, the caller's.
-func (m *Manager) openChain(digests []string, size uint64, bs uint32) (*chainRef, error) {
-	r := &chainRef{m: m, digests: slices.Clone(digests)}
+// openChain returns the chain of layers (base first) at the given size
+// with one more reference, the caller's: the one already open when
+// another volume uses the same chain, or a new one holding a reference to
+// each layer. Its merged index comes from root/index when a valid file
+// is there, and is written there when not (see snapshot.OpenChain); a
+// read-only open (readOnly) writes nothing.
+func (m *Manager) openChain(digests []string, size uint64, bs uint32, readOnly bool) (*chainRef, error) {
+	key := snapshot.NewChainKey(bs, size, digests)
+	for {
+		m.chainMu.Lock()
+		if r, ok := m.chains[key]; ok {
+			// Possibly 0 -> 1: a last release racing with this waits for
+			// chainMu and then sees the chain in use again (see release).
+			r.refs.Add(1)
+			m.chainMu.Unlock()
+			return r, nil
+		}
+		if c, ok := m.chainOpening[key]; ok {
+			m.chainMu.Unlock()
+			<-c.done
+			if c.err != nil {
+				return nil, c.err
+			}
+			continue // take it from chains (or build it again if it went)
+		}
+		// Build it outside chainMu (opening layers may wait on a
+		// registry, building the index reads them): a release of another
+		// chain, on a read's path, never waits for it.
+		c := &layerCall{done: make(chan struct{})}
+		m.chainOpening[key] = c
+		m.chainMu.Unlock()
+		r, err := m.buildChain(key, digests, size, bs, readOnly)
+		m.chainMu.Lock()
+		delete(m.chainOpening, key)
+		if err == nil {
+			m.chains[key] = r
+		}
+		m.chainMu.Unlock()
+		c.err = err
+		close(c.done)
+		return r, err
+	}
+}
+
+// buildChain opens a chain named key with one reference, holding a
+// reference to each of its layers.
+func (m *Manager) buildChain(key snapshot.ChainKey, digests []string, size uint64, bs uint32, readOnly bool) (*chainRef, error) {
+	r := &chainRef{m: m, key: key, digests: slices.Clone(digests)}
 	layers := make([]*snapshot.Layer, len(digests))
 	for i, d := range digests {
 		l, err := m.acquireLayer(d, false)
@@ -259,7 +316,7 @@ func (m *Manager) openChain(digests []string, size uint64, bs uint32) (*chainRef
 		}
 		layers[i] = l
 	}
-	c, err := snapshot.NewChain(layers, size, bs, m.cache)
+	c, err := snapshot.OpenChain(layers, size, bs, m.cache, m.indexFile(key, readOnly))
 	if err != nil {
 		m.releaseLayers(digests, layers)
 		return nil, err
@@ -269,16 +326,45 @@ func (m *Manager) openChain(digests []string, size uint64, bs uint32) (*chainRef
 	return r, nil
 }
 
+// indexFile says where the merged index of the chain named key is kept.
+func (m *Manager) indexFile(key snapshot.ChainKey, readOnly bool) snapshot.IndexFile {
+	return snapshot.IndexFile{Dir: filepath.Join(m.root, "index"), Key: key, ReadOnly: readOnly}
+}
+
 // acquire adds a reference; only callers already holding one (or holding
 // the volume's I/O lock, under which the volume's reference is held) may
 // call it. It does not allocate.
 func (r *chainRef) acquire() { r.refs.Add(1) }
 
-// release drops a reference; the last one releases the layers.
+// release drops a reference; the last one removes the chain from the
+// manager, unmaps its index and releases its layers. A reference taken
+// by openChain between the count reaching zero and chainMu being taken
+// here keeps the chain (it is checked again under chainMu).
 func (r *chainRef) release() {
-	if r != nil && r.refs.Add(-1) == 0 {
-		r.m.releaseLayers(r.digests, r.c.Layers())
+	if r == nil || r.refs.Add(-1) != 0 {
+		return
 	}
+	m := r.m
+	m.chainMu.Lock()
+	if r.refs.Load() != 0 || r.dropped {
+		m.chainMu.Unlock()
+		return
+	}
+	r.dropped = true
+	if m.chains[r.key] == r {
+		delete(m.chains, r.key)
+	}
+	m.chainMu.Unlock()
+	// No one holds a reference and no one can take one: unmapping is safe.
+	r.c.Close()
+	m.releaseLayers(r.digests, r.c.Layers())
+}
+
+// OpenChains is the number of distinct chains the manager has open.
+func (m *Manager) OpenChains() int {
+	m.chainMu.Lock()
+	defer m.chainMu.Unlock()
+	return len(m.chains)
 }
 
 // discard moves a directory that is no longer referenced (an old
@@ -515,7 +601,7 @@ func (m *Manager) openLocked(name string, lock *volumeLock) (*Volume, error) {
 	if err := checkSize(rec.Size, rec.BlockSize); err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err) // before allocating for its size
 	}
-	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize, false)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
@@ -589,7 +675,7 @@ func (m *Manager) OpenReadOnly(name string) (*Volume, error) {
 		lock.release()
 		return nil, fmt.Errorf("volume %s: %w", name, err)
 	}
-	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize, true)
 	if err != nil {
 		lock.release()
 		return nil, fmt.Errorf("volume %s: %w", name, err)

@@ -390,7 +390,7 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	if err := v.w.setSize(size); err != nil {
 		return err
 	}
-	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize)
+	chain, err := m.openChain(rec.Layers, rec.Size, rec.BlockSize, false)
 	if err != nil {
 		v.broken = fmt.Errorf("volume %s: chain after resize: %w (reopen the volume)", vol, err)
 		return v.broken

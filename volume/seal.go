@@ -191,7 +191,7 @@ func (v *Volume) sealFrozen(ctx context.Context) (*SealResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := v.m.openChain(next.Layers, next.Size, next.BlockSize)
+	chain, err := v.m.openChain(next.Layers, next.Size, next.BlockSize, false)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +366,7 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 	}); err != nil {
 		return nil, err
 	}
-	chain2, err := v.m.openChain(rec.Layers, rec.Size, rec.BlockSize)
+	chain2, err := v.m.openChain(rec.Layers, rec.Size, rec.BlockSize, false)
 	if err != nil {
 		v.ioMu.Lock()
 		v.broken = fmt.Errorf("volume %s: flattened chain: %w (reopen the volume)", v.name, err)

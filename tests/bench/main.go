@@ -79,6 +79,9 @@ func main() {
 	if *only == "" || *only == "nbd" {
 		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)
 	}
+	if *only == "" || *only == "clones" {
+		clonesBench(work) // tests/bench/clones.go
+	}
 }
 
 func check(err error) {
