@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/obdvol/obdvol/snapshot"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -31,8 +33,7 @@ type Collector struct {
 // ChunkCache is the decompressed-chunk cache as metrics reads it, at each
 // scrape; *snapshot.Cache implements it.
 type ChunkCache interface {
-	Stats() (hits, misses uint64)
-	Bytes() int
+	Stats() snapshot.CacheStats
 }
 
 type chunkCacheBox struct{ c ChunkCache }
@@ -161,12 +162,21 @@ var (
 		"Reads of a chunk not in the shared chunk cache (read from its layer and decompressed).", nil, nil)
 	cacheBytesDesc = prometheus.NewDesc("obdvol_chunk_cache_bytes",
 		"Decompressed bytes the shared chunk cache holds now.", nil, nil)
+	cacheDecompDesc = prometheus.NewDesc("obdvol_chunk_cache_decompressions_total",
+		"Chunks read from their layer, verified and decompressed into the shared cache (once per chunk while it stays cached, whatever number of volumes read it).", nil, nil)
+	cacheDecompBytesDesc = prometheus.NewDesc("obdvol_chunk_cache_decompressed_bytes_total",
+		"Decompressed bytes of those chunks.", nil, nil)
+	cacheEvictDesc = prometheus.NewDesc("obdvol_chunk_cache_evictions_total",
+		"Chunks evicted from the shared cache to make room.", nil, nil)
 )
 
 func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cacheHitsDesc
 	ch <- cacheMissesDesc
 	ch <- cacheBytesDesc
+	ch <- cacheDecompDesc
+	ch <- cacheDecompBytesDesc
+	ch <- cacheEvictDesc
 }
 
 func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
@@ -174,8 +184,11 @@ func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	if box == nil {
 		return
 	}
-	hits, misses := box.c.Stats()
-	ch <- prometheus.MustNewConstMetric(cacheHitsDesc, prometheus.CounterValue, float64(hits))
-	ch <- prometheus.MustNewConstMetric(cacheMissesDesc, prometheus.CounterValue, float64(misses))
-	ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(box.c.Bytes()))
+	st := box.c.Stats()
+	ch <- prometheus.MustNewConstMetric(cacheHitsDesc, prometheus.CounterValue, float64(st.Hits))
+	ch <- prometheus.MustNewConstMetric(cacheMissesDesc, prometheus.CounterValue, float64(st.Misses))
+	ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(cacheDecompDesc, prometheus.CounterValue, float64(st.ChunksDecompressed))
+	ch <- prometheus.MustNewConstMetric(cacheDecompBytesDesc, prometheus.CounterValue, float64(st.BytesDecompressed))
+	ch <- prometheus.MustNewConstMetric(cacheEvictDesc, prometheus.CounterValue, float64(st.Evictions))
 }

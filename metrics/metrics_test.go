@@ -136,7 +136,8 @@ func TestScrapeMatchesVolumeIO(t *testing.T) {
 	if got := value(mfs, "obdvol_seal_failures_total", map[string]string{"volume": "vm1"}); got != -1 {
 		t.Errorf("seal failures of vm1: %v, want no series", got)
 	}
-	hits, misses := m.Cache().Stats()
+	st := m.Cache().Stats()
+	hits, misses := st.Hits, st.Misses
 	if misses == 0 || hits == 0 {
 		t.Fatalf("precondition: reads of a sealed layer, twice the same chunk: %d hits, %d misses", hits, misses)
 	}
@@ -146,7 +147,7 @@ func TestScrapeMatchesVolumeIO(t *testing.T) {
 	if got := value(mfs, "obdvol_chunk_cache_misses_total", nil); got != float64(misses) {
 		t.Errorf("cache misses %v, the cache says %d", got, misses)
 	}
-	if got := value(mfs, "obdvol_chunk_cache_bytes", nil); got != float64(m.Cache().Bytes()) || got <= 0 {
+	if got := value(mfs, "obdvol_chunk_cache_bytes", nil); got != float64(m.Cache().Stats().Bytes) || got <= 0 {
 		t.Errorf("cache bytes %v, the cache says %d", got, m.Cache().Bytes())
 	}
 	if value(mfs, "process_resident_memory_bytes", nil) <= 0 {
