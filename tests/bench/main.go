@@ -35,7 +35,7 @@ var (
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
 	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy or nbd")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
-	xferMiB   = flag.Int("transfer-size", 1024, "snapshot size for the push/pull bench, MiB")
+	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
 	nbdMiB    = flag.Int("nbd-size", 512, "volume size for the NBD bench, MiB")
 	fioSecs   = flag.Int("fio-seconds", 2, "seconds per fio random-read run (one round)")
