@@ -89,15 +89,26 @@ func nbdBench(work string, size uint64, obdvol string, secs int) {
 	tool("qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", top, kit.uri)
 
 	iops := map[string]*series{}
-	var all, seq []*series
+	var rnd, seq []*series
 	for _, s := range servers {
 		uri := s.uri
 		iops[s.name] = measure(s.name, "IOPS", func() float64 { return fioRun(uri, "randread", "4k", secs).iops })
-		seq = append(seq, measure(s.name+" sequential", "MB/s", func() float64 { return fioRun(uri, "read", "1M", 1).bw / 1e6 }))
-		all = append(all, iops[s.name], seq[len(seq)-1])
+		rnd = append(rnd, iops[s.name])
+		seq = append(seq, measure(s.name, "MB/s", func() float64 { return fioRun(uri, "read", "1M", 1).bw / 1e6 }))
 	}
-	interleave(all...)
-	printSeries(all...)
+	// Compared servers run next to each other (the last and the first
+	// too), so both sides of a ratio see the same moment of the machine.
+	var order []*series
+	for _, n := range []string{"obdvol depth 64", "obdvol depth 1", "qemu-nbd qcow2 depth 1", "nbdkit memory",
+		"obdvol depth 16", "qemu-nbd qcow2 depth 16", "qemu-nbd qcow2 depth 64"} {
+		order = append(order, iops[n])
+	}
+	interleave(order...)
+	interleave(seq...)
+	fmt.Println("  random 4K reads:")
+	printSeries(rnd...)
+	fmt.Println("  sequential 1M reads:")
+	printSeries(seq...)
 	printRatio(iops["obdvol depth 64"], iops["obdvol depth 1"], atLeast(0.9))
 	printRatio(iops["obdvol depth 1"], iops["qemu-nbd qcow2 depth 1"], atLeast(1.0))
 	printRatio(iops["obdvol depth 64"], iops["qemu-nbd qcow2 depth 64"], atLeast(2.0))

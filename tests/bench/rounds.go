@@ -7,6 +7,9 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Every comparison in this bench runs its configurations in interleaved
@@ -38,6 +41,26 @@ type series struct {
 
 func measure(name, unit string, run func() float64) *series {
 	return &series{name: name, unit: unit, run: run}
+}
+
+// measure2 makes two series that one run fills (say the wall-clock and
+// the CPU-time figure of the same reads): pass the first to interleave;
+// the second takes its value from the same run.
+func measure2(nameA, unitA, nameB, unitB string, run func() (float64, float64)) (*series, *series) {
+	b := &series{name: nameB, unit: unitB}
+	a := measure(nameA, unitA, func() float64 {
+		x, y := run()
+		b.v = append(b.v, y)
+		return x
+	})
+	return a, b
+}
+
+// cpuTime is the CPU time this process has used, all threads.
+func cpuTime() time.Duration {
+	var ts unix.Timespec
+	check(unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts))
+	return time.Duration(ts.Nano())
 }
 
 // interleave runs every series once a round for *rounds rounds, the
