@@ -61,9 +61,11 @@ POWERCUT_MIN ?= 200
 powercut: deps
 	OBDVOL_POWERCUT_LONG=1 OBDVOL_POWERCUT_MIN=$(POWERCUT_MIN) $(GO) test -count=1 -timeout 120m -v -run '^TestPowerCut$$' ./tests/vm/
 
+# Every comparison runs in interleaved rounds: BENCH_ROUNDS=N (default 5)
+# sets how many; BENCH_FLAGS passes other flags (go run ./tests/bench -h).
 bench: build
 	@scripts/deps.sh bench
-	$(GO) run ./tests/bench
+	$(GO) run ./tests/bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin demo-out

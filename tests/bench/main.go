@@ -5,6 +5,9 @@
 //	seal throughput vs qemu-img convert -c -O qcow2 of the same image
 //	merged-index memory per extent
 //	chunk-size table (-chunks): compression ratio, random 4K, sequential read
+//
+// Compared configurations are measured in interleaved rounds (rounds.go):
+// every figure is a median with its min-max over -rounds rounds.
 package main
 
 import (
@@ -27,15 +30,15 @@ import (
 
 var (
 	sizeMiB   = flag.Int("size", 256, "image size in MiB")
-	readSecs  = flag.Float64("read-seconds", 3, "seconds per read measurement")
+	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
 	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy or nbd")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
-	xferMiB   = flag.Int("transfer-size", 1024, "snapshot size for the push/pull bench, MiB")
+	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
 	nbdMiB    = flag.Int("nbd-size", 512, "volume size for the NBD bench, MiB")
-	fioSecs   = flag.Int("fio-seconds", 8, "seconds per fio random-read run")
+	fioSecs   = flag.Int("fio-seconds", 2, "seconds per fio random-read run (one round)")
 	obdvolBin = flag.String("obdvol", "bin/obdvol", "the obdvol binary (for obdvol serve)")
 )
 
@@ -53,7 +56,7 @@ func main() {
 	size := uint64(*sizeMiB) << 20
 	img := filepath.Join(work, "image.raw")
 	check(writeHalfCompressible(img, size))
-	fmt.Printf("obdvol bench: %d MiB half-compressible image, GOMAXPROCS=%d\n\n", *sizeMiB, runtime.GOMAXPROCS(0))
+	fmt.Printf("obdvol bench: %d MiB half-compressible image, GOMAXPROCS=%d, %s\n\n", *sizeMiB, runtime.GOMAXPROCS(0), roundsNote())
 	if *chunks {
 		chunkTable(work, img, size)
 		return
@@ -161,13 +164,27 @@ func buildStriped(e *env, name, img string, size uint64, depth int, chunk uint32
 	return v, sealed
 }
 
+// readSeed makes every random-read run read its own blocks, so a round
+// does not replay the blocks the last one left in the chunk cache.
+var readSeed int64
+
 // randRead4K reads random 4K blocks for the given time and returns IOPS.
 func randRead4K(v *volume.Volume, size uint64, secs float64) float64 {
-	r := rand.New(rand.NewSource(1))
+	iops, _ := randRead4KCPU(v, size, secs)
+	return iops
+}
+
+// randRead4KCPU is randRead4K that also returns reads per second of this
+// process's CPU time: on a machine that other work keeps busy, wall-clock
+// IOPS count the time the reader waited for a core, reads per CPU-second
+// do not.
+func randRead4KCPU(v *volume.Volume, size uint64, secs float64) (iops, perCPU float64) {
+	readSeed++
+	r := rand.New(rand.NewSource(readSeed))
 	p := make([]byte, bs)
 	blocks := int64(size / bs)
 	n := 0
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	for time.Since(start).Seconds() < secs {
 		for i := 0; i < 256; i++ {
 			if _, err := v.ReadAt(p, r.Int63n(blocks)*bs); err != nil {
@@ -176,7 +193,7 @@ func randRead4K(v *volume.Volume, size uint64, secs float64) float64 {
 		}
 		n += 256
 	}
-	return float64(n) / time.Since(start).Seconds()
+	return float64(n) / time.Since(start).Seconds(), float64(n) / (cpuTime() - cpu0).Seconds()
 }
 
 func seqRead(v *volume.Volume, size uint64) float64 {
@@ -190,23 +207,33 @@ func seqRead(v *volume.Volume, size uint64) float64 {
 }
 
 func depthBench(work, img string, size uint64) {
-	fmt.Println("== random 4K reads through chains of depth 1, 16, 64 (same content; chunk cache 32 MiB, cold chunks decompress)")
-	var base float64
+	fmt.Printf("== random 4K reads through chains of depth 1, 16, 64 (same content; chunk cache 32 MiB, cold chunks decompress; %s)\n", roundsNote())
+	var ss, cpu []*series
 	for _, depth := range []int{1, 16, 64} {
 		e := newEnv(filepath.Join(work, fmt.Sprintf("depth%d", depth)), 32<<20)
+		defer e.mgr.Close()
 		v, _ := buildStriped(e, "d", img, size, depth, snapshot.DefaultChunkSize)
-		randRead4K(v, size, 0.5) // warm up
-		iops := randRead4K(v, size, *readSecs)
-		if depth == 1 {
-			base = iops
-		}
+		defer v.Close()
 		extents, perExtent := indexMemory(e, v)
-		fmt.Printf("depth %3d: %8.0f IOPS  ratio vs depth 1: %.3f  merged index: %d extents, %.1f bytes/extent\n",
-			depth, iops, iops/base, extents, perExtent)
-		v.Close()
-		e.mgr.Close()
+		if extents > 1 { // one extent's bytes drown in the heap's noise
+			fmt.Printf("  depth %2d merged index: %d extents, %.1f bytes/extent\n", depth, extents, perExtent)
+		} else {
+			fmt.Printf("  depth %2d merged index: %d extent\n", depth, extents)
+		}
+		randRead4K(v, size, 0.5) // warm up
+		name := fmt.Sprintf("depth %d", depth)
+		wall, c := measure2(name, "IOPS", name, "reads/CPU-s", func() (float64, float64) { return randRead4KCPU(v, size, *readSecs) })
+		ss, cpu = append(ss, wall), append(cpu, c)
 	}
-	fmt.Println("target: depth64/depth1 >= 0.9")
+	interleave(ss...)
+	fmt.Println("  wall clock:")
+	printSeries(ss...)
+	printRatio(ss[1], ss[0], nil)
+	printRatio(ss[2], ss[0], atLeast(0.9))
+	fmt.Println("  per CPU-second of this process (the same reads; counts only the time the reader ran, not its wait for a core):")
+	printSeries(cpu...)
+	printRatio(cpu[1], cpu[0], nil)
+	printRatio(cpu[2], cpu[0], atLeast(0.9))
 	fmt.Println()
 }
 
@@ -235,16 +262,20 @@ func indexMemory(e *env, v *volume.Volume) (int, float64) {
 	return n, float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc)) / float64(max(n, 1)*copies)
 }
 
-func sealBench(work, img string, size uint64) {
-	fmt.Println("== seal throughput (half-compressible image) vs qemu-img convert -c -O qcow2")
-	e := newEnv(filepath.Join(work, "seal"), 32<<20)
+// sealOnce fills a new volume under root with the image, seals it and
+// removes root; it returns the seal's MB/s and the layer's stored bytes.
+func sealOnce(root, img string, size uint64, chunk uint32) (float64, uint64) {
+	defer os.RemoveAll(root)
+	e := newEnv(root, 32<<20)
 	defer e.mgr.Close()
-	_, err := e.mgr.Create("s", size, volume.CreateOptions{})
+	_, err := e.mgr.Create("s", size, volume.CreateOptions{ChunkSize: chunk})
 	check(err)
 	v, err := e.mgr.Open("s")
 	check(err)
+	defer v.Close()
 	f, err := os.Open(img)
 	check(err)
+	defer f.Close()
 	buf := make([]byte, 4<<20)
 	for off := uint64(0); off < size; off += uint64(len(buf)) {
 		_, err := f.ReadAt(buf, int64(off))
@@ -252,62 +283,118 @@ func sealBench(work, img string, size uint64) {
 		_, err = v.WriteAt(buf, int64(off))
 		check(err)
 	}
-	f.Close()
 	check(v.Flush())
 	res, err := v.Snapshot(context.Background(), "sealed")
 	check(err)
-	v.Close()
-	mbps := float64(size) / res.Duration.Seconds() / 1e6
-	fmt.Printf("obdvol seal:      %7.1f MB/s  (%.2fs, stored %d of %d bytes, ratio %.2f)\n",
-		mbps, res.Duration.Seconds(), res.Layer.StoredBytes, size, float64(res.Layer.StoredBytes)/float64(size))
+	return float64(size) / res.Duration.Seconds() / 1e6, res.Layer.StoredBytes
+}
+
+// seals numbers sealOnce's roots.
+var seals int
+
+func sealSeries(name, work, img string, size uint64, chunk uint32, stored *uint64) *series {
+	return measure(name, "MB/s", func() float64 {
+		seals++
+		mbps, st := sealOnce(filepath.Join(work, fmt.Sprintf("seal-%d", seals)), img, size, chunk)
+		*stored = st
+		return mbps
+	})
+}
+
+func sealBench(work, img string, size uint64) {
+	fmt.Printf("== seal throughput (half-compressible image) vs qemu-img convert -c -O qcow2 (%s)\n", roundsNote())
+	var stored uint64
+	seal := sealSeries("obdvol seal", work, img, size, 0, &stored)
 	qimg, err := exec.LookPath("qemu-img")
 	if err != nil {
-		fmt.Println("qemu-img:         not installed (make deps installs qemu-utils): no ratio")
+		interleave(seal)
+		printSeries(seal)
+		fmt.Println("  qemu-img not installed (make deps installs qemu-utils): no ratio")
+		fmt.Println()
 		return
 	}
 	out := filepath.Join(work, "out.qcow2")
-	start := time.Now()
-	cmd := exec.Command(qimg, "convert", "-c", "-O", "qcow2", img, out)
-	cmd.Stderr = os.Stderr
-	check(cmd.Run())
-	qs := time.Since(start).Seconds()
-	fi, _ := os.Stat(out)
-	qmbps := float64(size) / qs / 1e6
-	fmt.Printf("qemu-img convert: %7.1f MB/s  (%.2fs, stored %d bytes)\n", qmbps, qs, fi.Size())
-	fmt.Printf("ratio obdvol/qemu-img: %.1fx  (target >= 10x)\n\n", mbps/qmbps)
+	var qstored int64
+	qemu := measure("qemu-img convert", "MB/s", func() float64 {
+		os.Remove(out)
+		start := time.Now()
+		cmd := exec.Command(qimg, "convert", "-c", "-O", "qcow2", img, out)
+		cmd.Stderr = os.Stderr
+		check(cmd.Run())
+		d := time.Since(start)
+		fi, err := os.Stat(out)
+		check(err)
+		qstored = fi.Size()
+		return float64(size) / d.Seconds() / 1e6
+	})
+	interleave(seal, qemu)
+	printSeries(seal, qemu)
+	fmt.Printf("  stored: obdvol %d bytes (%.3f of %d), qemu-img %d bytes\n", stored, float64(stored)/float64(size), size, qstored)
+	printRatio(seal, qemu, atLeast(10))
+	fmt.Println()
 }
 
 func chunkTable(work, img string, size uint64) {
-	fmt.Println("| chunk size | stored/raw | random 4K read, chunk not cached (IOPS) | random 4K read, chunk cached (IOPS) | sequential 1M read (MB/s) | seal (MB/s) |")
-	fmt.Println("|---:|---:|---:|---:|---:|---:|")
+	fmt.Printf("chunk-size table: %s; the table shows medians, the spread follows it\n\n", roundsNote())
+	type row struct {
+		cs                    uint32
+		stored                uint64
+		cold, warm, seq, seal *series
+	}
+	var rows []*row
+	var all []*series
 	for _, cs := range []uint32{16 << 10, 64 << 10, 256 << 10, 1 << 20} {
 		root := filepath.Join(work, fmt.Sprintf("chunk%d", cs))
 		e := newEnv(root, 1<<20)
-		v, sealed := buildStriped(e, "c", img, size, 1, cs)
-		rec := v.Record()
-		var stored uint64
-		check(e.mgr.Catalog().View(func(tx *metadata.Tx) error {
-			l, err := tx.Layer(rec.Layers[0])
-			if err == nil {
-				stored = l.StoredBytes
-			}
-			return err
-		}))
-		// Put the blob in the page cache: the table compares CPU cost.
-		_, err := os.ReadFile(filepath.Join(root, "blobs", "sha256", rec.Layers[0][7:]))
-		check(err)
-		cold := randRead4K(v, size, *readSecs)
-		seq := seqRead(v, size)
+		v, _ := buildStriped(e, "c", img, size, 1, cs)
+		blob := filepath.Join(root, "blobs", "sha256", v.Record().Layers[0][7:])
 		v.Close()
 		e.mgr.Close()
-		e2 := newEnv(root, 2*int(size))
-		v2, err := e2.mgr.Open("c")
-		check(err)
-		seqRead(v2, size) // fill the chunk cache
-		warm := randRead4K(v2, size, *readSecs)
-		v2.Close()
-		e2.mgr.Close()
-		fmt.Printf("| %d KiB | %.3f | %.0f | %.0f | %.0f | %.0f |\n", cs>>10, float64(stored)/float64(size), cold, warm, seq,
-			float64(size)/sealed.Seconds()/1e6)
+		// open runs f on the volume through a manager with the given
+		// chunk cache, the layer blob in the page cache (the table
+		// compares CPU cost).
+		open := func(cache int, f func(v *volume.Volume) float64) func() float64 {
+			return func() float64 {
+				_, err := os.ReadFile(blob)
+				check(err)
+				e := newEnv(root, cache)
+				defer e.mgr.Close()
+				v, err := e.mgr.Open("c")
+				check(err)
+				defer v.Close()
+				return f(v)
+			}
+		}
+		name := fmt.Sprintf("%d KiB", cs>>10)
+		r := &row{cs: cs}
+		r.cold = measure(name+" random 4K, chunk not cached", "IOPS", open(1<<20, func(v *volume.Volume) float64 { return randRead4K(v, size, *readSecs) }))
+		r.warm = measure(name+" random 4K, chunk cached", "IOPS", open(2*int(size), func(v *volume.Volume) float64 {
+			seqRead(v, size) // fill the chunk cache
+			return randRead4K(v, size, *readSecs)
+		}))
+		r.seq = measure(name+" sequential 1M", "MB/s", open(1<<20, func(v *volume.Volume) float64 { return seqRead(v, size) }))
+		r.seal = sealSeries(name+" seal", work, img, size, cs, &r.stored)
+		rows = append(rows, r)
+		all = append(all, r.cold, r.warm, r.seq, r.seal)
+	}
+	interleave(all...)
+	fmt.Println("| chunk size | stored/raw | random 4K read, chunk not cached (IOPS) | random 4K read, chunk cached (IOPS) | sequential 1M read (MB/s) | seal (MB/s) |")
+	fmt.Println("|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		fmt.Printf("| %d KiB | %.3f | %.0f | %.0f | %.0f | %.0f |\n", r.cs>>10, float64(r.stored)/float64(size),
+			r.cold.spread().med, r.warm.spread().med, r.seq.spread().med, r.seal.spread().med)
+	}
+	fmt.Println()
+	printSeries(all...)
+	var base *row
+	for _, r := range rows {
+		if r.cs == snapshot.DefaultChunkSize {
+			base = r
+		}
+	}
+	for _, r := range rows {
+		if r != base {
+			printRatio(r.cold, base.cold, nil)
+		}
 	}
 }

@@ -82,12 +82,29 @@ func timeCmd(name string, args ...string) time.Duration {
 
 func mbps(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() / 1e6 }
 
+// transfers numbers the scratch directories of the transfer benches.
+var transfers int
+
+// scratch returns a new directory under work and a func that removes it.
+func scratch(work, name string) (string, func()) {
+	transfers++
+	d := mkdir(work, fmt.Sprintf("%s-%d", name, transfers))
+	return d, func() { os.RemoveAll(d) }
+}
+
+// freshRegistry starts an empty registry: a push to it moves every blob
+// (skopeo's blob-info cache would otherwise mount a blob it has already
+// pushed to this registry instead of sending it).
+func freshRegistry(work string) (*regtest.Registry, func()) {
+	d, rm := scratch(work, "registry")
+	reg, err := regtest.StartIn(d)
+	check(err)
+	return reg, func() { reg.Stop(); rm() }
+}
+
 func transferBench(work string, size uint64) {
 	ctx := context.Background()
-	fmt.Printf("== push and pull of a %d MiB snapshot through a local registry vs skopeo copy of the same artifact\n", size>>20)
-	reg, err := regtest.StartIn(mkdir(work, "registry"))
-	check(err)
-	defer reg.Stop()
+	fmt.Printf("== push and pull of a %d MiB snapshot through a local registry vs skopeo copy of the same artifact (%s)\n", size>>20, roundsNote())
 	a := newEnv(filepath.Join(work, "A"), 32<<20)
 	defer a.mgr.Close()
 	cfg := buildSnapshot(a, "g", size)
@@ -96,25 +113,49 @@ func transferBench(work string, size uint64) {
 		blob += l.Size
 	}
 	st := repoStore(a.root)
-	res, err := repo.Push(ctx, st, target(reg.Addr+"/obdvol/g:v1"), cfg, repo.PushOptions{})
+	// The pulls read from this registry; skopeo pushes from an OCI layout
+	// of the same artifact.
+	reg, err := regtest.StartIn(mkdir(work, "registry"))
 	check(err)
-	push := mbps(res.BytesMoved, res.Duration)
-	// skopeo pushes the same artifact from an OCI layout to a new repository.
+	defer reg.Stop()
+	_, err = repo.Push(ctx, st, target(reg.Addr+"/obdvol/g:v1"), cfg, repo.PushOptions{})
+	check(err)
 	layout := filepath.Join(work, "layout")
 	_, err = repo.Push(ctx, st, target("oci:"+layout+":v1"), cfg, repo.PushOptions{})
 	check(err)
-	sp := timeCmd("skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout+":v1", "docker://"+reg.Addr+"/skopeo/g:v1")
-	fmt.Printf("push: obdvol %7.1f MB/s (%.2fs)   skopeo %7.1f MB/s (%.2fs)   ratio %.2f (target >= 1.0)\n",
-		push, res.Duration.Seconds(), mbps(blob, sp), sp.Seconds(), push/mbps(blob, sp))
-	b := repoStore(mkdir(work, "B"))
-	start := time.Now()
-	p, err := repo.Pull(ctx, b, target(reg.Addr+"/obdvol/g:v1"), repo.PullOptions{})
-	check(err)
-	pd := time.Since(start)
-	sl := timeCmd("skopeo", "copy", "--src-tls-verify=false", "docker://"+reg.Addr+"/obdvol/g:v1", "oci:"+filepath.Join(work, "skopeo-out")+":v1")
-	fmt.Printf("pull: obdvol %7.1f MB/s (%.2fs)   skopeo %7.1f MB/s (%.2fs)   ratio %.2f (target >= 1.0)\n",
-		mbps(p.BytesMoved, pd), pd.Seconds(), mbps(blob, sl), sl.Seconds(), mbps(p.BytesMoved, pd)/mbps(blob, sl))
-	// Incremental: change 1% of the disk, snapshot, push.
+
+	push := measure("obdvol push", "MB/s", func() float64 {
+		r, done := freshRegistry(work)
+		defer done()
+		res, err := repo.Push(ctx, st, target(r.Addr+"/obdvol/g:v1"), cfg, repo.PushOptions{})
+		check(err)
+		return mbps(res.BytesMoved, res.Duration)
+	})
+	skopeoPush := measure("skopeo push", "MB/s", func() float64 {
+		r, done := freshRegistry(work)
+		defer done()
+		return mbps(blob, timeCmd("skopeo", "copy", "--dest-tls-verify=false", "oci:"+layout+":v1", "docker://"+r.Addr+"/skopeo/g:v1"))
+	})
+	pull := measure("obdvol pull", "MB/s", func() float64 {
+		d, done := scratch(work, "pull")
+		defer done()
+		start := time.Now()
+		p, err := repo.Pull(ctx, repoStore(d), target(reg.Addr+"/obdvol/g:v1"), repo.PullOptions{})
+		check(err)
+		return mbps(p.BytesMoved, time.Since(start))
+	})
+	skopeoPull := measure("skopeo pull", "MB/s", func() float64 {
+		d, done := scratch(work, "skopeo-pull")
+		defer done()
+		return mbps(blob, timeCmd("skopeo", "copy", "--src-tls-verify=false", "docker://"+reg.Addr+"/obdvol/g:v1", "oci:"+filepath.Join(d, "out")+":v1"))
+	})
+	interleave(push, skopeoPush, pull, skopeoPull)
+	printSeries(push, skopeoPush, pull, skopeoPull)
+	printRatio(push, skopeoPush, atLeast(1.0))
+	printRatio(pull, skopeoPull, atLeast(1.0))
+
+	// Incremental: change 1% of the disk, snapshot, push. Bytes, not
+	// time: one run.
 	v, err := a.mgr.Open("g")
 	check(err)
 	chg := make([]byte, size/100/bs*bs)
@@ -125,11 +166,12 @@ func transferBench(work string, size uint64) {
 	check(err)
 	v.Close()
 	cfg2 := chainConfig(a, "g", "v2")
-	res, err = repo.Push(ctx, st, target(reg.Addr+"/obdvol/g:v2"), cfg2, repo.PushOptions{})
+	res, err := repo.Push(ctx, st, target(reg.Addr+"/obdvol/g:v2"), cfg2, repo.PushOptions{})
 	check(err)
 	layer := int64(sres.Layer.StoredBytes)
-	fmt.Printf("incremental push of a 1%% change (%d MiB): sent %d bytes, new layer %d bytes, ratio %.3f (target <= 1.10)\n\n",
-		len(chg)>>20, res.BytesMoved, layer, float64(res.BytesMoved)/float64(layer))
+	x := float64(res.BytesMoved) / float64(layer)
+	fmt.Printf("  incremental push of a 1%% change (%d MiB): sent %d bytes, new layer %d bytes, ratio %.3f%s\n\n",
+		len(chg)>>20, res.BytesMoved, layer, x, atMost(1.10).verdict(x))
 }
 
 func mkdir(parts ...string) string {
@@ -146,7 +188,7 @@ func repoStore(root string) *repo.Store {
 
 func lazyBench(work string, size uint64) {
 	ctx := context.Background()
-	fmt.Printf("== lazy pull of a %d MiB snapshot: time to first 4K read, bytes to read a 5%% working set\n", size>>20)
+	fmt.Printf("== lazy pull of a %d MiB snapshot: time to first 4K read (%s), bytes to read a 5%% working set\n", size>>20, roundsNote())
 	reg, err := regtest.StartIn(mkdir(work, "lregistry"))
 	check(err)
 	defer reg.Stop()
@@ -159,10 +201,70 @@ func lazyBench(work string, size uint64) {
 	for _, l := range cfg.Layers {
 		stored += l.Size
 	}
-	// Lazy: manifest + config + trailers/indexes, then one 4K read.
-	c, fetched := lazyEnv(filepath.Join(work, "LC"))
+	ref := reg.Addr + "/lazy/g:v1"
+	var openBytes int64
+	first := measure("pull --lazy to first 4K read", "s", func() float64 {
+		d, done := scratch(work, "lazy")
+		defer done()
+		l := lazyOpen(d, ref, cfg, size)
+		defer l.close()
+		openBytes = l.fetched()
+		return l.first.Seconds()
+	})
+	interleave(first)
+	printValue(first, atMost(1))
+	fmt.Printf("    fetched %d bytes to open: manifest, config, trailer+index (target: independent of size)\n", openBytes)
+	// A full pull of the same for comparison: one run, it is the slow
+	// side and has no target.
+	d, done := scratch(work, "full")
 	start := time.Now()
-	t := target(reg.Addr + "/lazy/g:v1")
+	_, err = repo.Pull(ctx, repoStore(d), target(ref), repo.PullOptions{})
+	check(err)
+	fmt.Printf("  full pull (one run): %ss\n", num(time.Since(start).Seconds()))
+	done()
+	// A 5% working set in 256 KiB runs at random places.
+	d, done = scratch(work, "lazy")
+	defer done()
+	l := lazyOpen(d, ref, cfg, size)
+	defer l.close()
+	r := rand.New(rand.NewSource(3))
+	run := make([]byte, 256<<10)
+	want := size / 20
+	var read uint64
+	before := l.fetched()
+	for read < want {
+		off := uint64(r.Int63n(int64(size-uint64(len(run))))) &^ (bs - 1)
+		_, err := l.v.ReadAt(run, int64(off))
+		check(err)
+		read += uint64(len(run))
+	}
+	ws := l.fetched() - before
+	x := float64(ws) / float64(read)
+	fmt.Printf("  5%% working set (%d MiB in 256K runs): fetched %d bytes, %.2fx of the working set%s (stored/raw %.2f)\n\n",
+		read>>20, ws, x, atMost(2).verdict(x), float64(stored)/float64(size))
+}
+
+// lazyVolume is a volume adopted from a manifest-only pull, its blobs
+// fetched as read.
+type lazyVolume struct {
+	v       *volume.Volume
+	env     *lenv
+	fetched func() int64
+	first   time.Duration // from the pull to the first 4K read's end
+}
+
+func (l *lazyVolume) close() {
+	l.v.Close()
+	l.env.mgr.Close()
+}
+
+// lazyOpen pulls the manifest of ref into a new root, adopts the chain
+// and reads one 4K block from the middle.
+func lazyOpen(root, ref string, cfg *repo.ChainConfig, size uint64) *lazyVolume {
+	ctx := context.Background()
+	c, fetched := lazyEnv(root)
+	start := time.Now()
+	t := target(ref)
 	p, err := repo.Pull(ctx, c.store, t, repo.PullOptions{ManifestOnly: true})
 	check(err)
 	spec := volume.ChainSpec{Size: cfg.VirtualSize, BlockSize: bs, ChunkSize: cfg.ChunkSize, Codec: "zstd", Snapshot: "v1"}
@@ -177,32 +279,7 @@ func lazyBench(work string, size uint64) {
 	blk := make([]byte, bs)
 	_, err = v.ReadAt(blk, int64(size/2))
 	check(err)
-	first := time.Since(start)
-	openBytes := fetched()
-	// Full pull of the same for comparison.
-	start = time.Now()
-	_, err = repo.Pull(ctx, repoStore(mkdir(work, "LD")), t, repo.PullOptions{})
-	check(err)
-	full := time.Since(start)
-	fmt.Printf("pull --lazy to first 4K read: %.3fs (fetched %d bytes: manifest, config, trailer+index)   full pull: %.2fs   (target < 1s, independent of size)\n",
-		first.Seconds(), openBytes, full.Seconds())
-	// A 5% working set in 256 KiB runs at random places.
-	r := rand.New(rand.NewSource(3))
-	run := make([]byte, 256<<10)
-	want := size / 20
-	var read uint64
-	before := fetched()
-	for read < want {
-		off := uint64(r.Int63n(int64(size-uint64(len(run))))) &^ (bs - 1)
-		_, err := v.ReadAt(run, int64(off))
-		check(err)
-		read += uint64(len(run))
-	}
-	ws := fetched() - before
-	fmt.Printf("5%% working set (%d MiB in 256K runs): fetched %d bytes, %.2fx of the working set (target <= 2x; stored/raw %.2f)\n\n",
-		read>>20, ws, float64(ws)/float64(read), float64(stored)/float64(size))
-	v.Close()
-	c.mgr.Close()
+	return &lazyVolume{v: v, env: c, fetched: fetched, first: time.Since(start)}
 }
 
 // pendingLayer and lazyEnv mirror the CLI's lazy wiring.
