@@ -43,6 +43,9 @@ type Device struct {
 	wg     sync.WaitGroup
 	errMu  sync.Mutex
 	err    error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 func (d *Device) op(nr uint32) uint32 {
@@ -206,8 +209,15 @@ func (d *Device) setErr(err error) {
 }
 
 // Stop stops the device (in-flight I/O completes), waits for the queues,
-// flushes the backend and deletes the device.
+// flushes the backend and deletes the device. The kernel deletes it only
+// once nothing holds /dev/ublkbN open: close it first. Stop may be called
+// again; it returns the first call's result.
 func (d *Device) Stop() error {
+	d.stopOnce.Do(func() { d.stopErr = d.stop() })
+	return d.stopErr
+}
+
+func (d *Device) stop() error {
 	d.control(cmdStopDev, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF})
 	d.wg.Wait()
 	if d.charFd >= 0 {
