@@ -107,7 +107,11 @@ func (m *memDisk) Size() uint64 {
 func (m *memDisk) grow(size int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.data = append(m.data, make([]byte, size-len(m.data))...)
+	old := len(m.data)
+	m.data = append(m.data, make([]byte, size-old)...)
+	for off := old; off < size; off += 4096 {
+		binary.LittleEndian.PutUint64(m.data[off:], uint64(off/4096))
+	}
 }
 
 // fileDisk serves a raw file.
