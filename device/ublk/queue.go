@@ -35,12 +35,13 @@ type queue struct {
 	efdBuf  uintptr // where the eventfd read lands (in bufs, outside the Go heap)
 
 	// async mode
-	reqs []ioDesc    // per tag: the descriptor copy its worker serves
-	work chan uint16 // tags for the workers; capacity depth: never blocks
-	done *doneList
-	idle atomic.Int32 // workers that will take the next tag without a new one
-	wg   sync.WaitGroup
-	err  atomic.Pointer[error] // first worker-side failure (eventfd write)
+	reqs    []ioDesc    // per tag: the descriptor copy its worker serves
+	work    chan uint16 // tags for the workers; capacity depth: never blocks
+	done    *doneList
+	idle    atomic.Int32 // workers that will take the next tag without a new one
+	spawned int          // workers started (queue thread only): at most depth
+	wg      sync.WaitGroup
+	err     atomic.Pointer[error] // first worker-side failure (eventfd write)
 }
 
 func (d *Device) newQueue(q int) (*queue, error) {
@@ -237,6 +238,7 @@ func (q *queue) dispatch(tag int) {
 	if q.idle.Load() > 0 {
 		q.idle.Add(-1) // only this thread decrements: the credit is there
 	} else {
+		q.spawned++
 		q.wg.Add(1)
 		go q.worker()
 	}

@@ -200,6 +200,10 @@ func TestQueueSlowRequestStallsOnlyItself(t *testing.T) {
 	if m := b.maxIn.Load(); m > depth {
 		t.Fatalf("%d backend calls at once, depth %d", m, depth)
 	}
+	if q.spawned > depth || q.spawned < 2 {
+		t.Fatalf("%d workers started for depth %d", q.spawned, depth)
+	}
+	t.Logf("%d workers served %d requests", q.spawned, 1+20*(depth-1))
 	// The slow read completes once released.
 	close(b.release)
 	c := q.waitTake(t)
