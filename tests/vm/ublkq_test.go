@@ -15,9 +15,17 @@ import (
 // returns while the slow read is still in the backend); the same with
 // Serial, printed for comparison; and what the kernel offers for online
 // grow (Debian's 6.12 has no UPDATE_SIZE: Resize must refuse with
-// errors.ErrUnsupported; a kernel with it must grow the device).
+// errors.ErrUnsupported; a kernel with it, OBDVOL_VM_KERNEL_DIR=an unpacked
+// 6.16+ kernel, must grow the device, and ext4 mounted on it online).
 func TestUblkQueues(t *testing.T) {
 	h := newHarness(t)
+	libs, err := WithLibs("resize2fs") // the online grow, on kernels that have it
+	if err != nil {
+		t.Fatal(err)
+	}
+	for g, p := range libs {
+		h.files[g] = p
+	}
 	out, err := h.boot(t, "/guest io\n/guest slowread\n/guest slowread-serial\n/guest resize\n",
 		BootOptions{Timeout: 5 * time.Minute, MemoryMB: 768})
 	want := []string{"OBDVOL-VM-UBLK-LOADED", "OBDVOL-VM-io OK", "OBDVOL-VM-slowread OK",

@@ -11,8 +11,10 @@ package main
 //	guest slowread-serial   the same with ublk.Options.Serial: printed only
 //	                        (there, the other reads wait for the slow one)
 //	guest resize            what the kernel's ublk driver offers for online
-//	                        grow; grows a device where it can, else checks
-//	                        that Resize refuses with errors.ErrUnsupported
+//	                        grow; where it can (6.16+), grows a live device,
+//	                        then one with ext4 mounted (resize2fs online,
+//	                        file intact, fsck clean); else checks that
+//	                        Resize refuses with errors.ErrUnsupported
 //	guest bench [ROUNDS SECONDS]
 //	                        4K random reads, 32 in flight, 1 ms backend
 //	                        delay: async queues vs Serial; then ublk vs a
@@ -20,12 +22,14 @@ package main
 //	                        rounds, median ratio with min-max (TCG figures)
 
 import (
+	"bytes"
 	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"runtime"
 	"sort"
 	"strconv"
@@ -263,18 +267,17 @@ func resizeTest() error {
 		if !errors.Is(err, errors.ErrUnsupported) {
 			return fmt.Errorf("resize on a kernel without UPDATE_SIZE = %v, want ErrUnsupported", err)
 		}
+		if err := checkSectors(d, 16<<20); err != nil {
+			return err
+		}
 		fmt.Println("ublkq: resize: Resize refused (ErrUnsupported), the device kept its size")
 		return d.Stop()
 	}
 	if err != nil {
 		return err
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/sys/block/ublkb%d/size", d.ID))
-	if err != nil {
+	if err := checkSectors(d, 32<<20); err != nil {
 		return err
-	}
-	if s := string(b); s != strconv.Itoa(32<<20>>9)+"\n" {
-		return fmt.Errorf("after Resize the disk has %q sectors", s)
 	}
 	f, err := openDirect(d.Path)
 	if err != nil {
@@ -284,9 +287,93 @@ func resizeTest() error {
 	if err := readBlock(f, aligned(4096), (32<<20)/4096-1); err != nil {
 		return err
 	}
-	fmt.Println("ublkq: resize: grew the live device to 32 MiB, its last block reads back")
 	f.Close()
+	fmt.Println("ublkq: resize: grew the live device to 32 MiB, its last block reads back")
+	if err := growMountedExt4(d, m); err != nil {
+		return err
+	}
 	return d.Stop()
+}
+
+func checkSectors(d *ublk.Device, size int) error {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/ublkb%d/size", d.ID))
+	if err != nil {
+		return err
+	}
+	if s := string(b); s != strconv.Itoa(size>>9)+"\n" {
+		return fmt.Errorf("after Resize the disk has %q sectors, want %d", s, size>>9)
+	}
+	return nil
+}
+
+// growMountedExt4 is what an LVM user does after lvextend: ext4 mounted
+// on the device, the device grown under it, resize2fs online, the files
+// intact and the filesystem clean.
+func growMountedExt4(d *ublk.Device, m *memDisk) error {
+	run := func(name string, args ...string) error {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %v: %w\n%s", name, args, err, out)
+		}
+		return nil
+	}
+	if err := run("/usr/local/bin/mke2fs", "-q", "-F", "-t", "ext4", d.Path); err != nil {
+		return err
+	}
+	mnt := "/mnt/ublkq"
+	os.MkdirAll(mnt, 0o755)
+	if err := unix.Mount(d.Path, mnt, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			unix.Unmount(mnt, 0)
+		}
+	}()
+	data := make([]byte, 4<<20)
+	crand.Read(data)
+	if err := os.WriteFile(mnt+"/f", data, 0o644); err != nil {
+		return err
+	}
+	unix.Sync()
+	var before, after unix.Statfs_t
+	if err := unix.Statfs(mnt, &before); err != nil {
+		return err
+	}
+	m.grow(64 << 20)
+	if err := d.Resize(64 << 20); err != nil {
+		return err
+	}
+	if err := checkSectors(d, 64<<20); err != nil {
+		return err
+	}
+	if err := run("/usr/local/bin/resize2fs", d.Path); err != nil {
+		return err
+	}
+	if err := unix.Statfs(mnt, &after); err != nil {
+		return err
+	}
+	if after.Blocks*uint64(after.Bsize)*10 < before.Blocks*uint64(before.Bsize)*18 { // 32 -> 64 MiB
+		return fmt.Errorf("the mounted filesystem grew from %d to only %d blocks", before.Blocks, after.Blocks)
+	}
+	got, err := os.ReadFile(mnt + "/f")
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, data) {
+		return fmt.Errorf("a file changed across the online grow")
+	}
+	if err := unix.Unmount(mnt, 0); err != nil {
+		return fmt.Errorf("umount: %w", err)
+	}
+	mounted = false
+	if err := run("/usr/local/bin/e2fsck", "-fn", d.Path); err != nil {
+		return err
+	}
+	fmt.Printf("ublkq: resize: ext4 mounted on the device grew online from %d to %d KiB (resize2fs), its file intact, fsck clean\n",
+		before.Blocks*uint64(before.Bsize)>>10, after.Blocks*uint64(after.Bsize)>>10)
+	return nil
 }
 
 // iocb is struct iocb (linux/aio_abi.h, 64 bytes on little-endian).
