@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench clean torture torture-short powercut
+.PHONY: all build deps test vet lint unit fuzz demo bench bench-vm clean torture torture-short powercut
 
 all: build
 
@@ -66,6 +66,14 @@ powercut: deps
 bench: build
 	@scripts/deps.sh bench
 	$(GO) run ./tests/bench $(BENCH_FLAGS)
+
+# The ublk queues measured in a VM (tests/vm, TestUblkBenchVM; not part of
+# make test): async vs Serial queues with a 1 ms backend delay, and ublk vs
+# a loop device, interleaved rounds (ROUNDS, SECONDS each), TCG figures.
+ROUNDS  ?= 5
+SECONDS ?= 2
+bench-vm: deps
+	OBDVOL_VM_BENCH=1 OBDVOL_VM_BENCH_ROUNDS=$(ROUNDS) OBDVOL_VM_BENCH_SECONDS=$(SECONDS) $(GO) test -count=1 -timeout 30m -v -run '^TestUblkBenchVM$$' ./tests/vm/
 
 clean:
 	rm -rf bin demo-out

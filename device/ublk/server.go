@@ -16,10 +16,15 @@ import (
 
 // Options shape a device.
 type Options struct {
-	Queues   int // default 2
+	Queues   int // default runtime.NumCPU() (the kernel caps it at the CPU count)
 	Depth    int // per queue; default 64
 	MaxIO    int // bytes per request; default 512 KiB
 	ReadOnly bool
+	// Serial serves each request on the queue thread itself, one at a
+	// time per queue, as before the queues became non-blocking: a slow
+	// backend call stalls its whole queue. It exists only as the
+	// baseline of the queue benchmark (tests/vm, make bench-vm).
+	Serial bool
 }
 
 // Device is a running ublk device serving a backend.
@@ -38,6 +43,9 @@ type Device struct {
 	wg     sync.WaitGroup
 	errMu  sync.Mutex
 	err    error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 func (d *Device) op(nr uint32) uint32 {
@@ -51,6 +59,9 @@ func (d *Device) op(nr uint32) uint32 {
 func (d *Device) control(nr uint32, c ctrlCmd) (int32, error) {
 	d.ctrlMu.Lock()
 	defer d.ctrlMu.Unlock()
+	if d.ctrl == nil {
+		return 0, fmt.Errorf("ublk control command %#x: %w", nr, errStopped)
+	}
 	b := d.ctrl.sqe()
 	if b == nil {
 		return 0, errRing
@@ -74,7 +85,7 @@ func Start(b device.Backend, opts Options) (*Device, error) {
 		return nil, err
 	}
 	if opts.Queues <= 0 {
-		opts.Queues = 2
+		opts.Queues = runtime.NumCPU()
 	}
 	if opts.Depth <= 0 {
 		opts.Depth = 64
@@ -92,7 +103,7 @@ func Start(b device.Backend, opts Options) (*Device, error) {
 		return nil, err
 	}
 	d.info = devInfo{NrHwQueues: uint16(opts.Queues), QueueDepth: uint16(opts.Depth), MaxIOBufBytes: uint32(opts.MaxIO),
-		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode}
+		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode | FlagUpdateSize}
 	var pin runtime.Pinner
 	pin.Pin(&d.info)
 	add := ctrlCmd{DevID: 0xFFFFFFFF, QueueID: 0xFFFF, Len: uint16(unsafe.Sizeof(d.info)), Addr: uint64(uintptr(unsafe.Pointer(&d.info)))}
@@ -197,98 +208,16 @@ func (d *Device) setErr(err error) {
 	d.errMu.Unlock()
 }
 
-// queue serves queue q on its own locked OS thread until every tag is
-// aborted (the device stopped).
-func (d *Device) queue(q int, ready chan<- error) {
-	defer d.wg.Done()
-	runtime.LockOSThread()
-	depth := int(d.info.QueueDepth)
-	page := os.Getpagesize()
-	descs, err := unix.Mmap(d.charFd, descOffset(q, page), descLen(depth, page), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
-	if err != nil {
-		ready <- fmt.Errorf("queue %d descriptors: %w", q, err)
-		return
-	}
-	defer unix.Munmap(descs)
-	bufSize := int(d.info.MaxIOBufBytes)
-	bufs, err := unix.Mmap(-1, 0, depth*bufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		ready <- err
-		return
-	}
-	defer unix.Munmap(bufs)
-	r, err := newRing(uint32(depth), 0)
-	if err != nil {
-		ready <- err
-		return
-	}
-	defer r.close()
-	buf := func(tag int) []byte { return bufs[tag*bufSize : (tag+1)*bufSize] }
-	submit := func(op uint32, tag int, result int32) {
-		c := ioCmd{QID: uint16(q), Tag: uint16(tag), Result: result, Addr: uint64(uintptr(unsafe.Pointer(&buf(tag)[0])))}
-		uringCmd(r.sqe(), d.charFd, d.op(op), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 16), uint64(tag))
-	}
-	for t := 0; t < depth; t++ {
-		submit(ioFetchReq, t, 0)
-	}
-	if err := r.enter(0); err != nil {
-		ready <- err
-		return
-	}
-	ready <- nil
-	live := depth
-	for live > 0 {
-		if err := r.enter(1); err != nil {
-			d.setErr(err)
-			return
-		}
-		r.reap(func(ud uint64, res int32) {
-			tag := int(ud)
-			if res == ioResAbort || res < 0 {
-				live--
-				return
-			}
-			desc := (*ioDesc)(unsafe.Pointer(&descs[tag*descSize]))
-			submit(ioCommitAndFetchReq, tag, d.handle(desc, buf(tag)))
-		})
-	}
-}
-
-// handle serves one request and returns its result (bytes or -errno).
-func (d *Device) handle(desc *ioDesc, buf []byte) int32 {
-	off := int64(desc.StartSector) << 9
-	n := int64(desc.NrSectors) << 9
-	var err error
-	switch desc.op() {
-	case opRead:
-		_, err = d.b.ReadAt(buf[:n], off)
-	case opWrite:
-		_, err = d.b.WriteAt(buf[:n], off)
-		if err == nil && desc.flags()&ioFlagFUA != 0 {
-			err = d.b.Flush()
-		}
-	case opFlush:
-		return errOr(d.b.Flush(), 0)
-	case opDiscard:
-		return errOr(d.b.Discard(off, n), 0)
-	case opWriteZeroes:
-		return errOr(d.b.WriteZeroes(off, n), 0)
-	default:
-		return -int32(unix.EOPNOTSUPP)
-	}
-	return errOr(err, int32(n))
-}
-
-func errOr(err error, ok int32) int32 {
-	if err != nil {
-		return -int32(unix.EIO)
-	}
-	return ok
-}
-
 // Stop stops the device (in-flight I/O completes), waits for the queues,
-// flushes the backend and deletes the device.
+// flushes the backend and deletes the device. The kernel deletes it only
+// once nothing holds /dev/ublkbN open: close it first. Stop may be called
+// again; it returns the first call's result.
 func (d *Device) Stop() error {
+	d.stopOnce.Do(func() { d.stopErr = d.stop() })
+	return d.stopErr
+}
+
+func (d *Device) stop() error {
 	d.control(cmdStopDev, ctrlCmd{DevID: d.info.DevID, QueueID: 0xFFFF})
 	d.wg.Wait()
 	if d.charFd >= 0 {
@@ -314,11 +243,13 @@ func (d *Device) del() error {
 }
 
 func (d *Device) closeCtrl() {
+	d.ctrlMu.Lock()
+	defer d.ctrlMu.Unlock()
 	if d.ctrl != nil {
 		d.ctrl.close()
 		d.ctrl = nil
+		unix.Close(d.ctrlFd)
 	}
-	unix.Close(d.ctrlFd)
 }
 
 // Recover reattaches a server to device id after its previous server

@@ -32,6 +32,12 @@ const (
 	cmdEndUserRecov     = 0x11
 	cmdGetDevInfo2      = 0x12
 	cmdGetFeatures      = 0x13
+	cmdDelDevAsync      = 0x14
+	// cmdUpdateSize (Linux 6.16, UBLK_U_CMD_UPDATE_SIZE = _IOWR('u', 0x15,
+	// struct ublksrv_ctrl_cmd)): data[0] is the new size in 512-byte
+	// sectors. It exists only ioctl-encoded and only where the device was
+	// added with FlagUpdateSize and the kernel kept that flag.
+	cmdUpdateSize = 0x15
 
 	ioFetchReq          = 0x20
 	ioCommitAndFetchReq = 0x21
@@ -52,7 +58,7 @@ func encoded(nr uint32) uint32 {
 	switch nr {
 	case ioFetchReq, ioCommitAndFetchReq, ioNeedGetData:
 		return ioc(iocRead|iocWrite, nr, 16)
-	case cmdGetQueueAffinity, cmdGetDevInfo, cmdGetParams, cmdGetDevInfo2, cmdGetFeatures, 0x14:
+	case cmdGetQueueAffinity, cmdGetDevInfo, cmdGetParams, cmdGetDevInfo2, cmdGetFeatures, cmdDelDevAsync:
 		return ioc(iocRead, nr, 32)
 	}
 	return ioc(iocRead|iocWrite, nr, 32)
@@ -68,6 +74,9 @@ const (
 	FlagUnprivilegedDev      = 1 << 5
 	FlagCmdIoctlEncode       = 1 << 6
 	FlagUserCopy             = 1 << 7
+	FlagZoned                = 1 << 8
+	FlagUserRecoveryFailIO   = 1 << 9  // Linux 6.13
+	FlagUpdateSize           = 1 << 10 // Linux 6.16: UPDATE_SIZE (online resize)
 	stateDead, stateLive     = 0, 1
 	stateQuiesced, stateFail = 2, 3
 )
@@ -237,6 +246,7 @@ const (
 	sysIOURingSetup = 425
 	sysIOURingEnter = 426
 	opURingCmd      = 46
+	opReadIO        = 22 // IORING_OP_READ
 	setupSQE128     = 1 << 10
 	setupCQSize     = 1 << 3
 	enterGetEvents  = 1

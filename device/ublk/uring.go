@@ -114,6 +114,19 @@ func (r *ring) reap(fn func(userData uint64, res int32)) int {
 	return n
 }
 
+// cqReady returns the CQ head and tail counters: the completions to read
+// are cqeAt(head) up to tail; cqDone(tail) releases them. The queue loop
+// uses these instead of reap so that no closure is allocated per batch.
+func (r *ring) cqReady() (head, tail uint32) {
+	return atomic.LoadUint32((*uint32)(r.cqHead)), atomic.LoadUint32((*uint32)(r.cqTail))
+}
+
+func (r *ring) cqeAt(i uint32) *cqe {
+	return (*cqe)(unsafe.Add(r.cqes, 16*uintptr(i&*(*uint32)(r.cqMask))))
+}
+
+func (r *ring) cqDone(head uint32) { atomic.StoreUint32((*uint32)(r.cqHead), head) }
+
 func putSQE(b []byte, s *sqe) { copy(b, unsafe.Slice((*byte)(unsafe.Pointer(s)), 64)) }
 
 // uringCmd fills b (64 or 128 bytes) as an IORING_OP_URING_CMD on fd with

@@ -121,6 +121,11 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal("qemu-system-x86_64 not installed: run make deps")
 	}
 	cache, _ := filepath.Abs("../../.cache/vm")
+	if d := os.Getenv("OBDVOL_VM_KERNEL_DIR"); d != "" {
+		// Opt-in: another kernel unpacked there the same way (vmlinuz,
+		// modules/NAME.ko), e.g. one with ublk UPDATE_SIZE (6.16+).
+		cache = d
+	}
 	k, err := FetchKernel(cache)
 	if err != nil {
 		t.Fatal(err)

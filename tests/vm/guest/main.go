@@ -6,6 +6,9 @@
 //	                  reads at many offsets and sizes, flushes and
 //	                  discards, compared with an in-memory model
 //	guest powercut    power cuts at every flush point (powercut.go)
+//	guest slowread, slowread-serial, resize, bench
+//	                  the non-blocking ublk queues and online grow
+//	                  (ublkq.go)
 //	guest write DEV OFFSET SRC LENGTH [loop]
 //	                  writes LENGTH bytes read from SRC to the block device
 //	                  DEV at OFFSET and flushes; DEV is opened without
@@ -45,6 +48,14 @@ func main() {
 		err = ublk.Preflight()
 	case "io":
 		err = ioTest()
+	case "slowread":
+		err = slowReadTest(false)
+	case "slowread-serial":
+		err = slowReadTest(true)
+	case "resize":
+		err = resizeTest()
+	case "bench":
+		err = benchCmd(os.Args[2:])
 	case "powercut":
 		err = powercutCmd(os.Args[2:])
 		if err != nil {
