@@ -47,6 +47,10 @@ type Device struct {
 	Path string `json:"path"` // /dev/ublkb0 or the nbd URI
 	PID  int    `json:"pid"`
 	ID   int    `json:"id"` // ublk dev id, -1 for nbd
+	// Boot is the kernel's boot id (/proc/sys/kernel/random/boot_id)
+	// when the device was made: a ublk record from another boot names a
+	// device that is gone (its id may name another device now).
+	Boot string `json:"boot,omitempty"`
 }
 
 // Activation kinds (Activation.Kind), the same words as Device.Kind.

@@ -1,0 +1,585 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/obdvol/obdvol/device/ublk"
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/volume"
+)
+
+// DefaultDevDir holds the stable names, <devdir>/<volume> -> /dev/ublkbN.
+const DefaultDevDir = "/dev/obdvol"
+
+// DefaultDepth is a ublk queue's depth when neither the request nor the
+// activation record says.
+const DefaultDepth = 64
+
+// Config is what a Host needs; cmd/obdvol builds the manager (content
+// store, lazy remotes, cache size) and hands it over.
+type Config struct {
+	Root    string          // absolute state directory
+	Manager *volume.Manager // the one manager of every volume served
+	// Open opens a volume for I/O; nil means Manager.Open.
+	Open   func(name string) (*volume.Volume, error)
+	DevDir string // stable names; "" means DefaultDevDir
+	Queues int    // ublk queues when not given; 0 means runtime.NumCPU()
+	Depth  int    // ublk depth when not given; 0 means DefaultDepth
+	Logf   func(format string, args ...any)
+	// ErrorKind classifies errors for Response.Kind; nil gives "error".
+	ErrorKind func(error) string
+}
+
+// Host owns the active volumes of one root. Its methods are safe for
+// concurrent use; operations on one volume are serialized.
+type Host struct {
+	cfg  Config
+	lock *os.File
+	boot string
+	ctl  *controlServer
+
+	// groupMu serializes starting and stopping NBD listeners (it is
+	// held across their I/O: a listener's drain, a new listen).
+	groupMu sync.Mutex
+
+	mu     sync.Mutex // guards what follows; never held across I/O
+	vols   map[string]*active
+	groups map[string]*nbdGroup // by spec.String()
+	names  map[string]*nameLock
+}
+
+type nameLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// active is a volume the host serves.
+type active struct {
+	name       string
+	v          *volume.Volume
+	kind       string // metadata.ActivationUblk or ActivationNBD
+	dev        *ublk.Device
+	group      *nbdGroup
+	device     string // /dev/ublkbN or the NBD URI
+	id         int
+	link       string // the stable name, "" when none
+	readOnly   bool
+	queues     int
+	depth      int
+	persistent bool
+	reattached bool // reattached at start; the first activate claims it
+	ctl        *controlServer
+}
+
+func (a *active) status() VolumeStatus {
+	s := VolumeStatus{Name: a.name, Kind: a.kind, Device: a.device, Link: a.link, ID: a.id, PID: os.Getpid(),
+		ReadOnly: a.readOnly, Queues: a.queues, Depth: a.depth, Persistent: a.persistent, Reattached: a.reattached}
+	if a.group != nil {
+		s.Listen = a.group.spec.String()
+	}
+	return s
+}
+
+// Open takes the root's daemon lock (failing with ErrRunning when another
+// daemon holds it) and returns a host that serves nothing yet: Start
+// restores the recorded activations and opens the control socket.
+func Open(cfg Config) (*Host, error) {
+	if cfg.DevDir == "" {
+		cfg.DevDir = DefaultDevDir
+	}
+	if cfg.Queues <= 0 {
+		cfg.Queues = runtime.NumCPU()
+	}
+	if cfg.Queues > metadata.MaxQueues {
+		cfg.Queues = metadata.MaxQueues
+	}
+	if cfg.Depth <= 0 {
+		cfg.Depth = DefaultDepth
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "obdvol daemon: "+f+"\n", a...) }
+	}
+	if cfg.ErrorKind == nil {
+		cfg.ErrorKind = func(error) string { return "error" }
+	}
+	if cfg.Open == nil {
+		cfg.Open = cfg.Manager.Open
+	}
+	lock, err := lockRoot(cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{cfg: cfg, lock: lock, boot: BootID(), vols: map[string]*active{},
+		groups: map[string]*nbdGroup{}, names: map[string]*nameLock{}}, nil
+}
+
+// lockRoot takes --root/run/daemon.lock and writes our PID into it.
+func lockRoot(root string) (*os.File, error) {
+	run := filepath.Join(root, "run")
+	if err := os.MkdirAll(run, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(run, "daemon.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			who := ""
+			if b, err := os.ReadFile(path); err == nil {
+				if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+					who = fmt.Sprintf(" (pid %d)", pid)
+				}
+			}
+			return nil, fmt.Errorf("%w for %s%s: one daemon serves a root", ErrRunning, root, who)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+// BootID returns the kernel's boot id ("" when unreadable).
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Start re-activates what the catalogue records (see the package
+// invariants) and then opens the control socket. Failures of single
+// volumes are logged; the error is the control socket's.
+func (h *Host) Start() error {
+	h.restore()
+	ctl, err := listenControl(SocketPath(h.cfg.Root), "", h.handle, h.cfg.ErrorKind, h.cfg.Logf)
+	if err != nil {
+		h.Stop()
+		return err
+	}
+	h.mu.Lock()
+	h.ctl = ctl
+	h.mu.Unlock()
+	return nil
+}
+
+// Run starts the host and serves until ctx ends, then stops it.
+func (h *Host) Run(ctx context.Context, ready func()) error {
+	if err := h.Start(); err != nil {
+		return err
+	}
+	if ready != nil {
+		ready()
+	}
+	<-ctx.Done()
+	return h.Stop()
+}
+
+// Stop closes the control socket, flushes every volume, closes the NBD
+// listeners (clearing their device records) and leaves the ublk devices
+// in the kernel with their records, for the next daemon to reattach (an
+// upgrade restart must not break mounted filesystems; deactivate deletes
+// a device). It releases the daemon lock. It returns the first error.
+func (h *Host) Stop() error {
+	h.mu.Lock()
+	ctl := h.ctl
+	h.ctl = nil
+	h.mu.Unlock()
+	if ctl != nil {
+		ctl.stop()
+	}
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	h.groupMu.Lock()
+	h.mu.Lock()
+	groups := h.groups
+	h.groups = map[string]*nbdGroup{}
+	h.mu.Unlock()
+	for _, g := range groups {
+		keep(g.stop())
+	}
+	h.groupMu.Unlock()
+	h.mu.Lock()
+	vols := h.vols
+	h.vols = map[string]*active{}
+	h.mu.Unlock()
+	for _, a := range vols {
+		if a.ctl != nil {
+			a.ctl.stop()
+		}
+		keep(a.v.Flush())
+		if a.kind == metadata.ActivationNBD {
+			keep(h.record(a.name, nil, nil, false))
+			keep(a.v.Close())
+		}
+		// A ublk volume stays open (and locked) until the process
+		// exits: its queues may still serve the kernel's requests.
+	}
+	if h.lock != nil {
+		h.lock.Close()
+		h.lock = nil
+	}
+	return first
+}
+
+// lockName serializes operations on one volume.
+func (h *Host) lockName(name string) func() {
+	h.mu.Lock()
+	l := h.names[name]
+	if l == nil {
+		l = &nameLock{}
+		h.names[name] = l
+	}
+	l.refs++
+	h.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		h.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(h.names, name)
+		}
+		h.mu.Unlock()
+	}
+}
+
+func (h *Host) get(name string) *active {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.vols[name]
+}
+
+// record writes name's device record (nil clears it) and, when setAct,
+// its activation record (nil removes it), in one transaction.
+func (h *Host) record(name string, d *metadata.Device, act *metadata.Activation, setAct bool) error {
+	return h.cfg.Manager.Catalog().Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(name)
+		if err != nil {
+			return err
+		}
+		v.Device = d
+		if setAct {
+			v.Activation = act
+		}
+		return tx.PutVolume(v)
+	})
+}
+
+func (h *Host) deviceRecord(a *active) *metadata.Device {
+	d := &metadata.Device{Kind: a.kind, Path: a.device, PID: os.Getpid(), ID: a.id}
+	if a.kind == metadata.ActivationUblk {
+		d.Boot = h.boot
+	}
+	return d
+}
+
+// activation is what a persistent activation of a records.
+func (a *active) activation(allowRemote bool) *metadata.Activation {
+	act := &metadata.Activation{Kind: a.kind, ReadOnly: a.readOnly}
+	if a.kind == metadata.ActivationUblk {
+		act.Queues, act.Depth = a.queues, a.depth
+	} else {
+		act.Listen, act.AllowRemote = a.group.spec.String(), allowRemote
+	}
+	return act
+}
+
+// adopt makes a (whose device or export exists) known: records it, gives
+// it its stable name and its per-volume control socket. On failure the
+// caller stops the device.
+func (h *Host) adopt(a *active, act *metadata.Activation, setAct bool) error {
+	if err := h.record(a.name, h.deviceRecord(a), act, setAct); err != nil {
+		return err
+	}
+	if setAct {
+		a.persistent = act != nil
+	}
+	if a.kind == metadata.ActivationUblk {
+		link, err := h.link(a.name, a.device)
+		if err != nil {
+			h.cfg.Logf("volume %s: stable name: %v", a.name, err)
+		}
+		a.link = link
+	}
+	ctl, err := listenControl(VolumeSocketPath(h.cfg.Root, a.name), a.name, h.handle, h.cfg.ErrorKind, h.cfg.Logf)
+	if err != nil {
+		// The daemon's socket still reaches the volume.
+		h.cfg.Logf("volume %s: %v", a.name, err)
+	}
+	a.ctl = ctl
+	h.mu.Lock()
+	h.vols[a.name] = a
+	h.mu.Unlock()
+	return nil
+}
+
+// Status returns the active volumes, by name, or name's alone.
+func (h *Host) Status(name string) ([]VolumeStatus, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if name != "" {
+		a := h.vols[name]
+		if a == nil {
+			return nil, fmt.Errorf("volume %s is not active in this daemon: %w", name, volume.ErrRefused)
+		}
+		return []VolumeStatus{a.status()}, nil
+	}
+	out := []VolumeStatus{}
+	for _, a := range h.vols {
+		out = append(out, a.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// handle dispatches one control request.
+func (h *Host) handle(ctx context.Context, r *Request) (*Response, error) {
+	switch r.Op {
+	case OpActivate:
+		s, err := h.Activate(r)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: []VolumeStatus{*s}}, nil
+	case OpDeactivate:
+		s, err := h.Deactivate(r.Volume)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: s}, nil
+	case OpServeNBD:
+		s, err := h.ServeNBD(r)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: s}, nil
+	case OpStatus:
+		s, err := h.Status(r.Volume)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: s}, nil
+	case OpSnapshot, OpFlush:
+		unlock := h.lockName(r.Volume)
+		defer unlock()
+		a := h.get(r.Volume)
+		if a == nil {
+			return nil, fmt.Errorf("volume %s is not active in this daemon: %w", r.Volume, volume.ErrRefused)
+		}
+		if r.Op == OpFlush {
+			return &Response{Volumes: []VolumeStatus{a.status()}}, a.v.Flush()
+		}
+		res, err := a.v.Snapshot(ctx, r.Snapshot)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Snapshot: res}, nil
+	}
+	return nil, fmt.Errorf("%w: unknown operation %q", ErrBadRequest, r.Op)
+}
+
+// Activate exposes a volume as a ublk device. A volume whose ublk device
+// this daemon reattached at its start is reported as such (once): an
+// activate after a crash finds its device back, as it did when activate
+// itself reattached it.
+func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
+	unlock := h.lockName(r.Volume)
+	defer unlock()
+	if a := h.get(r.Volume); a != nil {
+		h.mu.Lock()
+		claim := a.reattached && a.kind == metadata.ActivationUblk
+		a.reattached = false
+		h.mu.Unlock()
+		if !claim {
+			return nil, fmt.Errorf("volume %s is already active on %s (pid %d): %w", r.Volume, a.device, os.Getpid(), volume.ErrRefused)
+		}
+		if r.Persistent != a.persistent {
+			act := (*metadata.Activation)(nil)
+			if r.Persistent {
+				act = a.activation(false)
+			}
+			if err := h.record(a.name, h.deviceRecord(a), act, true); err != nil {
+				return nil, err
+			}
+			a.persistent = r.Persistent
+		}
+		s := a.status()
+		s.Reattached = true
+		return &s, nil
+	}
+	d, live, err := h.cfg.Manager.Device(r.Volume)
+	if err != nil {
+		return nil, err
+	}
+	if live {
+		return nil, fmt.Errorf("volume %s is already active on %s (pid %d): %w", r.Volume, d.Path, d.PID, volume.ErrRefused)
+	}
+	recoverID := -1
+	if d != nil && d.Kind == metadata.ActivationUblk && (d.Boot == "" || d.Boot == h.boot) {
+		recoverID = d.ID // its server died; the kernel kept the device
+	}
+	a, err := h.startUblk(r.Volume, r.ReadOnly, r.Queues, r.Depth, recoverID)
+	if err != nil {
+		return nil, err
+	}
+	var act *metadata.Activation
+	if r.Persistent {
+		act = a.activation(false)
+		act.Queues, act.Depth = r.Queues, r.Depth // 0: the defaults of the daemon that restores it
+	}
+	if err := h.adopt(a, act, true); err != nil {
+		h.abandon(a)
+		return nil, err
+	}
+	s := a.status()
+	return &s, nil
+}
+
+// startUblk opens name and starts (or, recoverID >= 0, reattaches) its
+// device.
+func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID int) (*active, error) {
+	if queues <= 0 {
+		queues = h.cfg.Queues
+	}
+	if depth <= 0 {
+		depth = h.cfg.Depth
+	}
+	opts := ublk.Options{Queues: queues, Depth: depth, ReadOnly: readOnly}
+	var v *volume.Volume
+	var err error
+	if recoverID >= 0 {
+		v, _, err = h.cfg.Manager.OpenAfterCrash(name)
+	} else {
+		v, err = h.cfg.Open(name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var dev *ublk.Device
+	reattached := false
+	if recoverID >= 0 {
+		dev, err = ublk.Recover(v, recoverID, opts)
+		if errors.Is(err, syscall.ENODEV) {
+			// The kernel device went too (deleted after its server
+			// died): the record was all that was left.
+			dev, err = ublk.Start(v, opts)
+		} else if err == nil {
+			reattached = true
+		}
+	} else {
+		dev, err = ublk.Start(v, opts)
+	}
+	if err != nil {
+		v.Close()
+		return nil, err
+	}
+	return &active{name: name, v: v, kind: metadata.ActivationUblk, dev: dev, device: dev.Path, id: dev.ID,
+		readOnly: readOnly, queues: queues, depth: depth, reattached: reattached}, nil
+}
+
+// abandon undoes a start whose adopt failed: the device goes, the
+// volume closes.
+func (h *Host) abandon(a *active) {
+	if a.dev != nil {
+		if err := a.dev.Stop(); err != nil {
+			h.cfg.Logf("volume %s: stop %s: %v", a.name, a.device, err)
+		}
+	}
+	a.v.Close()
+}
+
+// Deactivate stops a volume's ublk device (deleting it) or its NBD export,
+// flushes and closes the volume, clears its device record, removes its
+// activation record and its stable name. A volume this daemon does not
+// serve but that has a persistent activation only loses the activation.
+func (h *Host) Deactivate(name string) ([]VolumeStatus, error) {
+	unlock := h.lockName(name)
+	defer unlock()
+	a := h.get(name)
+	if a == nil {
+		return nil, ForgetInactive(h.cfg.Manager, name)
+	}
+	s := a.status()
+	if a.ctl != nil {
+		a.ctl.stop()
+		a.ctl = nil
+	}
+	var first error
+	keep := func(err error) {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	switch a.kind {
+	case metadata.ActivationUblk:
+		keep(a.dev.Stop()) // in-flight I/O completes, flush, delete
+	case metadata.ActivationNBD:
+		keep(h.leaveGroup(a))
+	}
+	keep(a.v.Flush())
+	if err := h.record(name, nil, nil, true); err != nil {
+		// The device is gone but the record says otherwise: keep the
+		// volume open (and its record live) rather than lie.
+		return nil, fmt.Errorf("volume %s: clearing its device record: %w", name, err)
+	}
+	h.unlink(a.link, a.device)
+	h.mu.Lock()
+	delete(h.vols, name)
+	h.mu.Unlock()
+	keep(a.v.Close())
+	return []VolumeStatus{s}, first
+}
+
+// ForgetInactive deactivates a volume no daemon serves: it removes its
+// persistent activation record. A volume served by another process, or
+// whose ublk device's server died, is refused (ErrRefused), as is one
+// with nothing to forget.
+func ForgetInactive(m *volume.Manager, name string) error {
+	d, live, err := m.Device(name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case live:
+		return fmt.Errorf("volume %s is served on %s by pid %d (obdvol serve --foreground?): stop that server: %w", name, d.Path, d.PID, volume.ErrRefused)
+	case d != nil && d.Kind == metadata.ActivationUblk:
+		return fmt.Errorf("the server of volume %s (pid %d) died and the kernel keeps %s: run obdvol activate %s (or start obdvol daemon) to reattach it, then deactivate: %w",
+			name, d.PID, d.Path, name, volume.ErrRefused)
+	}
+	forgot := false
+	err = m.Catalog().Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(name)
+		if err != nil || v.Activation == nil {
+			return err
+		}
+		forgot, v.Activation = true, nil
+		return tx.PutVolume(v)
+	})
+	if err != nil {
+		return err
+	}
+	if !forgot {
+		return fmt.Errorf("volume %s is not active: %w", name, volume.ErrRefused)
+	}
+	return nil
+}
