@@ -180,14 +180,19 @@ func ask(ctx context.Context, path, who string, r *Request) (*Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Write(b); err != nil {
-		return nil, fmt.Errorf("%s: %w", who, err)
+	_, werr := c.Write(b)
+	if werr == nil {
+		c.(*net.UnixConn).CloseWrite() // the request ends here
 	}
-	c.(*net.UnixConn).CloseWrite() // the request ends here
+	// Even when the write failed: a server that refused the connection
+	// (another user's) answered and closed before reading it.
 	var resp Response
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if werr != nil {
+			err = werr
 		}
 		return nil, fmt.Errorf("%s: %w", who, err)
 	}

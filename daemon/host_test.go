@@ -1,0 +1,437 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+	"github.com/obdvol/obdvol/volume"
+)
+
+// clientEnv makes the test binary a control client (TestPeerRefused runs
+// it as another user): it sends a status request to the socket named
+// there and prints the error.
+const clientEnv = "OBDVOL_DAEMON_TEST_CLIENT"
+
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(clientEnv); sock != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := ask(ctx, sock, "daemon", &Request{Op: OpStatus})
+		fmt.Printf("uid %d: %v\n", os.Getuid(), err)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// newManager returns a manager over a fresh root (with a catalogue and a
+// content store).
+func newManager(t *testing.T, root string) *volume.Manager {
+	t.Helper()
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := metadata.Open(filepath.Join(root, "catalog.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := repo.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := volume.NewManager(root, cat, repo.Blobs{Store: store}, volume.Options{CacheBytes: 16 << 20})
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// startHost opens and starts a host on root; it is stopped when the
+// test ends (unless the test stopped it).
+func startHost(t *testing.T, root string, m *volume.Manager) *Host {
+	t.Helper()
+	h, err := Open(Config{Root: root, Manager: m, DevDir: filepath.Join(root, "dev"), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Stop() })
+	return h
+}
+
+func needTool(t *testing.T, tools ...string) {
+	for _, x := range tools {
+		if _, err := exec.LookPath(x); err != nil {
+			t.Fatalf("%s not installed: run make deps", x)
+		}
+	}
+}
+
+func qemuIO(t *testing.T, uri string, cmds ...string) string {
+	t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, uri)...).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "failed") {
+		t.Fatalf("qemu-io %v %s: %v\n%s", cmds, uri, err, out)
+	}
+	return string(out)
+}
+
+func record(t *testing.T, m *volume.Manager, name string) *metadata.Volume {
+	t.Helper()
+	var v *metadata.Volume
+	if err := m.Catalog().View(func(tx *metadata.Tx) (err error) { v, err = tx.Volume(name); return }); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func mode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("%s is not a socket (%v)", path, fi.Mode())
+	}
+	return fi.Mode().Perm()
+}
+
+// NBD exports through the host with a real client; a stop and a new host
+// on the same root (what a reboot or a restart looks like to the
+// catalogue) brings the persistent exports back, with their data, and
+// not the one-off one; deactivating one volume of a group keeps the
+// others served.
+func TestHostNBDRestartRestoresPersistent(t *testing.T) {
+	needTool(t, "qemu-io")
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	for _, n := range []string{"a", "b", "c"} {
+		if _, err := m.Create(n, 4<<20, volume.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := startHost(t, root, m)
+	ctx := context.Background()
+	c := &Client{Root: root}
+	sock1, sock2 := filepath.Join(t.TempDir(), "p.sock"), filepath.Join(t.TempDir(), "o.sock")
+	resp, err := c.Do(ctx, &Request{Op: OpServeNBD, Volumes: []string{"a", "b"}, Listen: "unix:" + sock1, Persistent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Volumes) != 2 || resp.PID != os.Getpid() {
+		t.Fatalf("serve-nbd answered %+v", resp)
+	}
+	uriA, uriB := resp.Volumes[0].Device, resp.Volumes[1].Device
+	if _, err := c.Do(ctx, &Request{Op: OpServeNBD, Volumes: []string{"c"}, Listen: "unix:" + sock2}); err != nil {
+		t.Fatal(err)
+	}
+	// Already active, and a listener already in use, are refused.
+	if _, err := c.Do(ctx, &Request{Op: OpServeNBD, Volumes: []string{"c"}, Listen: "unix:" + filepath.Join(t.TempDir(), "x")}); err == nil || !strings.Contains(err.Error(), "already active") {
+		t.Errorf("second export of c: %v", err)
+	}
+	for _, p := range []string{SocketPath(root), VolumeSocketPath(root, "a"), VolumeSocketPath(root, "c"), sock1, sock2} {
+		if got := mode(t, p); got != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", p, got)
+		}
+	}
+	qemuIO(t, uriA, "write -P 0xa1 0 1M", "flush")
+	qemuIO(t, uriB, "write -P 0xb1 1M 64k", "flush")
+	// snapshot and status reach the daemon through the volume's socket.
+	if r, err := AskVolume(ctx, root, "a", &Request{Op: OpSnapshot, Snapshot: "s1"}); err != nil || r.Snapshot == nil {
+		t.Fatalf("snapshot through a's socket: %+v, %v", r, err)
+	}
+	if r, err := c.Do(ctx, &Request{Op: OpStatus}); err != nil || len(r.Volumes) != 3 || !r.Volumes[0].Persistent || r.Volumes[2].Persistent {
+		t.Fatalf("status: %+v, %v", r, err)
+	}
+	if a := record(t, m, "a"); a.Device == nil || a.Activation == nil || a.Activation.Listen != "unix:"+sock1 {
+		t.Fatalf("a's records: device %+v activation %+v", a.Device, a.Activation)
+	}
+	if r := record(t, m, "c"); r.Device == nil || r.Activation != nil {
+		t.Fatalf("c's records: device %+v activation %+v", r.Device, r.Activation)
+	}
+
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if r := record(t, m, n); r.Device != nil {
+			t.Errorf("%s: device record %+v after a clean stop", n, r.Device)
+		}
+	}
+	if _, err := os.Lstat(sock1); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stopped listener's socket is still there: %v", err)
+	}
+
+	startHost(t, root, m)
+	r, err := c.Do(ctx, &Request{Op: OpStatus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Volumes) != 2 || r.Volumes[0].Name != "a" || r.Volumes[1].Name != "b" {
+		t.Fatalf("after restart: %+v, want a and b (persistent) only", r.Volumes)
+	}
+	qemuIO(t, uriA, "read -P 0xa1 0 1M")
+	qemuIO(t, uriB, "read -P 0xb1 1M 64k")
+	if _, err := os.Lstat(sock2); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the one-off export's socket is back: %v", err)
+	}
+
+	// Deactivating a: b's listener comes back with b alone.
+	if _, err := c.Do(ctx, &Request{Op: OpDeactivate, Volume: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if a := record(t, m, "a"); a.Device != nil || a.Activation != nil {
+		t.Errorf("a after deactivate: device %+v activation %+v", a.Device, a.Activation)
+	}
+	qemuIO(t, uriB, "read -P 0xb1 1M 64k")
+	if _, err := c.Do(ctx, &Request{Op: OpDeactivate, Volume: "a"}); err == nil || !strings.Contains(err.Error(), "not active") {
+		t.Errorf("second deactivate of a: %v", err)
+	}
+	// Only a's data file is written: the chain reads a's writes back.
+	v, err := m.Open("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	v.ReadAt(buf, 4096)
+	v.Close()
+	if buf[0] != 0xa1 || buf[4095] != 0xa1 {
+		t.Errorf("a after deactivate reads %#x", buf[0])
+	}
+}
+
+// One daemon per root: a second Open fails with ErrRunning naming the
+// first one's PID, and leaves the first one serving.
+func TestSecondHostRefused(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	startHost(t, root, m)
+	_, err := Open(Config{Root: root, Manager: m})
+	if !errors.Is(err, ErrRunning) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("second daemon: %v, want ErrRunning naming pid %d", err, os.Getpid())
+	}
+	if !(&Client{Root: root}).Running(context.Background()) {
+		t.Fatal("the first daemon stopped answering")
+	}
+}
+
+// A control connection from another uid is refused by SO_PEERCRED, even
+// when the socket's mode would let it connect.
+func TestPeerRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the client runs as uid 65534")
+	}
+	dir, err := os.MkdirTemp("", "obdvol-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root := filepath.Join(dir, "root")
+	m := newManager(t, root)
+	startHost(t, root, m)
+	// Open every door but the credential check.
+	for _, p := range []string{dir, root, filepath.Join(root, "run")} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(SocketPath(root), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "client")
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(out, in)
+	in.Close()
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(uid uint32) string {
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(), clientEnv+"="+SocketPath(root))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("client as uid %d: %v\n%s", uid, err, b)
+		}
+		return string(b)
+	}
+	if got := run(65534); !strings.Contains(got, "refused") || !strings.Contains(got, "uid 65534") {
+		t.Errorf("client as uid 65534: %q, want a refusal by uid", got)
+	}
+	// The same binary as root is answered (the check is the uid).
+	if got := run(0); !strings.Contains(got, "<nil>") {
+		t.Errorf("client as root: %q, want an answer", got)
+	}
+}
+
+// Deactivate of a volume no daemon serves only forgets its persistent
+// activation; one with nothing to forget is refused.
+func TestForgetInactive(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	if _, err := m.Create("v", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ForgetInactive(m, "v"); !errors.Is(err, volume.ErrRefused) {
+		t.Fatalf("forget an inactive volume: %v", err)
+	}
+	err := m.Catalog().Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume("v")
+		if err != nil {
+			return err
+		}
+		v.Activation = &metadata.Activation{Kind: metadata.ActivationUblk}
+		return tx.PutVolume(v)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ForgetInactive(m, "v"); err != nil {
+		t.Fatal(err)
+	}
+	if r := record(t, m, "v"); r.Activation != nil {
+		t.Fatalf("activation kept: %+v", r.Activation)
+	}
+}
+
+// A restore failure of one volume (a ublk activation on a host without
+// ublk, a volume whose directory is damaged) is logged and does not keep
+// the others from coming back.
+func TestRestoreFailureIsolated(t *testing.T) {
+	needTool(t, "qemu-io")
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	for _, n := range []string{"good", "noublk"} {
+		if _, err := m.Create(n, 1<<20, volume.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := m.Catalog().Update(func(tx *metadata.Tx) error {
+		for n, a := range map[string]*metadata.Activation{
+			"good":   {Kind: metadata.ActivationNBD, Listen: "unix:" + sock},
+			"noublk": {Kind: metadata.ActivationUblk, Queues: 1},
+		} {
+			v, err := tx.Volume(n)
+			if err != nil {
+				return err
+			}
+			v.Activation = a
+			if err := tx.PutVolume(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/dev/ublk-control"); err == nil {
+		t.Skip("this host has ublk: the ublk activation would succeed")
+	}
+	startHost(t, root, m)
+	r, err := (&Client{Root: root}).Do(context.Background(), &Request{Op: OpStatus})
+	if err != nil || len(r.Volumes) != 1 || r.Volumes[0].Name != "good" {
+		t.Fatalf("status: %+v, %v", r, err)
+	}
+	qemuIO(t, r.Volumes[0].Device, "read -P 0 0 64k")
+	if n := record(t, m, "noublk"); n.Activation == nil || n.Device != nil {
+		t.Errorf("the failed volume's records changed: %+v %+v", n.Activation, n.Device)
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	good := []string{
+		`{"op":"status"}`,
+		`{"op":"activate","volume":"v","queues":4,"depth":128,"persistent":true}`,
+		`{"op":"serve-nbd","volumes":["a","b"],"listen":"unix:/tmp/x.sock"}`,
+		`{"op":"snapshot","volume":"v","snapshot":"s1"}`,
+	}
+	for _, s := range good {
+		if _, err := ParseRequest([]byte(s)); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+	bad := []string{
+		``, `{}`, `{"op":"format"}`, `{"op":"activate"}`, `{"op":"activate","volume":"../etc"}`,
+		`{"op":"activate","volume":"v","queues":-1}`, `{"op":"activate","volume":"v","depth":100000}`,
+		`{"op":"serve-nbd","volumes":["a","a"],"listen":"unix:/x"}`, `{"op":"serve-nbd","volumes":["a"],"listen":"tcp:8.8.8.8:1"}`,
+		`{"op":"snapshot","volume":"v"}`, `{"op":"status"}{"op":"status"}`, `{"op":"status","bogus":1}`,
+		`{"op":"serve-nbd","volumes":[],"listen":"unix:/x"}`,
+	}
+	for _, s := range bad {
+		if _, err := ParseRequest([]byte(s)); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("%s: %v, want ErrBadRequest", s, err)
+		}
+	}
+	// A volume's socket answers about that volume only.
+	if r, err := parseRequest([]byte(`{"op":"snapshot","snapshot":"s"}`), "v"); err != nil || r.Volume != "v" {
+		t.Errorf("old-style snapshot request on v's socket: %+v, %v", r, err)
+	}
+	for _, s := range []string{`{"op":"snapshot","volume":"w","snapshot":"s"}`, `{"op":"deactivate"}`} {
+		if _, err := parseRequest([]byte(s), "v"); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("%s on v's socket: %v", s, err)
+		}
+	}
+}
+
+// FuzzControlRequest: the control request parser never panics, and what
+// it accepts passes Validate and re-encodes to a request it accepts.
+func FuzzControlRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"status"}`, `{"op":"activate","volume":"v","queues":4}`,
+		`{"op":"serve-nbd","volumes":["a"],"listen":"tcp:127.0.0.1:0"}`,
+		`{"op":"snapshot","volume":"v","snapshot":"s"}`, `{"op":"deactivate","volume":"x"}`, `[`, `null`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseRequest(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("error not wrapping ErrBadRequest: %v", err)
+			}
+			return
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatalf("accepted then invalid: %v", err)
+		}
+		again, _ := json.Marshal(r)
+		if _, err := ParseRequest(again); err != nil {
+			t.Fatalf("re-encoded request refused: %v (%s)", err, again)
+		}
+		for _, v := range []string{"v", "w"} {
+			parseRequest(b, v)
+		}
+	})
+}
