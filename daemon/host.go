@@ -55,6 +55,7 @@ type Host struct {
 	groupMu sync.Mutex
 
 	mu     sync.Mutex // guards what follows; never held across I/O
+	left   int        // ublk devices Stop left in the kernel
 	vols   map[string]*active
 	groups map[string]*nbdGroup // by spec.String()
 	names  map[string]*nameLock
@@ -234,12 +235,26 @@ func (h *Host) Stop() error {
 		}
 		// A ublk volume stays open (and locked) until the process
 		// exits: its queues may still serve the kernel's requests.
+		if a.kind == metadata.ActivationUblk {
+			h.mu.Lock()
+			h.left++
+			h.mu.Unlock()
+		}
 	}
 	if h.lock != nil {
 		h.lock.Close()
 		h.lock = nil
 	}
 	return first
+}
+
+// LeftDevices is the number of ublk devices Stop left in the kernel for
+// the next daemon. Their volumes are still open and in use by their
+// queues: the process must exit without closing the manager.
+func (h *Host) LeftDevices() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.left
 }
 
 // lockName serializes operations on one volume.
@@ -421,9 +436,13 @@ func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 			if err := h.record(a.name, h.deviceRecord(a), act, true); err != nil {
 				return nil, err
 			}
+			h.mu.Lock()
 			a.persistent = r.Persistent
+			h.mu.Unlock()
 		}
+		h.mu.Lock()
 		s := a.status()
+		h.mu.Unlock()
 		s.Reattached = true
 		return &s, nil
 	}

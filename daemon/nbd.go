@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 
@@ -64,6 +65,9 @@ func (h *Host) ServeNBD(r *Request) ([]VolumeStatus, error) {
 	spec, err := ParseNBDSpec(r.Listen, r.AllowRemote)
 	if err != nil {
 		return nil, err
+	}
+	if spec.Unix != "" && !filepath.IsAbs(spec.Unix) {
+		return nil, fmt.Errorf("%w: the daemon wants an absolute socket path, got %q", ErrBadRequest, spec.Unix)
 	}
 	names := append([]string(nil), r.Volumes...)
 	sorted := append([]string(nil), names...)

@@ -132,11 +132,11 @@ func (h *Host) restoreUblk(rec *metadata.Volume) error {
 	if err != nil {
 		return err
 	}
+	a.persistent = act != nil
 	if err := h.adopt(a, nil, false); err != nil {
 		h.abandon(a)
 		return err
 	}
-	a.persistent = act != nil
 	how := "started"
 	if a.reattached {
 		how = "reattached"

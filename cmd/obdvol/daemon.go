@@ -63,7 +63,14 @@ func runDaemon(ctx context.Context, out io.Writer, g *globalOptions, o *daemonOp
 		notify("ERR " + err.Error())
 		return err
 	}
-	defer e.close()
+	closeEnv := true
+	defer func() {
+		if closeEnv {
+			e.close()
+		}
+	}()
+	// Pin no mount point (root is absolute already).
+	os.Chdir("/")
 	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, "obdvol daemon: "+f+"\n", a...) }
 	h, err := daemon.Open(daemon.Config{Root: e.root, Manager: e.mgr, Open: e.openVolume, DevDir: g.DevDir,
 		Logf: logf, ErrorKind: errorKind})
@@ -72,6 +79,14 @@ func runDaemon(ctx context.Context, out io.Writer, g *globalOptions, o *daemonOp
 		return err
 	}
 	daemon.Harden(logf)
+	defer func() {
+		if n := h.LeftDevices(); n > 0 {
+			// Their queues still serve the kernel until we exit: the
+			// manager must not close their layers.
+			closeEnv = false
+			logf("stopped; %d ublk device(s) left for the next daemon to reattach (obdvol deactivate deletes one)", n)
+		}
+	}()
 	return h.Run(ctx, func() {
 		notify("OK")
 		daemon.NotifySystemd("READY=1")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -126,6 +127,14 @@ func serveThroughDaemon(ctx context.Context, out io.Writer, g *globalOptions, e 
 		if _, err := volumeRecord(e, v); err != nil {
 			return err // a missing volume starts no daemon
 		}
+	}
+	if spec.Unix != "" {
+		// The daemon's working directory is not ours.
+		abs, err := filepath.Abs(spec.Unix)
+		if err != nil {
+			return err
+		}
+		spec.Unix = abs
 	}
 	c, _, err := ensureDaemon(ctx, g, e.root)
 	if err != nil {
