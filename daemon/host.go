@@ -80,8 +80,12 @@ type active struct {
 	queues     int
 	depth      int
 	persistent bool
-	reattached bool // reattached at start; the first activate claims it
-	ctl        *controlServer
+	reattached bool // reattached to a kernel device its previous server left
+	// restored: brought back by the daemon's start (reattached, or a
+	// new device for a persistent activation) and not yet claimed by an
+	// activate: the first one succeeds (see Activate).
+	restored bool
+	ctl      *controlServer
 }
 
 func (a *active) status() VolumeStatus {
@@ -414,16 +418,18 @@ func (h *Host) handle(ctx context.Context, r *Request) (*Response, error) {
 }
 
 // Activate exposes a volume as a ublk device. A volume whose ublk device
-// this daemon reattached at its start is reported as such (once): an
-// activate after a crash finds its device back, as it did when activate
-// itself reattached it.
+// this daemon brought back at its start (reattached after a crash, or a
+// new device for a persistent activation after a reboot) is reported as
+// such, once: an activate after a crash or a reboot finds its device
+// back, as it did when activate itself reattached it; a second activate
+// is refused as for any active volume.
 func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 	unlock := h.lockName(r.Volume)
 	defer unlock()
 	if a := h.get(r.Volume); a != nil {
 		h.mu.Lock()
-		claim := a.reattached && a.kind == metadata.ActivationUblk
-		a.reattached = false
+		claim := a.restored && a.kind == metadata.ActivationUblk
+		a.restored = false
 		h.mu.Unlock()
 		if !claim {
 			return nil, fmt.Errorf("volume %s is already active on %s (pid %d): %w", r.Volume, a.device, os.Getpid(), volume.ErrRefused)
@@ -443,7 +449,7 @@ func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 		h.mu.Lock()
 		s := a.status()
 		h.mu.Unlock()
-		s.Reattached = true
+		s.Restored = true
 		return &s, nil
 	}
 	d, live, err := h.cfg.Manager.Device(r.Volume)

@@ -71,6 +71,9 @@ type VolumeStatus struct {
 	// Reattached: the daemon reattached this device at its start, to a
 	// kernel device its previous server left (user recovery).
 	Reattached bool `json:"reattached,omitempty"`
+	// Restored: an activate found the device the daemon brought back at
+	// its start (reattached, or new for a persistent activation).
+	Restored bool `json:"restored,omitempty"`
 }
 
 // ParseRequest decodes and checks one request: exactly one JSON object of

@@ -132,7 +132,7 @@ func (h *Host) restoreUblk(rec *metadata.Volume) error {
 	if err != nil {
 		return err
 	}
-	a.persistent = act != nil
+	a.persistent, a.restored = act != nil, true
 	if err := h.adopt(a, nil, false); err != nil {
 		h.abandon(a)
 		return err

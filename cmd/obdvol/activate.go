@@ -87,11 +87,14 @@ func runActivate(ctx context.Context, out io.Writer, g *globalOptions, o *activa
 	s := resp.Volumes[0]
 	if g.JSON {
 		return printJSON(out, map[string]any{"volume": vol, "device": s.Device, "link": s.Link, "pid": resp.PID,
-			"persistent": s.Persistent, "reattached": s.Reattached, "log": daemonLog(e.root)})
+			"persistent": s.Persistent, "reattached": s.Reattached, "restored": s.Restored, "log": daemonLog(e.root)})
 	}
 	how := "active"
-	if s.Reattached {
+	switch {
+	case s.Reattached:
 		how = "reattached"
+	case s.Restored:
+		how = "active again (the daemon restored it at its start)"
 	}
 	fmt.Fprintf(out, "%s %s on %s", vol, how, s.Device)
 	if s.Link != "" {
