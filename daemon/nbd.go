@@ -42,6 +42,11 @@ func (h *Host) startGroup(spec NBDSpec, remote bool, members []*active) (*nbdGro
 	if err != nil {
 		return nil, err
 	}
+	if spec.TCP != "" {
+		// Port 0 picked a port: record that one, so that a restart
+		// listens where the clients were told to connect.
+		spec.TCP = l.Addr().String()
+	}
 	exports := make([]nbd.Export, len(members))
 	for i, a := range members {
 		exports[i] = nbd.Export{Name: a.name, Backend: a.v, ReadOnly: a.readOnly, Description: "obdvol volume " + a.name}
