@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/obdvol/obdvol/device"
 	"github.com/obdvol/obdvol/device/ublk"
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/volume"
@@ -40,6 +41,19 @@ type Config struct {
 	Logf   func(format string, args ...any)
 	// ErrorKind classifies errors for Response.Kind; nil gives "error".
 	ErrorKind func(error) string
+	// Backend, if not nil, wraps each volume before a frontend (ublk,
+	// NBD) serves it: the hook for per-volume I/O metrics. The wrapper
+	// must implement device.Mapper when the volume does (NBD's
+	// BLOCK_STATUS uses it) and stay safe for concurrent use.
+	Backend func(name string, v *volume.Volume) device.Backend
+}
+
+// backend is what the frontends serve for v.
+func (h *Host) backend(v *volume.Volume) device.Backend {
+	if h.cfg.Backend != nil {
+		return h.cfg.Backend(v.Name(), v)
+	}
+	return v
 }
 
 // Host owns the active volumes of one root. Its methods are safe for
@@ -503,16 +517,16 @@ func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID in
 	var dev *ublk.Device
 	reattached := false
 	if recoverID >= 0 {
-		dev, err = ublk.Recover(v, recoverID, opts)
+		dev, err = ublk.Recover(h.backend(v), recoverID, opts)
 		if errors.Is(err, syscall.ENODEV) {
 			// The kernel device went too (deleted after its server
 			// died): the record was all that was left.
-			dev, err = ublk.Start(v, opts)
+			dev, err = ublk.Start(h.backend(v), opts)
 		} else if err == nil {
 			reattached = true
 		}
 	} else {
-		dev, err = ublk.Start(v, opts)
+		dev, err = ublk.Start(h.backend(v), opts)
 	}
 	if err != nil {
 		v.Close()

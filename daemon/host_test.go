@@ -10,10 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/obdvol/obdvol/device"
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/repo"
 	"github.com/obdvol/obdvol/volume"
@@ -434,4 +436,44 @@ func FuzzControlRequest(f *testing.F) {
 			parseRequest(b, v)
 		}
 	})
+}
+
+// counting is a Backend hook: it counts the reads served.
+type counting struct {
+	*volume.Volume
+	reads *atomic.Int64
+}
+
+func (c counting) ReadAt(p []byte, off int64) (int, error) {
+	c.reads.Add(1)
+	return c.Volume.ReadAt(p, off)
+}
+
+// The Backend hook (for metrics) sees the I/O of the exports.
+func TestBackendHook(t *testing.T) {
+	needTool(t, "qemu-io")
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	if _, err := m.Create("v", 1<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var reads atomic.Int64
+	h, err := Open(Config{Root: root, Manager: m, Logf: t.Logf, Backend: func(name string, v *volume.Volume) device.Backend {
+		return counting{v, &reads}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	st, err := h.ServeNBD(&Request{Op: OpServeNBD, Volumes: []string{"v"}, Listen: "unix:" + filepath.Join(t.TempDir(), "s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemuIO(t, st[0].Device, "read -P 0 0 64k")
+	if reads.Load() == 0 {
+		t.Fatal("the hook saw no read")
+	}
 }

@@ -49,7 +49,7 @@ func (h *Host) startGroup(spec NBDSpec, remote bool, members []*active) (*nbdGro
 	}
 	exports := make([]nbd.Export, len(members))
 	for i, a := range members {
-		exports[i] = nbd.Export{Name: a.name, Backend: a.v, ReadOnly: a.readOnly, Description: "obdvol volume " + a.name}
+		exports[i] = nbd.Export{Name: a.name, Backend: h.backend(a.v), ReadOnly: a.readOnly, Description: "obdvol volume " + a.name}
 	}
 	srv := nbd.NewServer(exports)
 	srv.Logf = h.cfg.Logf
