@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -475,5 +476,55 @@ func TestBackendHook(t *testing.T) {
 	qemuIO(t, st[0].Device, "read -P 0 0 64k")
 	if reads.Load() == 0 {
 		t.Fatal("the hook saw no read")
+	}
+}
+
+// Requests for different volumes run concurrently (clones of one golden
+// opened at once through the one manager); each export reads back the
+// golden's data.
+func TestConcurrentExports(t *testing.T) {
+	needTool(t, "qemu-io")
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	if _, err := m.Create("golden", 2<<20, volume.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.Open("golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.WriteAt(bytes.Repeat([]byte{0x3c}, 1<<20), 512<<10)
+	if _, err := g.Snapshot(context.Background(), "g"); err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
+	const n = 8
+	for i := 0; i < n; i++ {
+		if _, err := m.Clone(fmt.Sprintf("c%d", i), "golden", "g"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startHost(t, root, m)
+	c := &Client{Root: root}
+	dir := t.TempDir()
+	uris := make([]string, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			r, err := c.Do(context.Background(), &Request{Op: OpServeNBD, Volumes: []string{fmt.Sprintf("c%d", i)},
+				Listen: "unix:" + filepath.Join(dir, fmt.Sprintf("c%d.sock", i))})
+			if err == nil {
+				uris[i] = r.Volumes[0].Device
+			}
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range uris {
+		qemuIO(t, u, "read -P 0x3c 512k 1M", "read -P 0 0 512k")
 	}
 }
