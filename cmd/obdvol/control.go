@@ -118,7 +118,16 @@ func ensureDaemon(ctx context.Context, g *globalOptions, root string) (c *daemon
 		return c, true, nil
 	}
 	cmd.Wait()
-	// Another command may have started one meanwhile: use it.
+	// Another command may have started one meanwhile (ours found its
+	// lock): wait for it to answer (it restores the recorded
+	// activations before it listens).
+	if strings.Contains(msg, daemon.ErrRunning.Error()) {
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if c.Running(ctx) {
+				return c, false, nil
+			}
+		}
+	}
 	if c.Running(ctx) {
 		return c, false, nil
 	}

@@ -298,3 +298,30 @@ func TestDaemon16Clones(t *testing.T) {
 		t.Errorf("RSS with 16 exports %d KiB > %d KiB", rss16, limit)
 	}
 }
+
+// Two commands that each find no daemon and start one at the same
+// moment: one daemon wins the root's lock, both commands are served by
+// it.
+func TestDaemonConcurrentStart(t *testing.T) {
+	h := newCLI(t)
+	h.ok("create", "a", "--size", "1M")
+	h.ok("create", "b", "--size", "1M")
+	dir := t.TempDir()
+	pids := make(chan int64, 2)
+	for _, v := range []string{"a", "b"} {
+		go func(v string) {
+			r := h.run("--json", "serve", v, "--nbd", "unix:"+filepath.Join(dir, v+".sock"))
+			if r.code != 0 {
+				t.Errorf("serve %s: %s", v, r)
+				pids <- 0
+				return
+			}
+			pids <- jint(t, decodeOne(t, r), "pid")
+		}(v)
+	}
+	p1, p2 := <-pids, <-pids
+	d := h.detachedDaemon()
+	if p1 != p2 || int(p1) != d.pid {
+		t.Fatalf("served by pids %d and %d, the daemon lock names %d", p1, p2, d.pid)
+	}
+}
