@@ -528,3 +528,48 @@ func TestConcurrentExports(t *testing.T) {
 		qemuIO(t, u, "read -P 0x3c 512k 1M", "read -P 0 0 512k")
 	}
 }
+
+// At start, a ublk record whose kernel device is gone (a record of
+// another boot, whose id may be another device's now; a record of this
+// boot whose /sys/block/ublkbN is missing) is cleared, never
+// reattached; a persistent activation keeps its activation record (the
+// new device it gets fails here for want of ublk, and is logged).
+func TestRestoreUblkDeviceGone(t *testing.T) {
+	if BootID() == "" || !sysfsUp() {
+		t.Skip("no boot id or no sysfs on this host")
+	}
+	if _, err := os.Stat("/sys/block/ublkb5"); err == nil {
+		t.Skip("this host has /dev/ublkb5")
+	}
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	for n, boot := range map[string]string{"old": "another-boot", "gone": BootID()} {
+		if _, err := m.Create(n, 1<<20, volume.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err := m.Catalog().Update(func(tx *metadata.Tx) error {
+			v, err := tx.Volume(n)
+			if err != nil {
+				return err
+			}
+			v.Device = &metadata.Device{Kind: "ublk", Path: "/dev/ublkb5", PID: 1 << 22, ID: 5, Boot: boot}
+			if n == "gone" {
+				v.Activation = &metadata.Activation{Kind: metadata.ActivationUblk}
+			}
+			return tx.PutVolume(v)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat("/dev/ublk-control"); err == nil {
+		t.Skip("this host has ublk: a new device would be started for real")
+	}
+	startHost(t, root, m)
+	if r := record(t, m, "old"); r.Device != nil {
+		t.Errorf("the record of another boot was kept: %+v", r.Device)
+	}
+	if r := record(t, m, "gone"); r.Device != nil || r.Activation == nil {
+		t.Errorf("gone device: record %+v, activation %+v; want no record, the activation kept", r.Device, r.Activation)
+	}
+}

@@ -115,14 +115,16 @@ func (h *Host) restoreUblk(rec *metadata.Volume) error {
 			recoverID = -1 // gone: the record was all that was left
 		}
 	}
-	if recoverID < 0 && (act == nil || act.Kind != metadata.ActivationUblk) {
-		// A one-off activation whose device is gone: nothing to bring
-		// back; the stale record goes.
-		if d != nil {
-			h.unlink(filepath.Join(h.cfg.DevDir, rec.Name), d.Path)
-			return h.record(rec.Name, nil, nil, false)
+	if recoverID < 0 && d != nil {
+		// The device is gone: its record goes (a persistent activation
+		// gets a new device below).
+		h.unlink(filepath.Join(h.cfg.DevDir, rec.Name), d.Path)
+		if err := h.record(rec.Name, nil, nil, false); err != nil {
+			return err
 		}
-		return nil
+	}
+	if recoverID < 0 && (act == nil || act.Kind != metadata.ActivationUblk) {
+		return nil // a one-off activation: nothing to bring back
 	}
 	ro, queues, depth := false, 0, 0
 	if act != nil {
