@@ -59,32 +59,58 @@ var daemonExe = os.Executable
 
 // ensureDaemon returns a client of the root's daemon, starting one
 // detached (its own session, log under --root/run/daemon.log) when none
-// runs. started tells whether this call started it.
+// runs. started tells whether this call started it. A daemon that holds
+// the root's lock but does not answer (another command's, restoring the
+// recorded activations before it listens; or one stopping) is waited for:
+// the start is retried until one answers, for at most a minute.
 func ensureDaemon(ctx context.Context, g *globalOptions, root string) (c *daemon.Client, started bool, err error) {
 	c = &daemon.Client{Root: root}
-	if c.Running(ctx) {
-		return c, false, nil
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c.Running(ctx) {
+			return c, false, nil
+		}
+		msg, logPath, err := spawnDaemon(ctx, g, root)
+		switch {
+		case err != nil:
+			return nil, false, err
+		case msg == "OK":
+			return c, true, nil
+		case !strings.Contains(msg, daemon.ErrRunning.Error()):
+			return nil, false, fmt.Errorf("starting the obdvol daemon failed: %s (log %s)", strings.TrimPrefix(msg, "ERR "), logPath)
+		case time.Now().After(deadline):
+			return nil, false, fmt.Errorf("an obdvol daemon holds %s but did not answer in 60s (log %s)", root, logPath)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
+}
+
+// spawnDaemon starts obdvol daemon detached and returns the line it
+// wrote on its notify pipe: "OK" once its control socket answers, or
+// "ERR message".
+func spawnDaemon(ctx context.Context, g *globalOptions, root string) (msg, logPath string, err error) {
 	self, err := daemonExe()
 	if err != nil {
-		return nil, false, err
+		return "", "", err
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, false, err
-	}
-	defer pr.Close()
-	logPath := filepath.Join(root, "run", "daemon.log")
+	logPath = filepath.Join(root, "run", "daemon.log")
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
-		pw.Close()
-		return nil, false, err
+		return "", logPath, err
 	}
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		pw.Close()
-		return nil, false, err
+		return "", logPath, err
 	}
 	defer lf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return "", logPath, err
+	}
+	defer pr.Close()
 	args := []string{"--root", root, "--no-progress", "--remote-timeout", g.RemoteTimeout.String(), "daemon", "--notify-fd", "3"}
 	if g.DevDir != "" {
 		args = append(args, "--dev-dir", g.DevDir)
@@ -93,46 +119,35 @@ func ensureDaemon(ctx context.Context, g *globalOptions, root string) (c *daemon
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.ExtraFiles = []*os.File{pw}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		pw.Close()
-		return nil, false, err
-	}
+	err = cmd.Start()
 	pw.Close()
+	if err != nil {
+		return "", logPath, err
+	}
 	line := make(chan string, 1)
 	go func() {
 		s, _ := bufio.NewReader(pr).ReadString('\n')
 		line <- strings.TrimSpace(s)
 	}()
-	var msg string
 	select {
 	case msg = <-line:
 	case <-time.After(60 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
-		return nil, false, fmt.Errorf("the obdvol daemon did not start in 60s (log %s)", logPath)
+		return "", logPath, fmt.Errorf("the obdvol daemon did not start in 60s (log %s)", logPath)
 	case <-ctx.Done():
-		return nil, false, ctx.Err()
+		return "", logPath, ctx.Err()
 	}
 	if msg == "OK" {
 		cmd.Process.Release()
-		return c, true, nil
+		return msg, logPath, nil
 	}
 	cmd.Wait()
-	// Another command may have started one meanwhile (ours found its
-	// lock): wait for it to answer (it restores the recorded
-	// activations before it listens).
-	if strings.Contains(msg, daemon.ErrRunning.Error()) {
-		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if c.Running(ctx) {
-				return c, false, nil
-			}
-		}
+	if msg == "" {
+		b, _ := os.ReadFile(logPath)
+		msg = "ERR " + lastLine(string(b))
 	}
-	if c.Running(ctx) {
-		return c, false, nil
-	}
-	b, _ := os.ReadFile(logPath)
-	return nil, false, fmt.Errorf("starting the obdvol daemon failed: %s (log %s)", lastLine(string(b)), logPath)
+	return msg, logPath, nil
 }
 
 func lastLine(s string) string {
