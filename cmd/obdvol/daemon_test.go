@@ -325,3 +325,18 @@ func TestDaemonConcurrentStart(t *testing.T) {
 		t.Fatalf("served by pids %d and %d, the daemon lock names %d", p1, p2, d.pid)
 	}
 }
+
+// Flags that cannot work are refused before anything starts.
+func TestDaemonUsageErrors(t *testing.T) {
+	h := newCLI(t)
+	h.ok("create", "v", "--size", "1M")
+	h.fails(2, []string{"--cache-size"}, "daemon", "--cache-size", "1K")
+	h.fails(2, []string{"--persistent is for the daemon"}, "serve", "v", "--nbd", "unix:/tmp/x.sock", "--foreground", "--persistent")
+	h.fails(2, []string{"--record-prefetch needs --foreground"}, "serve", "v", "--nbd", "unix:/tmp/x.sock", "--record-prefetch", "/tmp/p")
+	h.fails(2, []string{"--queues"}, "activate", "v", "--queues", "100000")
+	// A missing volume starts no daemon.
+	h.fails(1, []string{"not found"}, "serve", "nosuch", "--nbd", "unix:"+filepath.Join(t.TempDir(), "s"))
+	if _, err := os.Stat(filepath.Join(h.root, "run", "daemon.lock")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a daemon was started for a missing volume (%v)", err)
+	}
+}
