@@ -151,7 +151,7 @@ func (h *Host) export(spec NBDSpec, remote bool, vols []*active, acts []*metadat
 		if err := h.adopt(a, act, setAct); err != nil {
 			// Undo the whole group: its listener and every volume.
 			h.mu.Lock()
-			delete(h.groups, spec.String())
+			delete(h.groups, g.spec.String()) // the bound address (a TCP port 0 got one)
 			for _, b := range vols {
 				delete(h.vols, b.name)
 			}
