@@ -70,7 +70,7 @@ func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 		h.abandon(a)
 		return nil, err
 	}
-	s := a.status()
+	s := h.statusOf(a)
 	return &s, nil
 }
 

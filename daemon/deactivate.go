@@ -18,7 +18,7 @@ func (h *Host) Deactivate(name string) ([]VolumeStatus, error) {
 	if a == nil {
 		return nil, ForgetInactive(h.cfg.Manager, name)
 	}
-	s := a.status()
+	s := h.statusOf(a)
 	if a.ctl != nil {
 		a.ctl.stop()
 		a.ctl = nil

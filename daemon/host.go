@@ -110,6 +110,14 @@ func (a *active) status() VolumeStatus {
 	return s
 }
 
+// statusOf is a.status() under the host's lock (a group restart may be
+// changing a's device).
+func (h *Host) statusOf(a *active) VolumeStatus {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return a.status()
+}
+
 // Open takes the root's daemon lock (failing with ErrRunning when another
 // daemon holds it) and returns a host that serves nothing yet: Start
 // restores the recorded activations and opens the control socket.
@@ -419,7 +427,7 @@ func (h *Host) handle(ctx context.Context, r *Request) (*Response, error) {
 			return nil, fmt.Errorf("volume %s is not active in this daemon: %w", r.Volume, volume.ErrRefused)
 		}
 		if r.Op == OpFlush {
-			return &Response{Volumes: []VolumeStatus{a.status()}}, a.v.Flush()
+			return &Response{Volumes: []VolumeStatus{h.statusOf(a)}}, a.v.Flush()
 		}
 		res, err := a.v.Snapshot(ctx, r.Snapshot)
 		if err != nil {
