@@ -441,3 +441,39 @@ func TestRestoreUblkDeviceGone(t *testing.T) {
 		t.Errorf("gone device: record %+v, activation %+v; want no record, the activation kept", r.Device, r.Activation)
 	}
 }
+
+// Members of one NBD listener deactivated at once: the listener comes
+// back with whoever is left, whatever the order.
+func TestConcurrentDeactivateInGroup(t *testing.T) {
+	needTool(t, "qemu-io")
+	root := filepath.Join(t.TempDir(), "root")
+	m := newManager(t, root)
+	names := []string{"a", "b", "c", "d"}
+	for _, n := range names {
+		if _, err := m.Create(n, 1<<20, volume.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := startHost(t, root, m)
+	st, err := h.ServeNBD(&Request{Op: OpServeNBD, Volumes: names, Listen: "unix:" + filepath.Join(t.TempDir(), "s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3)
+	for _, n := range names[:3] {
+		go func(n string) {
+			_, err := h.Deactivate(n)
+			errs <- err
+		}(n)
+	}
+	for range names[:3] {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	left, err := h.Status("")
+	if err != nil || len(left) != 1 || left[0].Name != "d" {
+		t.Fatalf("left: %+v, %v", left, err)
+	}
+	qemuIO(t, st[3].Device, "read -P 0 0 64k")
+}
