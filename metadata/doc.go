@@ -33,7 +33,11 @@
 // Buckets, values JSON of the record types:
 //
 //	meta       "schema" -> uint32 big-endian (SchemaVersion)
-//	volumes    name -> Volume
+//	volumes    name -> Volume (with its Device, where it is served now,
+//	           and its Activation, how the host daemon should serve it
+//	           whenever it runs; both optional fields, so no schema bump:
+//	           an older obdvol ignores and, rewriting the record, drops an
+//	           Activation, which only makes that activation non-persistent)
 //	snapshots  vol@snap -> Snapshot (a volume's snapshots are one key range)
 //	layers     digest -> Layer
 //	intents    uint64 big-endian id -> Intent (id = the bucket's sequence)

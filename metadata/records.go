@@ -28,6 +28,11 @@ type Volume struct {
 	Created   time.Time         `json:"created"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Device    *Device           `json:"device,omitempty"` // active device, nil when inactive
+	// Activation is how the volume should be active whenever the host
+	// daemon runs (a persistent activation), nil when it should not be:
+	// the daemon re-activates it at start (after a crash or a reboot).
+	// Device is where it is active now; Activation is the wish.
+	Activation *Activation `json:"activation,omitempty"`
 	// Frozen is the generation of a writable layer being sealed into
 	// snapshot FrozenSnapshot while writes go on in Writable; 0 when none.
 	// A record with Frozen set after a crash means that seal must be
@@ -42,6 +47,59 @@ type Device struct {
 	Path string `json:"path"` // /dev/ublkb0 or the nbd URI
 	PID  int    `json:"pid"`
 	ID   int    `json:"id"` // ublk dev id, -1 for nbd
+	// Boot is the kernel's boot id (/proc/sys/kernel/random/boot_id)
+	// when the device was made: a ublk record from another boot names a
+	// device that is gone (its id may name another device now).
+	Boot string `json:"boot,omitempty"`
+}
+
+// Activation kinds (Activation.Kind), the same words as Device.Kind.
+const (
+	ActivationUblk = "ublk"
+	ActivationNBD  = "nbd"
+)
+
+// Limits of an Activation's queue geometry (the kernel's ublk limits are
+// lower still; these only keep a damaged record from asking for absurd
+// amounts of memory).
+const (
+	MaxQueues = 256
+	MaxDepth  = 4096
+)
+
+// Activation records that a volume should be active, and how: the host
+// daemon (package daemon) writes it on a persistent activate or serve and
+// deletes it on deactivate, and re-activates every volume that has one
+// when it starts.
+type Activation struct {
+	Kind     string `json:"kind"` // ActivationUblk or ActivationNBD
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Queues   int    `json:"queues,omitempty"` // ublk; 0: the daemon's default
+	Depth    int    `json:"depth,omitempty"`  // ublk; 0: the daemon's default
+	// Listen is the NBD listen spec, unix:PATH or tcp:HOST:PORT (nbd).
+	Listen string `json:"listen,omitempty"`
+	// AllowRemote allows a TCP listen spec on a non-loopback address.
+	AllowRemote bool `json:"allow_remote,omitempty"`
+}
+
+func (a *Activation) validate() error {
+	switch a.Kind {
+	case ActivationUblk:
+		if a.Listen != "" {
+			return fmt.Errorf("ublk activation with a listen spec %q: %w", a.Listen, ErrInvalid)
+		}
+	case ActivationNBD:
+		if a.Listen == "" {
+			return fmt.Errorf("nbd activation without a listen spec: %w", ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("activation kind %q: want %s or %s: %w", a.Kind, ActivationUblk, ActivationNBD, ErrInvalid)
+	}
+	if a.Queues < 0 || a.Queues > MaxQueues || a.Depth < 0 || a.Depth > MaxDepth {
+		return fmt.Errorf("activation with %d queues of depth %d: want 0..%d queues of depth 0..%d: %w",
+			a.Queues, a.Depth, MaxQueues, MaxDepth, ErrInvalid)
+	}
+	return nil
 }
 
 // Snapshot is the record of snapshot Volume@Name: the chain the volume had
@@ -94,6 +152,11 @@ func (v *Volume) validate() error {
 	}
 	if err := validateChain(v.Layers); err != nil {
 		return fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	if v.Activation != nil {
+		if err := v.Activation.validate(); err != nil {
+			return fmt.Errorf("volume %s: %w", v.Name, err)
+		}
 	}
 	if v.Frozen != 0 {
 		if v.Frozen >= v.Writable {

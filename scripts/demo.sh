@@ -117,6 +117,8 @@ if [ -e /dev/ublk-control ] && [ "$(id -u)" = 0 ]; then
 	DEV=$(obB info disk | awk '/^device:/{print $2}')
 	mkdir -p "$OUT/mnt" && mount -o ro "$DEV" "$OUT/mnt" && ls "$OUT/mnt" && umount "$OUT/mnt"
 	obB deactivate disk
+	# activate started B's host daemon (obdvol daemon); stop it.
+	kill "$(cat "$B/run/daemon.lock")" 2>/dev/null || true
 else
 	echo "this kernel has no ublk (/dev/ublk-control missing): running the ublk part in a VM"
 	echo "(Debian's 6.12 kernel under qemu: activate, ext4, live snapshot, rollback, deactivate)"

@@ -376,6 +376,7 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 		if cur.Writable != rec.Writable || cur.Size != old {
 			return fmt.Errorf("volume %s changed under the resize", vol)
 		}
+		rec.Device, rec.Activation = cur.Device, cur.Activation // set by the serving process, the daemon
 		return tx.PutVolume(&rec)
 	})
 	if err != nil {

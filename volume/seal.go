@@ -119,6 +119,7 @@ func (v *Volume) freeze(name string) (*metadata.Snapshot, bool, error) {
 			return err
 		}
 		rec.Device = cur.Device // set by the serving process
+		rec.Activation = cur.Activation
 		return tx.PutVolume(&rec)
 	})
 	if errors.Is(err, ErrOutcomeUnknown) {
@@ -358,7 +359,7 @@ func (v *Volume) Flatten(ctx context.Context) (*metadata.Layer, error) {
 		if err != nil {
 			return err
 		}
-		rec.Device = cur.Device
+		rec.Device, rec.Activation = cur.Device, cur.Activation // set by the serving process, the daemon
 		if err := tx.PutVolume(&rec); err != nil {
 			return err
 		}

@@ -24,7 +24,7 @@ func TestActivateWithoutUblk(t *testing.T) {
 		return runCreate(ctx, o, h.g, &createOptions{Size: "1M", Codec: "zstd", BlockSize: 4096, ChunkSize: "64K"}, "v")
 	})
 	if statErr != nil { // the VM test covers hosts that have ublk
-		err := runActivate(ctx, &bytes.Buffer{}, h.g, &activateOptions{NotifyFD: -1}, "v")
+		err := runActivate(ctx, &bytes.Buffer{}, h.g, &activateOptions{}, "v")
 		if !errors.Is(err, ublk.ErrUnavailable) && !errors.Is(err, ublk.ErrNotRoot) {
 			t.Fatalf("activate without ublk: %v", err)
 		}
@@ -88,4 +88,17 @@ func TestDeactivateDeadServerWithReusedPID(t *testing.T) {
 	if rec, _ := volumeRecord(mustEnv(t, h.g), "v"); rec.Device != nil {
 		t.Errorf("the dead NBD server's record stayed: %+v", rec.Device)
 	}
+}
+
+// setDevice records (or clears, with nil) where a volume is served, as a
+// server would.
+func setDevice(e *env, name string, d *metadata.Device) error {
+	return e.cat.Update(func(tx *metadata.Tx) error {
+		v, err := tx.Volume(name)
+		if err != nil {
+			return err
+		}
+		v.Device = d
+		return tx.PutVolume(v)
+	})
 }

@@ -47,6 +47,7 @@ func runTests(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building obdvol for the CLI tests: %v\n", err)
 		return 1
 	}
+	daemonExe = func() (string, error) { return obdvolBin, nil }
 	return m.Run()
 }
 

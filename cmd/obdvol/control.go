@@ -3,128 +3,45 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
-	"github.com/obdvol/obdvol/internal/unixsock"
+	"github.com/obdvol/obdvol/daemon"
 	"github.com/obdvol/obdvol/volume"
 )
 
-// The control socket lets CLI commands reach the process that owns an
-// active volume (a ublk or NBD server): --root/run/<vol>.sock, one JSON
-// request per connection, one JSON response.
+// The CLI side of the control sockets (package daemon serves them).
+//
+// A request about one volume (snapshot, flush, status) goes to the
+// process that owns it through --root/run/<vol>.sock: the daemon answers
+// there for every volume it serves, and so does obdvol serve
+// --foreground, so the CLI needs no idea which kind of owner it has.
+// The daemon's own socket (--root/run/daemon.sock) is asked when the
+// volume's is missing (the daemon could not create it).
 
-type controlRequest struct {
-	Op       string `json:"op"` // "snapshot", "flush", "status"
-	Snapshot string `json:"snapshot,omitempty"`
-}
-
-type controlResponse struct {
-	Error    string             `json:"error,omitempty"`
-	Kind     string             `json:"kind,omitempty"`
-	Snapshot *volume.SealResult `json:"snapshot,omitempty"`
-	Status   map[string]any     `json:"status,omitempty"`
-}
-
-func controlPath(root, vol string) string { return filepath.Join(root, "run", vol+".sock") }
-
-// serveControl answers control requests for v until ctx ends. status
-// supplies what "status" reports (device path, frontend, pid).
-func serveControl(ctx context.Context, root string, v *volume.Volume, status func() map[string]any) (func(), error) {
-	path := controlPath(root, v.Name())
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
+// askOwner sends req to the process that owns vol. It fails with
+// daemon.ErrNotRunning (wrapped) when nobody answers.
+func askOwner(ctx context.Context, root, vol string, req *daemon.Request) (*daemon.Response, error) {
+	resp, err := daemon.AskVolume(ctx, root, vol, req)
+	if !errors.Is(err, daemon.ErrNotRunning) {
+		return resp, err
 	}
-	// We hold the volume lock, so a socket there is a dead server's
-	// (stale); Listen refuses anything else and creates it 0600.
-	l, err := unixsock.Listen(path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go handleControl(ctx, c, v, status)
-		}
-	}()
-	stop := func() {
-		l.Close() // removes the socket
-		<-done
-	}
-	return stop, nil
-}
-
-func handleControl(ctx context.Context, c net.Conn, v *volume.Volume, status func() map[string]any) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Minute))
-	var req controlRequest
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
-		json.NewEncoder(c).Encode(controlResponse{Error: "bad request: " + err.Error(), Kind: "usage"})
-		return
-	}
-	var resp controlResponse
-	var err error
-	switch req.Op {
-	case "snapshot":
-		resp.Snapshot, err = v.Snapshot(ctx, req.Snapshot)
-	case "flush":
-		err = v.Flush()
-	case "status":
-		if status != nil {
-			resp.Status = status()
-		}
-	default:
-		err = usagef("unknown control operation %q", req.Op)
-	}
-	if err != nil {
-		resp.Error, resp.Kind = err.Error(), errorKind(err)
-	}
-	json.NewEncoder(c).Encode(resp)
-}
-
-// errRemote is an error reported by the server process.
-type errRemote struct{ msg, kind string }
-
-func (e errRemote) Error() string { return e.msg }
-
-// askServer sends one request to the server that owns vol. It returns
-// os.ErrNotExist (wrapped) when no server listens.
-func askServer(ctx context.Context, root, vol string, req controlRequest) (*controlResponse, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", controlPath(root, vol))
-	if err != nil {
-		return nil, fmt.Errorf("no server for volume %s: %w", vol, os.ErrNotExist)
-	}
-	defer c.Close()
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return nil, err
-	}
-	var resp controlResponse
-	if err := json.NewDecoder(c).Decode(&resp); err != nil {
-		return nil, fmt.Errorf("server for volume %s: %w", vol, err)
-	}
-	if resp.Error != "" {
-		return &resp, errRemote{resp.Error, resp.Kind}
-	}
-	return &resp, nil
+	req.Volume = vol
+	return (&daemon.Client{Root: root}).Do(ctx, req)
 }
 
 // withOwner runs local with the volume opened here, or, when another
-// process owns it and listens on the control socket, remote.
+// process owns it and answers on a control socket, remote.
 func withOwner(e *env, name string, local func(*volume.Volume) error, remote func() error) error {
 	v, err := e.openVolume(name)
 	if errors.Is(err, volume.ErrInUse) {
-		if rerr := remote(); !errors.Is(rerr, os.ErrNotExist) {
+		if rerr := remote(); !errors.Is(rerr, daemon.ErrNotRunning) {
 			return rerr
 		}
 		return err
@@ -134,4 +51,106 @@ func withOwner(e *env, name string, local func(*volume.Volume) error, remote fun
 	}
 	defer v.Close()
 	return local(v)
+}
+
+// daemonExe is the binary started as the daemon (tests point it at the
+// obdvol they built).
+var daemonExe = os.Executable
+
+// ensureDaemon returns a client of the root's daemon, starting one
+// detached (its own session, log under --root/run/daemon.log) when none
+// runs. started tells whether this call started it. A daemon that holds
+// the root's lock but does not answer (another command's, restoring the
+// recorded activations before it listens; or one stopping) is waited for:
+// the start is retried until one answers, for at most a minute.
+func ensureDaemon(ctx context.Context, g *globalOptions, root string) (c *daemon.Client, started bool, err error) {
+	c = &daemon.Client{Root: root}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c.Running(ctx) {
+			return c, false, nil
+		}
+		msg, logPath, err := spawnDaemon(ctx, g, root)
+		switch {
+		case err != nil:
+			return nil, false, err
+		case msg == "OK":
+			return c, true, nil
+		case !strings.Contains(msg, daemon.ErrRunning.Error()):
+			return nil, false, fmt.Errorf("starting the obdvol daemon failed: %s (log %s)", strings.TrimPrefix(msg, "ERR "), logPath)
+		case time.Now().After(deadline):
+			return nil, false, fmt.Errorf("an obdvol daemon holds %s but did not answer in 60s (log %s)", root, logPath)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// spawnDaemon starts obdvol daemon detached and returns the line it
+// wrote on its notify pipe: "OK" once its control socket answers, or
+// "ERR message".
+func spawnDaemon(ctx context.Context, g *globalOptions, root string) (msg, logPath string, err error) {
+	self, err := daemonExe()
+	if err != nil {
+		return "", "", err
+	}
+	logPath = filepath.Join(root, "run", "daemon.log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+		return "", logPath, err
+	}
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return "", logPath, err
+	}
+	defer lf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return "", logPath, err
+	}
+	defer pr.Close()
+	args := []string{"--root", root, "--no-progress", "--remote-timeout", g.RemoteTimeout.String(), "daemon", "--notify-fd", "3"}
+	if g.DevDir != "" {
+		args = append(args, "--dev-dir", g.DevDir)
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		return "", logPath, err
+	}
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(pr).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	select {
+	case msg = <-line:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return "", logPath, fmt.Errorf("the obdvol daemon did not start in 60s (log %s)", logPath)
+	case <-ctx.Done():
+		return "", logPath, ctx.Err()
+	}
+	if msg == "OK" {
+		cmd.Process.Release()
+		return msg, logPath, nil
+	}
+	cmd.Wait()
+	if msg == "" {
+		b, _ := os.ReadFile(logPath)
+		msg = "ERR " + lastLine(string(b))
+	}
+	return msg, logPath, nil
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
 }

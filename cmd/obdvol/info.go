@@ -56,6 +56,10 @@ type volumeInfo struct {
 	Snapshots       []snapInfo       `json:"snapshots"`
 	Clones          []string         `json:"clones"`
 	Device          *metadata.Device `json:"device,omitempty"`
+	Active          bool             `json:"active"` // the device's server is alive
+	// Activation is how the daemon activates the volume whenever it
+	// starts (a persistent activate or serve), nil when it does not.
+	Activation *metadata.Activation `json:"activation,omitempty"`
 }
 
 func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) error {
@@ -75,7 +79,7 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 			return err
 		}
 		vi = volumeInfo{Name: v.Name, Size: v.Size, BlockSize: v.BlockSize, Codec: v.Codec, ChunkSize: v.ChunkSize,
-			Origin: v.Origin, Created: v.Created, Chain: []layerInfo{}, Snapshots: []snapInfo{}, Device: v.Device,
+			Origin: v.Origin, Created: v.Created, Chain: []layerInfo{}, Snapshots: []snapInfo{}, Device: v.Device, Activation: v.Activation,
 			WritableBytes: e.mgr.WritableUsage(v)}
 		if v.Frozen != 0 {
 			vi.PendingSnapshot = v.FrozenSnapshot
@@ -104,6 +108,7 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 	if err != nil {
 		return err
 	}
+	vi.Active = deviceLive(e, name, vi.Device)
 	if g.JSON {
 		return printJSON(out, map[string]any{"volume": vi})
 	}
@@ -112,8 +117,18 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 	if vi.Origin != "" {
 		fmt.Fprintf(out, "origin:     %s\n", vi.Origin)
 	}
-	if vi.Device != nil {
-		fmt.Fprintf(out, "device:     %s (%s, pid %d)\n", vi.Device.Path, vi.Device.Kind, vi.Device.PID)
+	if vi.Device != nil && (vi.Active || vi.Device.Kind == "ublk") {
+		fmt.Fprintf(out, "device:     %s (%s, pid %d)\n", deviceColumn(vi.Device, vi.Active), vi.Device.Kind, vi.Device.PID)
+	}
+	if a := vi.Activation; a != nil {
+		how := a.Kind
+		if a.Listen != "" {
+			how += " on " + a.Listen
+		}
+		if a.ReadOnly {
+			how += ", read-only"
+		}
+		fmt.Fprintf(out, "activation: persistent (%s): the daemon activates it whenever it starts\n", how)
 	}
 	fmt.Fprintf(out, "writable:   %s on disk\n", formatSize(vi.WritableBytes))
 	if vi.PendingSnapshot != "" {

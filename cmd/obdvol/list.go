@@ -29,6 +29,10 @@ type listEntry struct {
 	Snapshots []string         `json:"snapshots"`
 	Origin    string           `json:"origin,omitempty"`
 	Device    *metadata.Device `json:"device,omitempty"`
+	// Active: the device's server holds the volume's lock (a record
+	// whose server died is shown with active false).
+	Active     bool                 `json:"active"`
+	Activation *metadata.Activation `json:"activation,omitempty"` // persistent activation
 }
 
 func runList(ctx context.Context, out io.Writer, g *globalOptions) error {
@@ -48,7 +52,8 @@ func runList(ctx context.Context, out io.Writer, g *globalOptions) error {
 			if err != nil {
 				return err
 			}
-			le := listEntry{Name: v.Name, Size: v.Size, Layers: len(v.Layers), Snapshots: []string{}, Origin: v.Origin, Device: v.Device}
+			le := listEntry{Name: v.Name, Size: v.Size, Layers: len(v.Layers), Snapshots: []string{}, Origin: v.Origin,
+				Device: v.Device, Activation: v.Activation}
 			for _, s := range snaps {
 				le.Snapshots = append(le.Snapshots, s.Name)
 			}
@@ -59,16 +64,16 @@ func runList(ctx context.Context, out io.Writer, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
+	for i := range entries {
+		entries[i].Active = deviceLive(e, entries[i].Name, entries[i].Device)
+	}
 	if g.JSON {
 		return printJSON(out, map[string]any{"volumes": entries})
 	}
 	t := newTable(out)
 	fmt.Fprintln(t, "NAME\tSIZE\tLAYERS\tSNAPSHOTS\tORIGIN\tDEVICE")
 	for _, le := range entries {
-		dev := "-"
-		if le.Device != nil {
-			dev = le.Device.Path
-		}
+		dev := deviceColumn(le.Device, le.Active)
 		origin := le.Origin
 		if origin == "" {
 			origin = "-"
@@ -76,4 +81,27 @@ func runList(ctx context.Context, out io.Writer, g *globalOptions) error {
 		fmt.Fprintf(t, "%s\t%s\t%d\t%d\t%s\t%s\n", le.Name, formatSize(le.Size), le.Layers, len(le.Snapshots), origin, dev)
 	}
 	return t.Flush()
+}
+
+// deviceLive reports whether d's server is alive: it holds the volume's
+// lock (never judged by the PID, which may name another process now).
+func deviceLive(e *env, name string, d *metadata.Device) bool {
+	if d == nil {
+		return false
+	}
+	held, err := e.mgr.HeldBy(name, d.PID)
+	return err == nil && held
+}
+
+// deviceColumn is what list and info print for a device record.
+func deviceColumn(d *metadata.Device, live bool) string {
+	switch {
+	case d == nil:
+		return "-"
+	case live:
+		return d.Path
+	case d.Kind == "ublk":
+		return d.Path + " (server died: obdvol daemon reattaches it)"
+	}
+	return "-" // a dead NBD server's: nothing is left of it
 }

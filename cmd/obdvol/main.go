@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/obdvol/obdvol/daemon"
 	"github.com/obdvol/obdvol/device/ublk"
 	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
@@ -68,12 +69,18 @@ func report(err error, asJSON bool) int {
 // "error".
 func errorKind(err error) string {
 	var ue usageError
-	var re errRemote
+	var re *daemon.RemoteError
 	switch {
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, daemon.ErrBadRequest):
 		return "usage"
 	case errors.As(err, &re):
-		return re.kind
+		return re.Kind
+	case errors.Is(err, daemon.ErrRunning):
+		return "busy"
+	case errors.Is(err, daemon.ErrNotRunning):
+		return "not_running"
+	case errors.Is(err, daemon.ErrPeer):
+		return "permission"
 	case errors.Is(err, context.Canceled):
 		return "interrupted"
 	case errors.Is(err, metadata.ErrNotFound):

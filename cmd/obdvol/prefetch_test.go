@@ -31,7 +31,7 @@ func TestPrefetchList(t *testing.T) {
 		ready := make(chan []string, 1)
 		done := make(chan error, 1)
 		go func() {
-			done <- runServe(sctx, &bytes.Buffer{}, a.g, &serveOptions{NBD: "unix:" + filepath.Join(t.TempDir(), "s"), RecordPrefetch: list}, []string{"g"}, ready)
+			done <- runServe(sctx, &bytes.Buffer{}, a.g, &serveOptions{NBD: "unix:" + filepath.Join(t.TempDir(), "s"), RecordPrefetch: list, Foreground: true}, []string{"g"}, ready)
 		}()
 		uri := (<-ready)[0]
 		tool(t, "qemu-io", "-f", "raw", "-r", "-c", "read 5M 1M", "-c", "read 12M 64k", uri)

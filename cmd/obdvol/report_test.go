@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/obdvol/obdvol/daemon"
 	"github.com/obdvol/obdvol/device/ublk"
 	"github.com/obdvol/obdvol/internal/unixsock"
 	"github.com/obdvol/obdvol/metadata"
@@ -71,7 +72,7 @@ func TestReport(t *testing.T) {
 		{fmt.Errorf("1 of 1 layers failed verification: %w", volume.ErrCorrupt), 1, "corrupt"},
 		{fmt.Errorf("%w: size 0", volume.ErrRange), 1, "range"},
 		{fmt.Errorf("export: %w", context.Canceled), 1, "interrupted"},
-		{errRemote{"server says no", "refused"}, 1, "refused"},
+		{&daemon.RemoteError{Msg: "server says no", Kind: "refused"}, 1, "refused"},
 		// Every sentinel a command can return has its kind.
 		{fmt.Errorf("layer x: %w: chunk 3", snapshot.ErrChecksum), 1, "corrupt"},
 		{fmt.Errorf("layer x: %w: bad trailer magic", snapshot.ErrFormat), 1, "corrupt"},

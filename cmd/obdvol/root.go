@@ -27,6 +27,12 @@ type globalOptions struct {
 	// LazyCacheMax, when set, bounds lazily fetched data after every
 	// command (as gc --cache-max does).
 	LazyCacheMax string
+	// DevDir is where the daemon keeps the stable names of its devices
+	// (default /dev/obdvol; tests point it elsewhere).
+	DevDir string
+	// CacheBytes sizes the manager's chunk cache (obdvol daemon
+	// --cache-size); 0 is the manager's default.
+	CacheBytes int
 }
 
 const helpTail = `
@@ -71,6 +77,8 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 	f.StringVar(&opts.LazyCacheMax, "lazy-cache-max", os.Getenv("OBDVOL_LAZY_CACHE_MAX"), "bound lazily fetched data to this size after each command (env OBDVOL_LAZY_CACHE_MAX)")
 	f.StringVar(&opts.CPUProfile, "cpuprofile", "", "write a CPU profile of this command (for performance work)")
 	f.MarkHidden("cpuprofile")
+	f.StringVar(&opts.DevDir, "dev-dir", os.Getenv("OBDVOL_DEV_DIR"), "where the daemon keeps /dev/obdvol/VOL links (env OBDVOL_DEV_DIR; default /dev/obdvol)")
+	f.MarkHidden("dev-dir")
 	cmd.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
 		// Checked before any command runs: env.close applies it after the
 		// command, when an error could no longer stop anything.
@@ -101,7 +109,7 @@ func newRootCommand() (*cobra.Command, *globalOptions) {
 		newFlattenCommand(opts), newGCCommand(opts), newVerifyCommand(opts),
 		newVersionCommand(opts), newPushCommand(opts), newPullCommand(opts), newFillCommand(opts),
 		newLoginCommand(opts), newLogoutCommand(opts), newServeCommand(opts),
-		newActivateCommand(opts), newDeactivateCommand(opts),
+		newActivateCommand(opts), newDeactivateCommand(opts), newDaemonCommand(opts),
 	)
 	return cmd, opts
 }
@@ -148,7 +156,7 @@ func openEnv(opts *globalOptions) (*env, error) {
 		}
 		return resolve(d)
 	}}
-	mgr := volume.NewManager(root, cat, blobs, volume.Options{})
+	mgr := volume.NewManager(root, cat, blobs, volume.Options{CacheBytes: opts.CacheBytes})
 	e.mgr = mgr
 	if _, err := mgr.Recover(); errors.Is(err, metadata.ErrCorrupt) || errors.Is(err, metadata.ErrBusy) {
 		return nil, err // the catalogue cannot answer: nothing else would work

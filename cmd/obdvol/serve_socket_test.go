@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/obdvol/obdvol/daemon"
 )
 
 // serve --nbd unix:PATH replaces nothing but a stale socket: a regular
@@ -39,7 +41,7 @@ func TestServeUnixSocketSafety(t *testing.T) {
 
 	sock := filepath.Join(dir, "nbd.sock")
 	serveVolume(t, h, &serveOptions{NBD: "unix:" + sock}, "a")
-	for _, p := range []string{sock, controlPath(h.g.Root, "a")} {
+	for _, p := range []string{sock, daemon.VolumeSocketPath(h.g.Root, "a")} {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			t.Fatal(err)
@@ -65,7 +67,7 @@ func serveRefused(t *testing.T, h *host, spec string, vols ...string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := runServe(ctx, &bytes.Buffer{}, h.g, &serveOptions{NBD: spec}, vols, nil)
+	err := runServe(ctx, &bytes.Buffer{}, h.g, &serveOptions{NBD: spec, Foreground: true}, vols, nil)
 	if ctx.Err() != nil {
 		t.Errorf("serve --nbd %s started (stopped after 5s, %v)", spec, err)
 		return nil
@@ -83,7 +85,7 @@ func TestServeKilledLeavesNothingActive(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv := h.command(ctx, "serve", "v", "--nbd", "unix:"+sock)
+	srv := h.command(ctx, "serve", "v", "--foreground", "--nbd", "unix:"+sock)
 	stdout, err := srv.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

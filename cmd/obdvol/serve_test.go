@@ -30,6 +30,7 @@ func tool(t *testing.T, name string, args ...string) string {
 
 // serveVolume serves vol of host h on a unix socket until the test ends.
 func serveVolume(t *testing.T, h *host, o *serveOptions, vols ...string) []string {
+	o.Foreground = true
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan []string, 1)
 	done := make(chan error, 1)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/obdvol/obdvol/daemon"
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/volume"
 )
@@ -43,7 +44,7 @@ func runSnapshot(ctx context.Context, out io.Writer, g *globalOptions, ref strin
 		res, err = v.Snapshot(ctx, snap)
 		return err
 	}, func() error {
-		resp, err := askServer(ctx, e.root, name, controlRequest{Op: "snapshot", Snapshot: snap})
+		resp, err := askOwner(ctx, e.root, name, &daemon.Request{Op: daemon.OpSnapshot, Snapshot: snap})
 		if err == nil {
 			res = resp.Snapshot
 		}

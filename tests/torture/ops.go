@@ -124,7 +124,7 @@ func (w *world) serve(v *vol) {
 		inject = fmt.Sprintf("fdatasync:error=EIO:when=%d", 3+w.rng.Intn(8))
 		w.logf("  serve %s with %s", v.name, inject)
 	}
-	p, err := w.start("obdvol serve "+v.name, inject, w.lazyMax([]string{"serve", v.name, "--nbd", "unix:" + sock})...)
+	p, err := w.start("obdvol serve "+v.name, inject, w.lazyMax([]string{"serve", "--foreground", v.name, "--nbd", "unix:" + sock})...)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -953,7 +953,7 @@ func (w *world) opSocket() bool {
 		os.WriteFile(path, []byte("precious"), 0o600)
 	}
 	w.logf("socket safety: serve %s on %s", v.name, what)
-	p, err := w.start("obdvol serve "+v.name+" (socket safety)", "", "serve", v.name, "--nbd", "unix:"+path)
+	p, err := w.start("obdvol serve "+v.name+" (socket safety)", "", "serve", "--foreground", v.name, "--nbd", "unix:"+path)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -184,7 +184,7 @@ func (w *world) finish() {
 		if !p.ok() && strings.Contains(p.out.String(), "is active on") {
 			// Reported already (stale): a clean serve and stop clears it.
 			sock := filepath.Join(w.dir, "s", "final.sock")
-			if q, err := w.start("obdvol serve "+n+" (to clear it)", "", "serve", n, "--nbd", "unix:"+sock); err == nil {
+			if q, err := w.start("obdvol serve "+n+" (to clear it)", "", "serve", "--foreground", n, "--nbd", "unix:"+sock); err == nil {
 				time.Sleep(300 * time.Millisecond)
 				q.cmd.Process.Signal(syscall.SIGTERM)
 				w.wait(q, w.cmdTimeout)

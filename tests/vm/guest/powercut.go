@@ -184,6 +184,9 @@ func powercutCmd(args []string) error {
 			}
 		}
 	}
+	if err := stopDaemon(pc.root); err != nil {
+		return err
+	}
 	if err := unix.Unmount("/mnt/pc", 0); err != nil {
 		return fmt.Errorf("umount: %w", err)
 	}
@@ -752,4 +755,33 @@ func (pc *powercut) probe(root string) error {
 		return fmt.Errorf("probe: %s@probe differs from what was written: %s", v, describeDiff(got, before, true, nil, false))
 	}
 	return nil
+}
+
+// stopDaemon stops the host daemon that obdvol activate started on root
+// (it keeps files open under root/run: the filesystem would not unmount)
+// and waits until it has exited: its lock on root/run/daemon.lock is
+// free (a zombie nobody reaps still answers kill(pid, 0)).
+func stopDaemon(root string) error {
+	path := root + "/run/daemon.lock"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil // none was ever started
+	}
+	var pid int
+	fmt.Sscanf(string(b), "%d", &pid)
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i := 0; i < 1200; i++ {
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			return nil
+		}
+		if i == 0 && pid > 0 {
+			unix.Kill(pid, unix.SIGTERM)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("the obdvol daemon (pid %d) did not stop in 60s", pid)
 }

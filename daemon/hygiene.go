@@ -1,0 +1,33 @@
+package daemon
+
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// prSetIOFlusher is PR_SET_IO_FLUSHER (Linux 5.6): the process's memory
+// allocations behave as if in an I/O flusher (no reclaim recursion into
+// the block devices it serves itself).
+const prSetIOFlusher = 57
+
+// OOMScoreAdj is the daemon's /proc/self/oom_score_adj: the OOM killer
+// takes almost anything else first (killing the server of a mounted
+// filesystem's device would stall that filesystem until a restart).
+const OOMScoreAdj = "-900"
+
+// Harden sets what a userspace block server needs so as not to deadlock
+// in memory reclaim: PR_SET_IO_FLUSHER and a low OOM score. Both need
+// root (CAP_SYS_RESOURCE); failures are warnings through logf.
+func Harden(logf func(string, ...any)) {
+	if os.Geteuid() != 0 {
+		logf("warning: not root: PR_SET_IO_FLUSHER and oom_score_adj not set")
+		return
+	}
+	if err := unix.Prctl(prSetIOFlusher, 1, 0, 0, 0); err != nil {
+		logf("warning: PR_SET_IO_FLUSHER: %v (memory reclaim may wait on this daemon's own devices)", err)
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(OOMScoreAdj), 0); err != nil {
+		logf("warning: oom_score_adj: %v", err)
+	}
+}
