@@ -73,18 +73,22 @@ func clonesBench(work, obdvol string) {
 
 	iops := map[int]*series{}
 	rss := map[int]*series{}
+	file := map[int]*series{}
 	var order []*series
 	for _, n := range ns {
 		name := fmt.Sprintf("N=%d", n)
-		iops[n], rss[n] = measure2(name, "IOPS", name, "MiB daemon RSS", func() (float64, float64) {
-			return clonesRound(obdvol, root, n, size)
+		file[n] = &series{name: name, unit: "MiB of the RSS file-backed (RssFile)"}
+		iops[n], rss[n] = measure2(name, "IOPS", name, "MiB daemon RSS (VmRSS)", func() (float64, float64) {
+			i, r, f := clonesRound(obdvol, root, n, size)
+			file[n].v = append(file[n].v, f)
+			return i, r
 		})
 		order = append(order, iops[n])
 	}
 	interleave(order...)
 	var all []*series
 	for _, n := range []int{1, 16, 64} {
-		all = append(all, iops[n], rss[n])
+		all = append(all, iops[n], rss[n], file[n])
 	}
 	printSeries(all...)
 	printRatio(iops[maxN], iops[1], atLeast(0.8))
@@ -127,8 +131,10 @@ func daemonAnswers(root string) bool {
 // clonesRound starts a daemon on root, has it export clones c0..c(n-1),
 // warms its chunk cache with one sequential pass over c0, runs the
 // random reads and returns their IOPS and the daemon's RSS in MiB after
-// them; it stops the daemon before it returns.
-func clonesRound(obdvol, root string, n int, size uint64) (iops, rssMiB float64) {
+// them, all of it and its file-backed part (RssFile: mapped files such
+// as the merged indexes, which the kernel can reclaim); it stops the
+// daemon before it returns.
+func clonesRound(obdvol, root string, n int, size uint64) (iops, rssMiB, fileMiB float64) {
 	d := exec.Command(obdvol, "--root", root, "--no-progress", "daemon", "--cache-size", *clonesCache)
 	var log bytes.Buffer
 	d.Stdout, d.Stderr = &log, &log
@@ -195,7 +201,7 @@ func clonesRound(obdvol, root string, n int, size uint64) (iops, rssMiB float64)
 	for err := range errs {
 		fail(err)
 	}
-	rssMiB = vmRSS(d.Process.Pid)
+	rssMiB, fileMiB = procMiB(d.Process.Pid, "VmRSS"), procMiB(d.Process.Pid, "RssFile")
 
 	// SIGTERM: flush every volume and exit 0; nothing may answer after.
 	check(d.Process.Signal(syscall.SIGTERM))
@@ -211,7 +217,7 @@ func clonesRound(obdvol, root string, n int, size uint64) (iops, rssMiB float64)
 	if daemonAnswers(root) {
 		fail(errors.New("a daemon still answers after the bench's daemon exited"))
 	}
-	return float64(total.Load()) / elapsed.Seconds(), rssMiB
+	return float64(total.Load()) / elapsed.Seconds(), rssMiB, fileMiB
 }
 
 // waitAnswer waits until the daemon answers on root's control socket, or
@@ -231,18 +237,19 @@ func waitAnswer(root string, exited <-chan error) error {
 	return nil
 }
 
-// vmRSS is a process's resident set in MiB (/proc/PID/status VmRSS).
-func vmRSS(pid int) float64 {
+// procMiB is a field of /proc/PID/status given in kB (VmRSS, RssFile),
+// in MiB.
+func procMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	check(err)
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
 			kb, err := strconv.ParseFloat(f[1], 64)
 			check(err)
 			return kb / 1024
 		}
 	}
-	check(errors.New("no VmRSS in /proc status"))
+	check(fmt.Errorf("no %s in /proc/%d/status", field, pid))
 	return 0
 }
 
