@@ -58,7 +58,8 @@ func clonesBench(work, obdvol string) {
 	maxN := 64
 	fmt.Printf("== %d clones of one %d MiB golden served by one obdvol daemon (--cache-size %s) over NBD on a unix socket: 4K random reads on %d connections (one in flight each), %.0fs a measurement; %s\n",
 		maxN, size>>20, *clonesCache, clonesConns, *clonesSecs, roundsNote())
-	root := filepath.Join(work, "clones")
+	root, err := filepath.Abs(filepath.Join(work, "clones")) // -dir may be relative
+	check(err)
 	check(os.MkdirAll(root, 0o700))
 	img := filepath.Join(work, "clones-golden.raw")
 	check(writeHalfCompressible(img, size))

@@ -49,7 +49,9 @@ const bs = 4096
 func main() {
 	flag.Parse()
 	work := *dir
-	if work == "" {
+	if work != "" {
+		check(os.MkdirAll(work, 0o700))
+	} else {
 		var err error
 		work, err = os.MkdirTemp("", "obdvol-bench-")
 		check(err)
