@@ -125,4 +125,5 @@ func (h *Host) abandon(a *active) {
 		}
 	}
 	a.v.Close()
+	h.forget(a.name)
 }

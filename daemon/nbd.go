@@ -115,6 +115,7 @@ func (h *Host) export(spec NBDSpec, remote bool, vols []*active, acts []*metadat
 	fail := func(err error) ([]VolumeStatus, error) {
 		for _, a := range opened {
 			a.v.Close()
+			h.forget(a.name)
 		}
 		return nil, err
 	}

@@ -53,6 +53,8 @@ type Response struct {
 	PID      int                `json:"pid,omitempty"` // the answering process
 	Volumes  []VolumeStatus     `json:"volumes,omitempty"`
 	Snapshot *volume.SealResult `json:"snapshot,omitempty"`
+	// Host: the daemon itself (status naming no volume, from the daemon).
+	Host *HostStatus `json:"host,omitempty"`
 }
 
 // VolumeStatus describes one active volume.
