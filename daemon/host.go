@@ -443,6 +443,12 @@ func (h *Host) handle(ctx context.Context, r *Request) (*Response, error) {
 			resp.Host = &hs
 		}
 		return resp, nil
+	case OpResize:
+		s, err := h.Resize(r.Volume, r.Size)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: []VolumeStatus{*s}}, nil
 	case OpSnapshot, OpFlush:
 		unlock := h.lockName(r.Volume)
 		defer unlock()
