@@ -79,6 +79,7 @@ type Host struct {
 	cfg  Config
 	lock *os.File
 	boot string
+	id   string // the root's identity (rootID): ublk device tags
 	ctl  *controlServer
 
 	// groupMu serializes starting and stopping NBD listeners (it is
@@ -166,7 +167,12 @@ func Open(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, lock: lock, boot: BootID(), vols: map[string]*active{},
+	id, err := rootID(cfg.Root)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("root identity: %w", err)
+	}
+	return &Host{cfg: cfg, lock: lock, boot: BootID(), id: id, vols: map[string]*active{},
 		groups: map[string]*nbdGroup{}, names: map[string]*nameLock{}}, nil
 }
 
