@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // obdvol resize of a volume exported by a real daemon process grows it
@@ -69,4 +71,34 @@ func TestDaemonResizeOnline(t *testing.T) {
 		want[i] = 0x5d
 	}
 	h.wantDisk("v", want)
+}
+
+// A volume served by serve --foreground is not grown online: the
+// foreground server refuses, naming what to do, and the size stays.
+func TestResizeRefusedByForegroundServe(t *testing.T) {
+	needTool(t, "nbdinfo")
+	h := newCLI(t)
+	h.ok("create", "v", "--size", "4M")
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := h.command(ctx, "serve", "v", "--nbd", "unix:"+sock, "--foreground")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel() // kills it
+		cmd.Wait()
+	}()
+	uri := "nbd+unix:///v?socket=" + sock
+	deadline := time.Now().Add(60 * time.Second)
+	for exec.Command("nbdinfo", "--size", uri).Run() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("serve --foreground did not answer in 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	h.fails(1, []string{"serve --foreground", "does not resize online"}, "resize", "v", "8M")
+	if s := strings.TrimSpace(tool(t, "nbdinfo", "--size", uri)); s != "4194304" {
+		t.Fatalf("size %s after a refused resize", s)
+	}
 }
