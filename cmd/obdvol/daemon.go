@@ -66,6 +66,7 @@ func runDaemon(ctx context.Context, out io.Writer, g *globalOptions, o *daemonOp
 		}
 	}
 	g.CacheBytes = int(size)
+	daemon.LimitMemory(g.CacheBytes)
 	var mc *metrics.Collector
 	if o.Metrics != "" {
 		mc = metrics.New()
