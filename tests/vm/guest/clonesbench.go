@@ -14,9 +14,10 @@ package main
 //	        O_DIRECT random reads in flight for SECONDS, request j going
 //	        to device j%N (the same client load for every N: only the
 //	        number of distinct devices behind it changes). It takes the
-//	        aggregate IOPS and the daemon's VmRSS and RssFile
-//	        (/proc/PID/status) after the reads, deactivates every clone
-//	        (each device must be gone) and stops the daemon (SIGTERM).
+//	        aggregate IOPS and the daemon's VmRSS (and its RssAnon,
+//	        RssFile, Threads: /proc/PID/status) after the reads,
+//	        deactivates every clone (each device must be gone) and stops
+//	        the daemon (SIGTERM).
 //	        The N run in interleaved rounds (1, max, the others: the
 //	        smallest and the largest N next to each other in every round);
 //	        the medians with min-max and the targets are printed:
@@ -107,8 +108,10 @@ func cbGolden(maxN int) error {
 }
 
 type cbResult struct {
-	iops, rss, rssFile float64 // IOPS, MiB, MiB
-	setup, teardown    time.Duration
+	iops                  float64
+	rss, rssAnon, rssFile float64 // MiB (VmRSS, RssAnon, RssFile)
+	threads               float64
+	setup, teardown       time.Duration
 }
 
 // cbMeasure is one measurement of n clones (see the file's comment).
@@ -169,11 +172,15 @@ func cbMeasure(n int, dur time.Duration) (res cbResult, err error) {
 	if res.iops, err = randReadDevs(devs, cbSize/4096, cbInFlight, dur); err != nil {
 		return res, err
 	}
-	if res.rss, err = cbProcMiB(pid, "VmRSS"); err != nil {
-		return res, err
-	}
-	if res.rssFile, err = cbProcMiB(pid, "RssFile"); err != nil {
-		return res, err
+	for _, f := range []struct {
+		name string
+		v    *float64
+		div  float64
+	}{{"VmRSS", &res.rss, 1024}, {"RssAnon", &res.rssAnon, 1024}, {"RssFile", &res.rssFile, 1024}, {"Threads", &res.threads, 1}} {
+		if *f.v, err = cbProcStatus(pid, f.name); err != nil {
+			return res, err
+		}
+		*f.v /= f.div
 	}
 	t1 := time.Now()
 	for k := 0; k < n; k++ {
@@ -239,16 +246,15 @@ func cbWarm(dev string) error {
 	return nil
 }
 
-// cbProcMiB is a field of /proc/PID/status given in kB, in MiB.
-func cbProcMiB(pid int, field string) (float64, error) {
+// cbProcStatus is a numeric field of /proc/PID/status (kB for sizes).
+func cbProcStatus(pid int, field string) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
-			kb, err := strconv.ParseFloat(f[1], 64)
-			return kb / 1024, err
+			return strconv.ParseFloat(f[1], 64)
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
@@ -389,8 +395,8 @@ func clonesBenchCmd(args []string) error {
 				return err
 			}
 			res[n] = append(res[n], r)
-			fmt.Printf("clones-bench: round %d N=%d: %.0f IOPS, daemon VmRSS %.1f MiB (RssFile %.1f MiB); setup %v, teardown %v\n",
-				i+1, n, r.iops, r.rss, r.rssFile, r.setup.Round(100*time.Millisecond), r.teardown.Round(100*time.Millisecond))
+			fmt.Printf("clones-bench: round %d N=%d: %.0f IOPS, daemon VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f), %.0f threads; setup %v, teardown %v\n",
+				i+1, n, r.iops, r.rss, r.rssAnon, r.rssFile, r.threads, r.setup.Round(100*time.Millisecond), r.teardown.Round(100*time.Millisecond))
 		}
 	}
 	col := func(n int, f func(cbResult) float64) []float64 {
@@ -403,9 +409,11 @@ func clonesBenchCmd(args []string) error {
 	for _, n := range ns {
 		im, il, ih := cbSpread(col(n, func(r cbResult) float64 { return r.iops }))
 		rm, rl, rh := cbSpread(col(n, func(r cbResult) float64 { return r.rss }))
+		am, al, ah := cbSpread(col(n, func(r cbResult) float64 { return r.rssAnon }))
 		fm, fl, fh := cbSpread(col(n, func(r cbResult) float64 { return r.rssFile }))
-		fmt.Printf("clones-bench: N=%d: %.0f IOPS (min %.0f, max %.0f); daemon VmRSS %.1f MiB (min %.1f, max %.1f), RssFile %.1f MiB (min %.1f, max %.1f) [TCG]\n",
-			n, im, il, ih, rm, rl, rh, fm, fl, fh)
+		tm, _, _ := cbSpread(col(n, func(r cbResult) float64 { return r.threads }))
+		fmt.Printf("clones-bench: N=%d: %.0f IOPS (min %.0f, max %.0f); daemon VmRSS %.1f MiB (min %.1f, max %.1f): RssAnon %.1f (%.1f-%.1f), RssFile %.1f (%.1f-%.1f); %.0f threads [TCG]\n",
+			n, im, il, ih, rm, rl, rh, am, al, ah, fm, fl, fh, tm)
 	}
 	if minN == maxN {
 		return nil
