@@ -108,8 +108,9 @@ func cbGolden(maxN int) error {
 }
 
 type cbResult struct {
-	iops                  float64
+	iops, warmIOPS        float64
 	rss, rssAnon, rssFile float64 // MiB (VmRSS, RssAnon, RssFile)
+	anonHuge              float64 // MiB (AnonHugePages: THP)
 	threads               float64
 	setup, teardown       time.Duration
 }
@@ -169,6 +170,11 @@ func cbMeasure(n int, dur time.Duration) (res cbResult, err error) {
 		return res, err
 	}
 	res.setup = time.Since(t0)
+	// The same random reads once unmeasured: first touches (the
+	// devices' I/O buffers, the workers) are not what is compared.
+	if res.warmIOPS, err = randReadDevs(devs, cbSize/4096, cbInFlight, dur); err != nil {
+		return res, err
+	}
 	if res.iops, err = randReadDevs(devs, cbSize/4096, cbInFlight, dur); err != nil {
 		return res, err
 	}
@@ -181,6 +187,9 @@ func cbMeasure(n int, dur time.Duration) (res cbResult, err error) {
 			return res, err
 		}
 		*f.v /= f.div
+	}
+	if res.anonHuge, err = cbAnonHuge(pid); err != nil {
+		return res, err
 	}
 	t1 := time.Now()
 	for k := 0; k < n; k++ {
@@ -244,6 +253,22 @@ func cbWarm(dev string) error {
 		}
 	}
 	return nil
+}
+
+// cbAnonHuge is the daemon's anonymous memory in transparent huge pages
+// (AnonHugePages of /proc/PID/smaps_rollup), in MiB.
+func cbAnonHuge(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "AnonHugePages:" {
+			kb, err := strconv.ParseFloat(f[1], 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no AnonHugePages in /proc/%d/smaps_rollup", pid)
 }
 
 // cbProcStatus is a numeric field of /proc/PID/status (kB for sizes).
@@ -395,8 +420,8 @@ func clonesBenchCmd(args []string) error {
 				return err
 			}
 			res[n] = append(res[n], r)
-			fmt.Printf("clones-bench: round %d N=%d: %.0f IOPS, daemon VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f), %.0f threads; setup %v, teardown %v\n",
-				i+1, n, r.iops, r.rss, r.rssAnon, r.rssFile, r.threads, r.setup.Round(100*time.Millisecond), r.teardown.Round(100*time.Millisecond))
+			fmt.Printf("clones-bench: round %d N=%d: %.0f IOPS (warm-up pass %.0f), daemon VmRSS %.1f MiB (RssAnon %.1f of which THP %.1f, RssFile %.1f), %.0f threads; setup %v, teardown %v\n",
+				i+1, n, r.iops, r.warmIOPS, r.rss, r.rssAnon, r.anonHuge, r.rssFile, r.threads, r.setup.Round(100*time.Millisecond), r.teardown.Round(100*time.Millisecond))
 		}
 	}
 	col := func(n int, f func(cbResult) float64) []float64 {
@@ -410,10 +435,11 @@ func clonesBenchCmd(args []string) error {
 		im, il, ih := cbSpread(col(n, func(r cbResult) float64 { return r.iops }))
 		rm, rl, rh := cbSpread(col(n, func(r cbResult) float64 { return r.rss }))
 		am, al, ah := cbSpread(col(n, func(r cbResult) float64 { return r.rssAnon }))
+		hm, _, _ := cbSpread(col(n, func(r cbResult) float64 { return r.anonHuge }))
 		fm, fl, fh := cbSpread(col(n, func(r cbResult) float64 { return r.rssFile }))
 		tm, _, _ := cbSpread(col(n, func(r cbResult) float64 { return r.threads }))
-		fmt.Printf("clones-bench: N=%d: %.0f IOPS (min %.0f, max %.0f); daemon VmRSS %.1f MiB (min %.1f, max %.1f): RssAnon %.1f (%.1f-%.1f), RssFile %.1f (%.1f-%.1f); %.0f threads [TCG]\n",
-			n, im, il, ih, rm, rl, rh, am, al, ah, fm, fl, fh, tm)
+		fmt.Printf("clones-bench: N=%d: %.0f IOPS (min %.0f, max %.0f); daemon VmRSS %.1f MiB (min %.1f, max %.1f): RssAnon %.1f (%.1f-%.1f; THP %.1f), RssFile %.1f (%.1f-%.1f); %.0f threads [TCG]\n",
+			n, im, il, ih, rm, rl, rh, am, al, ah, hm, fm, fl, fh, tm)
 	}
 	if minN == maxN {
 		return nil
