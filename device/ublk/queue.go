@@ -58,6 +58,10 @@ func (d *Device) newQueue(q int) (*queue, error) {
 		qs.close()
 		return nil, fmt.Errorf("queue %d buffers: %w", q, err)
 	}
+	// No transparent huge pages: a request touches only the pages it
+	// moves, and with THP "always" one 4K read would fault in (and zero)
+	// 2 MiB, the daemon's RSS growing by megabytes a device.
+	unix.Madvise(qs.bufs, unix.MADV_NOHUGEPAGE) // best effort
 	qs.efdBuf = uintptr(unsafe.Pointer(&qs.bufs[depth*qs.bufSize]))
 	// depth commands and the eventfd read are outstanding at most.
 	if qs.r, err = newRing(uint32(depth+1), 0); err != nil {
