@@ -11,6 +11,7 @@ t() { # t NAME 'shell snippet' (runs in this shell: it may set variables)
 		echo "OBDVOL-VM-OK $n"
 	else
 		echo "OBDVOL-VM-FAIL $n"
+		FAILED="$FAILED $n"
 		tail -n 20 /tmp/t.out | sed "s/^/  | /"
 	fi
 }
