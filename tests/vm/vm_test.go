@@ -51,6 +51,23 @@ func TestDaemonUblk(t *testing.T) {
 	h.scenarios(t, BootOptions{Timeout: 5 * time.Minute, MemoryMB: 1024}, "4-*.sh")
 }
 
+// TestDaemonReboot gives the VM a persistent disk for --root (an NVMe
+// drive over a sparse image here) and boots twice (scenario 5): boot 1
+// formats it, activates a volume through the daemon (persistent), writes
+// and flushes known data and powers off with poweroff -f (no deactivate,
+// --root not unmounted); boot 2 mounts it, starts obdvol daemon detached,
+// and finds the device, /dev/obdvol/rb pointing at it, and the data.
+func TestDaemonReboot(t *testing.T) {
+	h := newHarness(t)
+	disk := filepath.Join(t.TempDir(), "root.img")
+	if err := SparseDisk(disk, 512<<20); err != nil {
+		t.Fatal(err)
+	}
+	o := BootOptions{Timeout: 4 * time.Minute, MemoryMB: 768, Disk: disk}
+	h.scenarios(t, o, "5-reboot-a.sh")
+	h.scenarios(t, o, "5-reboot-b.sh")
+}
+
 // scenarios boots once with the named scenarios and requires every one of
 // their checks to pass; lines the scenarios print as "sN: ..." are logged.
 func (h *harness) scenarios(t *testing.T, o BootOptions, patterns ...string) string {
@@ -67,7 +84,7 @@ func (h *harness) scenarios(t *testing.T, o BootOptions, patterns ...string) str
 			t.Log(strings.TrimSpace(m))
 		}
 	}
-	log := filepath.Join(os.TempDir(), "obdvol-vm-"+t.Name()+"-console.log")
+	log := filepath.Join(os.TempDir(), "obdvol-vm-"+t.Name()+"-"+strings.NewReplacer("*", "", ".sh", "").Replace(patterns[0])+"-console.log")
 	os.WriteFile(log, []byte(out), 0o644)
 	if problems := checkConsole(out, want); len(problems) > 0 {
 		t.Fatalf("%s (qemu: %v; console in %s)\nmarkers:\n%s\nconsole tail:\n%s", strings.Join(problems, "\n"), err, log, markers(out), tail(out))

@@ -23,6 +23,16 @@ act() {
 	P=$(echo "$out" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 	[ -n "$D" ] && [ -b "$D" ] && [ -n "$P" ] && kill -0 "$P"
 }
+# stopped PID: waits (30 s at most) until process PID has exited (or is a
+# zombie: a detached daemon's parent is this shell, which reaps late).
+stopped() {
+	j=0
+	while kill -0 "$1" 2>/dev/null && ! grep -q "State:.Z" "/proc/$1/status" 2>/dev/null; do
+		[ $j -lt 30 ] || return 1
+		sleep 1
+		j=$((j + 1))
+	done
+}
 # mounted DIR: DIR is a mount point now.
 mounted() { grep -q " $1 " /proc/mounts; }
 # no_files_in_dev: nothing but devices, links and directories under /dev

@@ -45,14 +45,6 @@ s4_daemon() {
 		j=$((j + 1))
 	done
 }
-s4_stopped() { # waits (at most 30 s) until process $1 has exited (or is a zombie)
-	j=0
-	while kill -0 "$1" 2>/dev/null && ! grep -q "State:.Z" "/proc/$1/status" 2>/dev/null; do
-		[ $j -lt 30 ] || return 1
-		sleep 1
-		j=$((j + 1))
-	done
-}
 # s4_writer I: until /tmp/s4-stop exists (at most 150 files), writes file
 # /mnt/dI/wJ = 128 KiB block J%16 of /tmp/k4 with fsync, and logs J in
 # /tmp/s4-okI once the fsync succeeded; any failure goes to /tmp/s4-wI.err.
@@ -110,7 +102,7 @@ s4_snap_counts
 s4_busy() { for w in $W4; do kill -0 $w || return 1; done && sleep 2 && s4_progress; }
 t s4-writers-busy s4_busy
 s4_snap_counts
-t s4-daemon-killed 'kill -9 $P4 && s4_stopped $P4'
+t s4-daemon-killed 'kill -9 $P4 && stopped $P4'
 sleep 2
 t s4-devices-kept s4_kept
 t s4-daemon-restarted s4_daemon
@@ -123,7 +115,7 @@ for w in $W4; do wait $w; done
 t s4-writers-no-errors '! cat /tmp/s4-w*.err 2>/dev/null | grep .'
 t s4-no-io-errors-after-recovery '! dmesg | grep -i "I/O error\|EXT4-fs error\|Buffer I/O\|ublk.*err"'
 t s4-fsynced-intact s4_fsynced_intact
-t s4-clean-stop 'kill $P5 && s4_stopped $P5'
+t s4-clean-stop 'kill $P5 && stopped $P5'
 t s4-devices-kept-after-stop s4_kept
 t s4-daemon-restarted-after-stop s4_daemon
 t s4-restored-after-stop 's4_same $P5'
@@ -132,7 +124,7 @@ t s4-fsynced-intact-after-remount s4_fsynced_intact
 t s4-umount-fsck-clean s4_umount_fsck
 t s4-deactivate-8 s4_deactivate
 t s4-no-files-in-dev no_files_in_dev
-t s4-daemon-stopped 'kill $P5 && s4_stopped $P5'
+t s4-daemon-stopped 'kill $P5 && stopped $P5'
 for i in $N; do echo "s4: writer $i: $(s4_count $i) files fsynced"; done
 [ -z "$FAILED" ] || tail -n 40 $L4 | sed "s/^/  | /"
 rm -rf /tmp/d4 /tmp/k4 /tmp/s4-*
