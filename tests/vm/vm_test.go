@@ -71,9 +71,10 @@ func TestDaemonReboot(t *testing.T) {
 // TestDaemonClones serves 16 clones of one golden snapshot as ublk devices
 // from one daemon (scenario 6): each reads back byte-exact (sha256 of the
 // golden's content), the golden's chunks are decompressed once (the
-// daemon's cache counters, from obdvol daemon status), and the daemon's
-// RSS with 16 devices is at most 1.5 x its RSS with one + 16 x 2 MiB
-// (both printed).
+// daemon's cache counters, from obdvol daemon status), the daemon's
+// Prometheus endpoint scraped over HTTP counts the bytes each clone read
+// and the same decompressions, and the daemon's RSS with 16 devices is at
+// most 1.5 x its RSS with one + 16 x 2 MiB (both printed).
 func TestDaemonClones(t *testing.T) {
 	h := newHarness(t)
 	if help, _ := exec.Command(h.files["bin/obdvol"], "daemon", "--help").Output(); !regexp.MustCompile(`(?m)^\s+status\s`).Match(help) {

@@ -19,7 +19,8 @@ s6_clones() { for i in $C6; do $O create c$i --from g@v1 || return 1; done; }
 # s6_daemon: obdvol daemon in the background, log in L6; waits (60 s at
 # most) until it answers; sets PD to its pid.
 s6_daemon() {
-	$O daemon 2>>$L6 &
+	ip link set lo up
+	$O daemon --metrics 127.0.0.1:9863 2>>$L6 &
 	PD=$!
 	j=0
 	until grep -q "pid $PD serving" $L6; do
@@ -36,6 +37,20 @@ s6_status() {
 	DEC=$(sed -n 's/.*"chunks_decompressed": \([0-9]*\).*/\1/p' /tmp/s6-status)
 	ACT=$(sed -n 's/.*"active": \([0-9]*\).*/\1/p' /tmp/s6-status)
 	[ -n "$DEC" ] && [ -n "$ACT" ] || { cat /tmp/s6-status; return 1; }
+}
+# s6_metrics: the bytes every clone read (its 16 MiB device, once; c0
+# twice; the kernel's partition scan adds a few KiB) and the chunks
+# decompressed (DEC) as the endpoint counts them.
+s6_metrics() {
+	wget -q -O /tmp/s6-metrics http://127.0.0.1:9863/metrics || return 1
+	m=$(awk '/^obdvol_chunk_cache_decompressions_total / {print $2 + 0}' /tmp/s6-metrics)
+	[ "$m" = "$DEC" ] || { echo "decompressions: metrics $m, status $DEC"; return 1; }
+	for i in $C6; do
+		b=$(awk -v v="volume=\"c$i\"" 'index($0, "obdvol_volume_bytes_total{") == 1 && index($0, v) && index($0, "op=\"read\"") {printf "%d", $2}' /tmp/s6-metrics)
+		w=16777216 # c0 was read twice (a block device's page cache goes at its last close)
+		[ $i = 0 ] && w=33554432
+		[ -n "$b" ] && [ "$b" -ge $w ] && [ "$b" -le $((w + 1048576)) ] || { echo "c$i: $b bytes read, want $w"; grep "bytes_total.*c$i\"" /tmp/s6-metrics; return 1; }
+	done
 }
 rss_kb() { sed -n "s/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p" /proc/$1/status; }
 # s6_read I...: reads clones I... at once, each whole device; each sum
@@ -80,6 +95,7 @@ t s6-activate-16-at-once 's6_act_all $Q6'
 t s6-read-16-exact 's6_read $C6'
 t s6-status-16 's6_status && [ "$ACT" = 16 ]'
 RSS16=$(rss_kb $PD)
+t s6-metrics-scraped s6_metrics
 echo "s6: chunks decompressed: $DEC1 after 1 clone read, $DEC after 16"
 echo "s6: daemon RSS (1 queue of depth 4 a device): $RSS1 KiB with 1 device, $RSS16 KiB with 16 (bound $((RSS1 * 3 / 2 + 16 * 2048)) KiB)"
 t s6-golden-decompressed-once '[ "$DEC" = "$DEC1" ]'
