@@ -62,7 +62,10 @@ powercut: deps
 	OBDVOL_POWERCUT_LONG=1 OBDVOL_POWERCUT_MIN=$(POWERCUT_MIN) $(GO) test -count=1 -timeout 120m -v -run '^TestPowerCut$$' ./tests/vm/
 
 # Every comparison runs in interleaved rounds: BENCH_ROUNDS=N (default 5)
-# sets how many; BENCH_FLAGS passes other flags (go run ./tests/bench -h).
+# sets how many; BENCH_FLAGS passes other flags (go run ./tests/bench -h),
+# e.g. BENCH_FLAGS='-only clones'. The NBD part runs bin/obdvol serve
+# --foreground; the clones part starts bin/obdvol daemon for each
+# measurement and checks that it exits on SIGTERM: no daemon outlives it.
 bench: build
 	@scripts/deps.sh bench
 	$(GO) run ./tests/bench $(BENCH_FLAGS)

@@ -53,11 +53,11 @@ func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 	if live {
 		return nil, fmt.Errorf("volume %s is already active on %s (pid %d): %w", r.Volume, d.Path, d.PID, volume.ErrRefused)
 	}
-	recoverID := -1
+	recoverID, prevPID := -1, 0
 	if d != nil && d.Kind == metadata.ActivationUblk && (d.Boot == "" || d.Boot == h.boot) {
-		recoverID = d.ID // its server died; the kernel kept the device
+		recoverID, prevPID = d.ID, d.PID // its server died; the kernel kept the device
 	}
-	a, err := h.startUblk(r.Volume, r.ReadOnly, r.Queues, r.Depth, recoverID)
+	a, err := h.startUblk(r.Volume, r.ReadOnly, r.Queues, r.Depth, recoverID, prevPID)
 	if err != nil {
 		return nil, err
 	}
@@ -75,15 +75,20 @@ func (h *Host) Activate(r *Request) (*VolumeStatus, error) {
 }
 
 // startUblk opens name and starts (or, recoverID >= 0, reattaches) its
-// device.
-func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID int) (*active, error) {
+// device. prevPID is the PID the device record names (the dead server).
+// A reattach checks first that the kernel device with that id is this
+// volume's (its tag, or for an untagged device its server PID): an id
+// freed and taken by another device in this boot (another root's daemon,
+// another volume) is left alone and a new device started, since this
+// volume's old device is then gone.
+func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID, prevPID int) (*active, error) {
 	if queues <= 0 {
 		queues = h.cfg.Queues
 	}
 	if depth <= 0 {
 		depth = h.cfg.Depth
 	}
-	opts := ublk.Options{Queues: queues, Depth: depth, ReadOnly: readOnly}
+	opts := ublk.Options{Queues: queues, Depth: depth, ReadOnly: readOnly, Tag: ublkTag(h.id, name)}
 	var v *volume.Volume
 	var err error
 	if recoverID >= 0 {
@@ -97,10 +102,16 @@ func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID in
 	var dev *ublk.Device
 	reattached := false
 	if recoverID >= 0 {
-		dev, err = ublk.Recover(h.backend(v), recoverID, opts)
-		if errors.Is(err, syscall.ENODEV) {
+		ropts := opts
+		ropts.PrevPID = prevPID
+		dev, err = ublk.Recover(h.backend(v), recoverID, ropts)
+		if errors.Is(err, ublk.ErrNotOurs) {
+			h.cfg.Logf("volume %s: not reattaching /dev/ublkb%d: %v; starting a new device", name, recoverID, err)
+		}
+		if errors.Is(err, syscall.ENODEV) || errors.Is(err, ublk.ErrNotOurs) {
 			// The kernel device went too (deleted after its server
-			// died): the record was all that was left.
+			// died), or its id now names another device: the record
+			// was all that was left.
 			dev, err = ublk.Start(h.backend(v), opts)
 		} else if err == nil {
 			reattached = true
@@ -125,4 +136,5 @@ func (h *Host) abandon(a *active) {
 		}
 	}
 	a.v.Close()
+	h.forget(a.name)
 }

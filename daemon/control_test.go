@@ -81,6 +81,7 @@ func TestParseRequest(t *testing.T) {
 		`{"op":"activate","volume":"v","queues":4,"depth":128,"persistent":true}`,
 		`{"op":"serve-nbd","volumes":["a","b"],"listen":"unix:/tmp/x.sock"}`,
 		`{"op":"snapshot","volume":"v","snapshot":"s1"}`,
+		`{"op":"resize","volume":"v","size":1073741824}`,
 	}
 	for _, s := range good {
 		if _, err := ParseRequest([]byte(s)); err != nil {
@@ -93,6 +94,7 @@ func TestParseRequest(t *testing.T) {
 		`{"op":"serve-nbd","volumes":["a","a"],"listen":"unix:/x"}`, `{"op":"serve-nbd","volumes":["a"],"listen":"tcp:8.8.8.8:1"}`,
 		`{"op":"snapshot","volume":"v"}`, `{"op":"status"}{"op":"status"}`, `{"op":"status","bogus":1}`,
 		`{"op":"serve-nbd","volumes":[],"listen":"unix:/x"}`,
+		`{"op":"resize","volume":"v"}`, `{"op":"resize","size":4096}`, `{"op":"resize","volume":"v","size":-1}`,
 	}
 	for _, s := range bad {
 		if _, err := ParseRequest([]byte(s)); !errors.Is(err, ErrBadRequest) {
@@ -102,6 +104,9 @@ func TestParseRequest(t *testing.T) {
 	// A volume's socket answers about that volume only.
 	if r, err := parseRequest([]byte(`{"op":"snapshot","snapshot":"s"}`), "v"); err != nil || r.Volume != "v" {
 		t.Errorf("old-style snapshot request on v's socket: %+v, %v", r, err)
+	}
+	if r, err := parseRequest([]byte(`{"op":"resize","size":8192}`), "v"); err != nil || r.Volume != "v" {
+		t.Errorf("resize on v's socket: %+v, %v", r, err)
 	}
 	for _, s := range []string{`{"op":"snapshot","volume":"w","snapshot":"s"}`, `{"op":"deactivate"}`} {
 		if _, err := parseRequest([]byte(s), "v"); !errors.Is(err, ErrBadRequest) {
@@ -117,6 +122,7 @@ func FuzzControlRequest(f *testing.F) {
 		`{"op":"status"}`, `{"op":"activate","volume":"v","queues":4}`,
 		`{"op":"serve-nbd","volumes":["a"],"listen":"tcp:127.0.0.1:0"}`,
 		`{"op":"snapshot","volume":"v","snapshot":"s"}`, `{"op":"deactivate","volume":"x"}`, `[`, `null`,
+		`{"op":"resize","volume":"v","size":8192}`,
 	} {
 		f.Add([]byte(s))
 	}

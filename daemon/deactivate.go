@@ -46,6 +46,7 @@ func (h *Host) Deactivate(name string) ([]VolumeStatus, error) {
 	delete(h.vols, name)
 	h.mu.Unlock()
 	keep(a.v.Close())
+	h.forget(name)
 	return []VolumeStatus{s}, first
 }
 

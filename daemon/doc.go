@@ -20,6 +20,8 @@
 //     be served whenever the daemon runs (a persistent activation).
 //   - stable name: the symlink <devdir>/<volume> to the volume's current
 //     /dev/ublkbN (devdir is /dev/obdvol by default).
+//   - root identity: --root/root.id, 16 random bytes made once; the tags
+//     of the root's ublk devices derive from it.
 //   - control socket: --root/run/daemon.sock (requests naming any volume)
 //     and --root/run/<vol>.sock (requests about that volume, answered by
 //     whichever process owns it: the daemon or a foreground serve).
@@ -51,4 +53,11 @@
 //     dead server, starts a new device for a persistent ublk activation
 //     whose kernel device is gone, and listens again for persistent NBD
 //     exports; the failure of one volume is logged and the others go on.
+//  8. A kernel device is reattached only if it is the volume's: it carries
+//     the volume's tag (ublkTag of the root's identity and the volume
+//     name, set at ADD_DEV), or, untagged, names the record's PID as its
+//     server; otherwise it is left alone (ublk.ErrNotOurs).
+//  9. An online grow (Resize) changes nothing until every check passed
+//     (active here, not smaller, ublk UPDATE_SIZE available); the volume
+//     grows before its ublk device.
 package daemon

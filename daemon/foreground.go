@@ -93,6 +93,9 @@ func (f *Foreground) Serve(ctx context.Context, vols []string) (recorded map[str
 				return &Response{Snapshot: res}, err
 			case OpFlush:
 				return &Response{Volumes: []VolumeStatus{st}}, v.Flush()
+			case OpResize:
+				return nil, fmt.Errorf("volume %s is served by obdvol serve --foreground (pid %d), which does not resize online: stop it, resize, serve again (or serve it through the daemon): %w",
+					v.Name(), os.Getpid(), volume.ErrRefused)
 			}
 			return &Response{Volumes: []VolumeStatus{st}}, nil
 		}, kind, logf)

@@ -17,6 +17,7 @@ import (
 	"github.com/obdvol/obdvol/device"
 	"github.com/obdvol/obdvol/device/ublk"
 	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/metrics"
 	"github.com/obdvol/obdvol/volume"
 )
 
@@ -45,14 +46,31 @@ type Config struct {
 	// must implement device.Mapper when the volume does (NBD's
 	// BLOCK_STATUS uses it) and stay safe for concurrent use.
 	Backend func(name string, v *volume.Volume) device.Backend
+	// Metrics, if not nil, counts every served volume's I/O (each
+	// backend is wrapped by Metrics.Instrument, which keeps
+	// device.Mapper) and forgets a volume's series when it is
+	// deactivated. The caller wires the rest (cache, seals, fetches) and
+	// serves the endpoint.
+	Metrics *metrics.Collector
 }
 
 // backend is what the frontends serve for v.
 func (h *Host) backend(v *volume.Volume) device.Backend {
+	var b device.Backend = v
 	if h.cfg.Backend != nil {
-		return h.cfg.Backend(v.Name(), v)
+		b = h.cfg.Backend(v.Name(), v)
 	}
-	return v
+	if h.cfg.Metrics != nil {
+		b = h.cfg.Metrics.Instrument(v.Name(), b)
+	}
+	return b
+}
+
+// forget drops name's metrics once its device or export is gone.
+func (h *Host) forget(name string) {
+	if h.cfg.Metrics != nil {
+		h.cfg.Metrics.Forget(name)
+	}
 }
 
 // Host owns the active volumes of one root. Its methods are safe for
@@ -61,6 +79,7 @@ type Host struct {
 	cfg  Config
 	lock *os.File
 	boot string
+	id   string // the root's identity (rootID): ublk device tags
 	ctl  *controlServer
 
 	// groupMu serializes starting and stopping NBD listeners (it is
@@ -69,6 +88,7 @@ type Host struct {
 
 	mu     sync.Mutex // guards what follows; never held across I/O
 	left   int        // ublk devices Stop left in the kernel
+	mAddr  string     // where the metrics endpoint listens, "" when none
 	vols   map[string]*active
 	groups map[string]*nbdGroup // by spec.String()
 	names  map[string]*nameLock
@@ -147,7 +167,12 @@ func Open(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, lock: lock, boot: BootID(), vols: map[string]*active{},
+	id, err := rootID(cfg.Root)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("root identity: %w", err)
+	}
+	return &Host{cfg: cfg, lock: lock, boot: BootID(), id: id, vols: map[string]*active{},
 		groups: map[string]*nbdGroup{}, names: map[string]*nameLock{}}, nil
 }
 
@@ -418,7 +443,18 @@ func (h *Host) handle(ctx context.Context, r *Request) (*Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Response{Volumes: s}, nil
+		resp := &Response{Volumes: s}
+		if r.Volume == "" {
+			hs := h.HostStatus()
+			resp.Host = &hs
+		}
+		return resp, nil
+	case OpResize:
+		s, err := h.Resize(r.Volume, r.Size)
+		if err != nil {
+			return nil, err
+		}
+		return &Response{Volumes: []VolumeStatus{*s}}, nil
 	case OpSnapshot, OpFlush:
 		unlock := h.lockName(r.Volume)
 		defer unlock()

@@ -55,7 +55,16 @@ func (h *Host) startGroup(spec NBDSpec, remote bool, members []*active) (*nbdGro
 	srv.Logf = h.cfg.Logf
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &nbdGroup{spec: spec, remote: remote, vols: members, cancel: cancel, done: make(chan error, 1)}
-	go func() { g.done <- srv.Serve(ctx, l) }()
+	go func() {
+		err := srv.Serve(ctx, l)
+		// Serve closes l from another goroutine and may return before
+		// that Close has removed the socket's name; closing again
+		// waits for it (the removal runs once). Otherwise a listener
+		// started at once on the same path (leaveGroup) could have its
+		// fresh socket removed by the old Close.
+		l.Close()
+		g.done <- err
+	}()
 	h.mu.Lock()
 	for _, a := range members {
 		a.group, a.device = g, uri(a.name)
@@ -115,6 +124,7 @@ func (h *Host) export(spec NBDSpec, remote bool, vols []*active, acts []*metadat
 	fail := func(err error) ([]VolumeStatus, error) {
 		for _, a := range opened {
 			a.v.Close()
+			h.forget(a.name)
 		}
 		return nil, err
 	}

@@ -22,6 +22,7 @@ const (
 	OpStatus     = "status"     // every active volume, or Volume's
 	OpSnapshot   = "snapshot"   // Volume@Snapshot sealed at a flush point
 	OpFlush      = "flush"      // Volume's writes made durable
+	OpResize     = "resize"     // Volume grown online to Size bytes
 )
 
 // MaxRequest bounds the bytes of one request; longer ones are refused.
@@ -36,6 +37,7 @@ type Request struct {
 	Volume   string   `json:"volume,omitempty"`
 	Volumes  []string `json:"volumes,omitempty"`  // serve-nbd
 	Snapshot string   `json:"snapshot,omitempty"` // snapshot
+	Size     uint64   `json:"size,omitempty"`     // resize: the new size in bytes
 	ReadOnly bool     `json:"read_only,omitempty"`
 	Queues   int      `json:"queues,omitempty"` // activate; 0: one per CPU
 	Depth    int      `json:"depth,omitempty"`  // activate; 0: 64
@@ -53,6 +55,8 @@ type Response struct {
 	PID      int                `json:"pid,omitempty"` // the answering process
 	Volumes  []VolumeStatus     `json:"volumes,omitempty"`
 	Snapshot *volume.SealResult `json:"snapshot,omitempty"`
+	// Host: the daemon itself (status naming no volume, from the daemon).
+	Host *HostStatus `json:"host,omitempty"`
 }
 
 // VolumeStatus describes one active volume.
@@ -74,6 +78,8 @@ type VolumeStatus struct {
 	// Restored: an activate found the device the daemon brought back at
 	// its start (reattached, or new for a persistent activation).
 	Restored bool `json:"restored,omitempty"`
+	// Size is the volume's size in bytes (in the answer to resize).
+	Size uint64 `json:"size,omitempty"`
 }
 
 // ParseRequest decodes and checks one request: exactly one JSON object of
@@ -102,8 +108,8 @@ func parseRequest(b []byte, vol string) (*Request, error) {
 		if r.Volume == "" {
 			r.Volume = vol
 		}
-		if r.Volume != vol || (r.Op != OpSnapshot && r.Op != OpFlush && r.Op != OpStatus) {
-			return nil, fmt.Errorf("%w: the control socket of volume %s answers snapshot, flush and status of %s only", ErrBadRequest, vol, vol)
+		if r.Volume != vol || (r.Op != OpSnapshot && r.Op != OpFlush && r.Op != OpStatus && r.Op != OpResize) {
+			return nil, fmt.Errorf("%w: the control socket of volume %s answers snapshot, flush, resize and status of %s only", ErrBadRequest, vol, vol)
 		}
 	}
 	if err := r.Validate(); err != nil {
@@ -126,6 +132,11 @@ func (r *Request) Validate() error {
 	}
 	switch r.Op {
 	case OpActivate, OpDeactivate, OpFlush:
+		return name(r.Volume)
+	case OpResize:
+		if r.Size == 0 {
+			return bad("resize wants a size in bytes")
+		}
 		return name(r.Volume)
 	case OpSnapshot:
 		if err := name(r.Volume); err != nil {

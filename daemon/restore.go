@@ -106,10 +106,10 @@ func (h *Host) restoreUblk(rec *metadata.Volume) error {
 	if live {
 		return fmt.Errorf("served on %s by pid %d: left alone", d.Path, d.PID)
 	}
-	recoverID := -1
+	recoverID, prevPID := -1, 0
 	if d != nil && d.Kind == metadata.ActivationUblk {
 		if d.Boot == "" || d.Boot == h.boot {
-			recoverID = d.ID
+			recoverID, prevPID = d.ID, d.PID
 		}
 		if _, err := os.Stat(fmt.Sprintf("/sys/block/ublkb%d", d.ID)); errors.Is(err, os.ErrNotExist) && sysfsUp() {
 			recoverID = -1 // gone: the record was all that was left
@@ -130,7 +130,7 @@ func (h *Host) restoreUblk(rec *metadata.Volume) error {
 	if act != nil {
 		ro, queues, depth = act.ReadOnly, act.Queues, act.Depth
 	}
-	a, err := h.startUblk(rec.Name, ro, queues, depth, recoverID)
+	a, err := h.startUblk(rec.Name, ro, queues, depth, recoverID, prevPID)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@
 //	c := metrics.New()
 //	repo.SetFetchObserver(c)                      // lazy fetches
 //	m := volume.NewManager(root, cat, blobs, volume.Options{OnSeal: c.ObserveSeal})
-//	c.WatchCache(metrics.SnapshotCache(m.Cache()))
+//	c.WatchCache(m.Cache())                       // *snapshot.Cache
 //	srv, err := metrics.Serve(ctx, "127.0.0.1:9863", c, metrics.ServeOptions{})
 //	...
 //	b := c.Instrument("vm1", vol)                 // serve b instead of vol

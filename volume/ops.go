@@ -401,6 +401,119 @@ func (m *Manager) Resize(vol string, size uint64, shrink bool) error {
 	return nil
 }
 
+// Grow grows the open volume to size bytes in place, with I/O running:
+// the online grow of a served volume (obdvol resize of an active volume,
+// asked of the daemon that holds it open). Grown space reads as zeros.
+//
+// Order, as Resize's grow (the catalogue's size is the truth):
+//
+//  0. the merged index of the new chain (its key holds the size) is
+//     opened: a failure here changes nothing;
+//  1. a zero extent for the new range is journaled (flushed): nothing a
+//     lower layer had past the old end may reappear;
+//  2. one transaction records the new size;
+//  3. the size and chain pointers are swapped (I/O pauses for that only;
+//     before it every request sees the old size, and requests past it
+//     fail with ErrRange, so nobody touches the new blocks meanwhile);
+//  4. the data file is extended (best effort: reads past its end read
+//     zeros, writes extend it, and the next open extends it).
+//
+// A failure before or in step 2 leaves the old size in the volume and
+// returns the error; if the commit's outcome is unknown (ErrOutcomeUnknown)
+// the catalogue may say either size, and both are safe: the zero extent is
+// durable, so the next open of the new size reads zeros past the old end,
+// and this process goes on with the old size (a later snapshot records it
+// again). A smaller size is refused with ErrRefused (shrinking a disk
+// under its filesystem loses data: deactivate, resize --shrink,
+// activate); the same size does nothing.
+func (v *Volume) Grow(size uint64) error {
+	if v.readOnly {
+		return fmt.Errorf("volume %s: %w", v.name, ErrReadOnly)
+	}
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	v.ioMu.RLock()
+	w, old, broken := v.w, v.size, v.broken
+	bs := v.rec.BlockSize
+	v.ioMu.RUnlock()
+	switch {
+	case w == nil:
+		return fmt.Errorf("volume %s: %w", v.name, ErrClosed)
+	case broken != nil:
+		return broken
+	}
+	if err := w.writeErr(); err != nil {
+		return fmt.Errorf("volume %s: %w", v.name, err)
+	}
+	if err := checkSize(size, bs); err != nil {
+		return err
+	}
+	if size < old {
+		return fmt.Errorf("volume %s is in use: shrinking it from %d to %d bytes under its user loses data (deactivate, resize --shrink, activate): %w",
+			v.name, old, size, ErrRefused)
+	}
+	if size == old {
+		return nil
+	}
+	if v.frozen != nil {
+		// The frozen layer is sized like the old volume: seal it first.
+		if _, err := v.sealFrozen(context.Background()); err != nil {
+			return fmt.Errorf("finishing the previous snapshot of %s: %w", v.name, err)
+		}
+	}
+	// The chain and record change only under sealMu, which is held.
+	v.ioMu.RLock()
+	rec := *v.rec
+	rec.Layers = append([]string(nil), v.rec.Layers...)
+	v.ioMu.RUnlock()
+	chain, err := v.m.openChain(rec.Layers, size, rec.BlockSize, false)
+	if err != nil {
+		return fmt.Errorf("volume %s: chain of the grown volume: %w", v.name, err)
+	}
+	undo := func(err error) error {
+		w.setBlocks(old)
+		chain.release()
+		return err
+	}
+	if err := w.growZero(old, size); err != nil {
+		return undo(err)
+	}
+	if err := resizeHook("before-commit"); err != nil {
+		return undo(err)
+	}
+	rec.Size = size
+	err = v.m.update(func(tx *metadata.Tx) error {
+		cur, err := tx.Volume(v.name)
+		if err != nil {
+			return err
+		}
+		if cur.Writable != rec.Writable || cur.Size != old {
+			return fmt.Errorf("volume %s changed under the grow", v.name)
+		}
+		rec.Device, rec.Activation = cur.Device, cur.Activation // set by the serving process, the daemon
+		return tx.PutVolume(&rec)
+	})
+	if err != nil {
+		return undo(fmt.Errorf("volume %s: grow to %d bytes: %w", v.name, size, err))
+	}
+	if err := resizeHook("committed"); err != nil {
+		// Stands for a crash after the commit: the process is gone and
+		// the next open goes by the catalogue.
+		v.ioMu.Lock()
+		v.broken = fmt.Errorf("volume %s: %w", v.name, err)
+		v.ioMu.Unlock()
+		chain.release()
+		return err
+	}
+	v.ioMu.Lock()
+	oldChain := v.chain
+	v.rec, v.chain, v.size = &rec, chain, size
+	v.ioMu.Unlock()
+	oldChain.release() // reads in flight hold their own references
+	w.data.Truncate(int64(size))
+	return nil
+}
+
 // resizeHook is called between Resize's steps; tests make it fail to
 // stand for a crash there.
 var resizeHook = func(step string) error { return nil }

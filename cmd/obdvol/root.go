@@ -33,6 +33,9 @@ type globalOptions struct {
 	// CacheBytes sizes the manager's chunk cache (obdvol daemon
 	// --cache-size); 0 is the manager's default.
 	CacheBytes int
+	// OnSeal, when set, is the manager's seal observer (the daemon's
+	// metrics); not a flag.
+	OnSeal func(vol string, d time.Duration, err error)
 }
 
 const helpTail = `
@@ -156,7 +159,7 @@ func openEnv(opts *globalOptions) (*env, error) {
 		}
 		return resolve(d)
 	}}
-	mgr := volume.NewManager(root, cat, blobs, volume.Options{CacheBytes: opts.CacheBytes})
+	mgr := volume.NewManager(root, cat, blobs, volume.Options{CacheBytes: opts.CacheBytes, OnSeal: opts.OnSeal})
 	e.mgr = mgr
 	if _, err := mgr.Recover(); errors.Is(err, metadata.ErrCorrupt) || errors.Is(err, metadata.ErrBusy) {
 		return nil, err // the catalogue cannot answer: nothing else would work

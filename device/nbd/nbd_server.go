@@ -99,6 +99,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			s.mu.Unlock()
 		}()
 	}
+	// Close here too, so that whatever the listener does on Close (a
+	// unix socket removes its path) has finished when Serve returns: a
+	// caller listening again on the same path must not race with it.
+	l.Close()
 	s.wg.Wait()
 	for _, e := range s.exports {
 		if !e.ReadOnly {

@@ -255,3 +255,49 @@ func TestWriteErrorsKeepENOSPC(t *testing.T) {
 		}
 	}
 }
+
+// slowCloseListener takes a while to finish Close (as a unix socket
+// listener does when it removes its path).
+type slowCloseListener struct {
+	net.Listener
+	mu     sync.Mutex
+	once   sync.Once
+	closed bool
+}
+
+func (l *slowCloseListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() {
+		time.Sleep(50 * time.Millisecond)
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+	})
+	return err
+}
+
+// TestServeReturnsAfterListenerClosed: whatever the listener's Close does
+// has finished when Serve returns, so that a caller may listen again on
+// the same unix path (the daemon does when one export of a group goes)
+// without the old listener's cleanup removing the new socket.
+func TestServeReturnsAfterListenerClosed(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &slowCloseListener{Listener: inner}
+	s := NewServer([]Export{{Name: "a", Backend: &memDisk{b: make([]byte, 4096)}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Serve(ctx, l) }()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		t.Fatal("Serve returned before its listener's Close finished")
+	}
+}

@@ -48,6 +48,10 @@ func updateSizeCmd(id uint32, size uint64) ctrlCmd {
 	return ctrlCmd{DevID: id, QueueID: 0xFFFF, Data: size >> 9}
 }
 
+// KernelRelease is the running kernel's release (uname -r), "?" when
+// unknown.
+func KernelRelease() string { return kernelRelease() }
+
 func kernelRelease() string {
 	var u unix.Utsname
 	if unix.Uname(&u) != nil {

@@ -25,6 +25,15 @@ type Options struct {
 	// backend call stalls its whole queue. It exists only as the
 	// baseline of the queue benchmark (tests/vm, make bench-vm).
 	Serial bool
+	// Tag, when not zero, marks the device as its server's: Start stores
+	// it in the device's ublksrv_flags (a field the kernel keeps for
+	// userspace and returns in GET_DEV_INFO), and Recover refuses a
+	// tagged device with another tag (ErrNotOurs).
+	Tag uint64
+	// PrevPID, for Recover: the PID of the server that died, as its
+	// caller recorded it. An untagged device must name it as its
+	// ublksrv_pid (see checkOwner).
+	PrevPID int
 }
 
 // Device is a running ublk device serving a backend.
@@ -102,7 +111,8 @@ func Start(b device.Backend, opts Options) (*Device, error) {
 		return nil, err
 	}
 	d.info = devInfo{NrHwQueues: uint16(opts.Queues), QueueDepth: uint16(opts.Depth), MaxIOBufBytes: uint32(opts.MaxIO),
-		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode | FlagUpdateSize}
+		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode | FlagUpdateSize,
+		SrvFlags: opts.Tag}
 	var pin runtime.Pinner
 	pin.Pin(&d.info)
 	add := ctrlCmd{DevID: 0xFFFFFFFF, QueueID: 0xFFFF, Len: uint16(unsafe.Sizeof(d.info)), Addr: uint64(uintptr(unsafe.Pointer(&d.info)))}
@@ -283,6 +293,12 @@ func Recover(b device.Backend, id int, opts Options) (*Device, error) {
 		return nil, fmt.Errorf("ublk device %d: %w", id, err)
 	}
 	d.encode = d.info.Flags&FlagCmdIoctlEncode != 0
+	// Before anything changes: the id may have been freed and taken by
+	// another server's device (another root's daemon) in this boot.
+	if err := checkOwner(&d.info, opts); err != nil {
+		d.closeCtrl()
+		return nil, err
+	}
 	if d.info.Flags&FlagUserRecovery == 0 {
 		d.closeCtrl()
 		return nil, fmt.Errorf("ublk device %d was not created with user recovery", id)

@@ -2,19 +2,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,192 +23,173 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/obdvol/obdvol/device/nbd"
-	"github.com/obdvol/obdvol/internal/unixsock"
-	"github.com/obdvol/obdvol/volume"
+	"github.com/obdvol/obdvol/daemon"
 )
 
-// The clones bench: N clones of one golden snapshot (N = 1, 16, 64)
-// served at once by one process, over NBD on a unix socket, read by
-// NBD clients (4K random reads: 64 connections, one request in flight
-// on each, connection j reading clone j%N: the same load for every N).
-// It prints the aggregate IOPS and the server's RSS per N, in interleaved
-// rounds (1, 16, 64, 1, 16, 64, ...), and the issue's targets:
+// The clones bench measures the host daemon itself: a fresh root, one
+// golden volume (half-compressible, imported and snapshotted with the
+// CLI), 64 clones of its snapshot made with obdvol create --from. For
+// each N (1, 16, 64) a measurement starts obdvol daemon --root R (a
+// child of this bench), asks it with obdvol serve c0..c(N-1) --nbd
+// unix:SOCK to export N clones on one listener, warms its chunk cache
+// with one sequential pass over c0, and runs 4K random reads from NBD
+// clients: 64 connections, one request in flight on each, connection j
+// reading clone j%N, so the client load is the same for every N and only
+// the number of distinct volumes behind it changes. It takes the
+// aggregate IOPS and the daemon's VmRSS (/proc/PID/status) after the
+// reads, then stops the daemon with SIGTERM and checks that it exited
+// cleanly and that no daemon answers on the root any more. The three N
+// run in interleaved rounds (rounds.go); the issue's targets:
 // RSS(64) <= 1.5 x RSS(1) + 64 x 2 MiB and IOPS(64) >= 0.8 x IOPS(1).
-//
-// Until the host daemon serves many volumes, the server is this binary
-// run again (clonesServerEnv set): it opens N clones in one
-// volume.Manager (one chunk cache, one merged index for all) and serves
-// them with device/nbd.
 
 var (
-	clonesMiB    = flag.Int("clones-size", 128, "golden snapshot size for the clones bench, MiB")
-	clonesRounds = flag.Int("clones-rounds", 5, "interleaved rounds of the clones bench")
-	clonesSecs   = flag.Float64("clones-seconds", 2, "seconds of random reads per N per round")
+	clonesMiB   = flag.Int("clones-size", 256, "golden volume size for the clones bench, MiB")
+	clonesSecs  = flag.Float64("clones-seconds", 2, "seconds of random reads per measurement of the clones bench")
+	clonesCache = flag.String("clones-cache", "256M", "the daemon's --cache-size in the clones bench (the daemon's default)")
 )
 
-// clonesServerEnv, when set to "root,N,socket", makes this binary the
-// clones server (see init).
-const clonesServerEnv = "OBDVOL_BENCH_CLONES_SERVER"
+// clonesConns is the client load of every measurement: connections, one
+// request in flight on each.
+const clonesConns = 64
 
-const clonesCache = 256 << 20 // the daemon's default --cache-size
-
-func init() {
-	spec := os.Getenv(clonesServerEnv)
-	if spec == "" {
-		return
-	}
-	parts := strings.Split(spec, ",")
-	if len(parts) != 3 {
-		fmt.Fprintf(os.Stderr, "%s=%q: want root,N,socket\n", clonesServerEnv, spec)
-		os.Exit(2)
-	}
-	n, err := strconv.Atoi(parts[1])
-	check(err)
-	clonesServer(parts[0], n, parts[2])
-	os.Exit(0)
-}
-
-// clonesServer opens clones c0..c(n-1) under root in one Manager and
-// serves them over NBD on sock until SIGTERM or SIGINT; it prints "ready"
-// once listening.
-func clonesServer(root string, n int, sock string) {
-	e := newEnv(root, clonesCache)
-	defer e.mgr.Close()
-	exports := make([]nbd.Export, n)
-	for i := range exports {
-		name := fmt.Sprintf("c%d", i)
-		v, err := e.mgr.Open(name)
-		check(err)
-		defer v.Close()
-		exports[i] = nbd.Export{Name: name, Backend: v, ReadOnly: true}
-	}
-	l, err := unixsock.Listen(sock)
-	check(err)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	fmt.Printf("ready %d chains\n", e.mgr.OpenChains())
-	check(nbd.NewServer(exports).Serve(ctx, l))
-}
-
-func clonesBench(work string) {
+func clonesBench(work, obdvol string) {
 	size := uint64(*clonesMiB) << 20
-	ns := []int{1, 16, 64}
-	fmt.Printf("== %d clones of one %d MiB golden served at once by one process (NBD, unix socket): 4K random reads on 64 connections (one in flight each), chunk cache %d MiB, %d interleaved rounds of %.0fs\n",
-		ns[len(ns)-1], size>>20, clonesCache>>20, *clonesRounds, *clonesSecs)
-	root := filepath.Join(work, "clones")
-	e := newEnv(root, 32<<20)
-	_, err := e.mgr.Create("golden", size, volume.CreateOptions{})
+	ns := []int{1, 64, 16} // circular order: N=1 and N=64 run next to each other in every round
+	maxN := 64
+	fmt.Printf("== %d clones of one %d MiB golden served by one obdvol daemon (--cache-size %s) over NBD on a unix socket: 4K random reads on %d connections (one in flight each), %.0fs a measurement; %s\n",
+		maxN, size>>20, *clonesCache, clonesConns, *clonesSecs, roundsNote())
+	root, err := filepath.Abs(filepath.Join(work, "clones")) // -dir may be relative
 	check(err)
-	v, err := e.mgr.Open("golden")
-	check(err)
-	r := rand.New(rand.NewSource(5))
-	buf := make([]byte, 1<<20)
-	text := strings.Repeat("obdvol clones bench ", bs/40)
-	for off := uint64(0); off < size; off += uint64(len(buf)) {
-		for b := 0; b < len(buf); b += bs {
-			r.Read(buf[b : b+bs/2])
-			copy(buf[b+bs/2:b+bs], text)
-		}
-		_, err := v.WriteAt(buf, int64(off))
-		check(err)
+	check(os.MkdirAll(root, 0o700))
+	img := filepath.Join(work, "clones-golden.raw")
+	check(writeHalfCompressible(img, size))
+	cli := func(args ...string) []byte { return obdvolCLI(obdvol, root, args...) }
+	cli("create", "golden", "--size", fmt.Sprint(size))
+	cli("import", "golden", img)
+	check(os.Remove(img))
+	cli("snapshot", "golden@g")
+	for k := 0; k < maxN; k++ {
+		cli("create", fmt.Sprintf("c%d", k), "--from", "golden@g")
 	}
-	_, err = v.Snapshot(context.Background(), "g")
-	check(err)
-	check(v.Close())
-	for i := 0; i < ns[len(ns)-1]; i++ {
-		_, err := e.mgr.Clone(fmt.Sprintf("c%d", i), "golden", "g")
-		check(err)
-	}
-	check(e.mgr.Close())
 
-	iops := map[int][]float64{}
-	rss := map[int][]float64{}
-	for round := 0; round < *clonesRounds; round++ {
-		for _, n := range ns {
-			i, m := clonesRound(root, n, size)
-			iops[n] = append(iops[n], i)
-			rss[n] = append(rss[n], m)
-		}
-	}
+	iops := map[int]*series{}
+	rss := map[int]*series{}
+	file := map[int]*series{}
+	var order []*series
 	for _, n := range ns {
-		fmt.Printf("N=%-3d  %9.0f IOPS (min %.0f, max %.0f)   RSS %6.1f MiB (min %.1f, max %.1f)\n", n,
-			median(iops[n]), slices.Min(iops[n]), slices.Max(iops[n]), median(rss[n]), slices.Min(rss[n]), slices.Max(rss[n]))
+		name := fmt.Sprintf("N=%d", n)
+		file[n] = &series{name: name, unit: "MiB of the RSS file-backed (RssFile)"}
+		iops[n], rss[n] = measure2(name, "IOPS", name, "MiB daemon RSS (VmRSS)", func() (float64, float64) {
+			i, r, f := clonesRound(obdvol, root, n, size)
+			file[n].v = append(file[n].v, f)
+			return i, r
+		})
+		order = append(order, iops[n])
 	}
-	last := ns[len(ns)-1]
-	rssLimit := 1.5*median(rss[1]) + float64(last)*2
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
+	interleave(order...)
+	var all []*series
+	for _, n := range []int{1, 16, 64} {
+		all = append(all, iops[n], rss[n], file[n])
+	}
+	printSeries(all...)
+	printRatio(iops[maxN], iops[1], atLeast(0.8))
+	r1 := rss[1].spread().med
+	limit := math.Round((1.5*r1+float64(maxN)*2)*10) / 10
+	fmt.Printf("  RSS target: 1.5 x RSS(1) + %d x 2 MiB = %s MiB (medians)\n", maxN, num(limit))
+	printValue(&series{name: fmt.Sprintf("RSS(%d)", maxN), unit: "MiB", v: rss[maxN].v}, atMost(limit))
+	perClone := make([]float64, len(rss[1].v))
+	for k := range perClone {
+		perClone[k] = (rss[maxN].v[k] - rss[1].v[k]) / float64(maxN-1)
+	}
+	fmt.Printf("  daemon RSS a clone past the first, (RSS(%d) - RSS(1)) / %d: %s MiB (RSS(1) %s MiB)\n\n",
+		maxN, maxN-1, spreadOf(perClone), num(r1))
+	if daemonAnswers(root) {
+		check(fmt.Errorf("an obdvol daemon still answers on %s after the clones bench", root))
+	}
+}
+
+// obdvolCLI runs obdvol on root and returns its standard output; a
+// failure ends the bench with its standard error.
+func obdvolCLI(obdvol, root string, args ...string) []byte {
+	cmd := exec.Command(obdvol, append([]string{"--root", root, "--no-progress"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		check(fmt.Errorf("obdvol %s: %v\n%s", strings.Join(args, " "), err, stderr.Bytes()))
+	}
+	return out
+}
+
+// daemonAnswers says whether an obdvol daemon answers on root's control
+// socket.
+func daemonAnswers(root string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return (&daemon.Client{Root: root}).Running(ctx)
+}
+
+// clonesRound starts a daemon on root, has it export clones c0..c(n-1),
+// warms its chunk cache with one sequential pass over c0, runs the
+// random reads and returns their IOPS and the daemon's RSS in MiB after
+// them, all of it and its file-backed part (RssFile: mapped files such
+// as the merged indexes, which the kernel can reclaim); it stops the
+// daemon before it returns.
+func clonesRound(obdvol, root string, n int, size uint64) (iops, rssMiB, fileMiB float64) {
+	d := exec.Command(obdvol, "--root", root, "--no-progress", "daemon", "--cache-size", *clonesCache)
+	var log bytes.Buffer
+	d.Stdout, d.Stderr = &log, &log
+	startServer(d) // dies with the bench
+	exited := make(chan error, 1)
+	go func() { exited <- d.Wait() }()
+	stopped := false
+	fail := func(err error) {
+		if !stopped {
+			d.Process.Kill()
+			<-exited
 		}
-		return "MISSED"
+		check(fmt.Errorf("clones bench, N=%d: %w\ndaemon log:\n%s", n, err, log.String()))
 	}
-	fmt.Printf("RSS(%d) %.1f MiB <= 1.5 x RSS(1) + %d x 2 MiB = %.1f MiB: %s (%+.2f MiB a clone past the first)\n", last,
-		median(rss[last]), last, rssLimit, verdict(median(rss[last]) <= rssLimit), (median(rss[last])-median(rss[1]))/float64(last-1))
-	var ratios []float64
-	for k := range iops[1] {
-		ratios = append(ratios, iops[last][k]/iops[1][k])
+	if err := waitAnswer(root, exited); err != nil {
+		fail(err)
 	}
-	fmt.Printf("IOPS(%d) / IOPS(1) = %.2f (per round min %.2f, max %.2f; target >= 0.8: %s)\n\n", last,
-		median(ratios), slices.Min(ratios), slices.Max(ratios), verdict(median(ratios) >= 0.8))
-}
 
-func median(x []float64) float64 {
-	s := slices.Clone(x)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// clonesRound starts a server for n clones, warms the chunk cache with
-// one sequential pass over the golden (through c0), runs the random
-// reads and returns their IOPS and the server's RSS in MiB after them.
-func clonesRound(root string, n int, size uint64) (iops, rssMiB float64) {
 	sock := filepath.Join(root, "clones.sock")
-	self, err := os.Executable()
-	check(err)
-	srv := exec.Command(self)
-	srv.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s", clonesServerEnv, root, n, sock))
-	srv.Stderr = os.Stderr
-	out, err := srv.StdoutPipe()
-	check(err)
-	check(srv.Start())
-	defer func() {
-		srv.Process.Signal(syscall.SIGTERM)
-		srv.Wait()
-	}()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "ready") {
-		check(fmt.Errorf("clones server for N=%d: %q %v", n, line, err))
+	args := []string{"--json", "serve", "--read-only", "--nbd", "unix:" + sock}
+	for k := 0; k < n; k++ {
+		args = append(args, fmt.Sprintf("c%d", k))
 	}
-	if line != "ready 1 chains\n" {
-		check(fmt.Errorf("clones server for N=%d: %q: the clones do not share one chain", n, strings.TrimSpace(line)))
+	var served struct {
+		Serving []string `json:"serving"`
+		PID     int      `json:"pid"`
 	}
-	warm := dialClone(sock, "c0")
-	check(warm.readAll(size))
-	warm.close()
+	check(json.Unmarshal(obdvolCLI(obdvol, root, args...), &served))
+	if served.PID != d.Process.Pid || len(served.Serving) != n {
+		// Had our daemon died, serve would have started a detached one.
+		if served.PID > 0 && served.PID != d.Process.Pid {
+			syscall.Kill(served.PID, syscall.SIGTERM)
+		}
+		fail(fmt.Errorf("serve answered %d exports from pid %d, want %d from the bench's daemon (pid %d)",
+			len(served.Serving), served.PID, n, d.Process.Pid))
+	}
 
-	// The same client load for every N: 64 connections, one request in
-	// flight on each, connection j reading clone j%n. Only the number of
-	// distinct volumes behind them changes.
-	const conns, depth = 64, 1
+	warm := dialClone(sock, "c0")
+	if err := warm.readAll(size); err != nil {
+		fail(err)
+	}
+	warm.close()
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(time.Duration(*clonesSecs * float64(time.Second)))
 	start := time.Now()
-	errs := make(chan error, conns)
-	for j := 0; j < conns; j++ {
+	errs := make(chan error, clonesConns)
+	for j := 0; j < clonesConns; j++ {
 		c := dialClone(sock, fmt.Sprintf("c%d", j%n))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer c.close()
-			k, err := c.randomReads(size, depth, deadline, int64(j))
+			k, err := c.randomReads(size, 1, deadline, int64(j))
 			total.Add(k)
 			if err != nil {
 				errs <- err
@@ -218,23 +200,57 @@ func clonesRound(root string, n int, size uint64) (iops, rssMiB float64) {
 	elapsed := time.Since(start)
 	close(errs)
 	for err := range errs {
-		check(err)
+		fail(err)
 	}
-	return float64(total.Load()) / elapsed.Seconds(), vmRSS(srv.Process.Pid)
+	rssMiB, fileMiB = procMiB(d.Process.Pid, "VmRSS"), procMiB(d.Process.Pid, "RssFile")
+
+	// SIGTERM: flush every volume and exit 0; nothing may answer after.
+	check(d.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		stopped = true
+		if err != nil {
+			fail(fmt.Errorf("the daemon exited after SIGTERM with %v", err))
+		}
+	case <-time.After(30 * time.Second):
+		fail(errors.New("the daemon did not exit within 30s of SIGTERM"))
+	}
+	if daemonAnswers(root) {
+		fail(errors.New("a daemon still answers after the bench's daemon exited"))
+	}
+	return float64(total.Load()) / elapsed.Seconds(), rssMiB, fileMiB
 }
 
-// vmRSS is a process's resident set in MiB (/proc/PID/status VmRSS).
-func vmRSS(pid int) float64 {
+// waitAnswer waits until the daemon answers on root's control socket, or
+// fails when it exits first or takes over 30s.
+func waitAnswer(root string, exited <-chan error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for !daemonAnswers(root) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("the daemon exited before it answered: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the daemon did not answer within 30s")
+		}
+	}
+	return nil
+}
+
+// procMiB is a field of /proc/PID/status given in kB (VmRSS, RssFile),
+// in MiB.
+func procMiB(pid int, field string) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	check(err)
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
 			kb, err := strconv.ParseFloat(f[1], 64)
 			check(err)
 			return kb / 1024
 		}
 	}
-	check(errors.New("no VmRSS in /proc status"))
+	check(fmt.Errorf("no %s in /proc/%d/status", field, pid))
 	return 0
 }
 

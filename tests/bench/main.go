@@ -5,6 +5,8 @@
 //	seal throughput vs qemu-img convert -c -O qcow2 of the same image
 //	merged-index memory per extent
 //	chunk-size table (-chunks): compression ratio, random 4K, sequential read
+//	NBD read path: obdvol serve --foreground vs qemu-nbd and nbdkit (fio)
+//	N clones of one golden served by one obdvol daemon: IOPS and RSS per N
 //
 // Compared configurations are measured in interleaved rounds (rounds.go):
 // every figure is a median with its min-max over -rounds rounds.
@@ -33,13 +35,13 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy or nbd")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
 	nbdMiB    = flag.Int("nbd-size", 512, "volume size for the NBD bench, MiB")
 	fioSecs   = flag.Int("fio-seconds", 2, "seconds per fio random-read run (one round)")
-	obdvolBin = flag.String("obdvol", "bin/obdvol", "the obdvol binary (for obdvol serve)")
+	obdvolBin = flag.String("obdvol", "bin/obdvol", "the obdvol binary (obdvol serve, obdvol daemon)")
 )
 
 const bs = 4096
@@ -47,7 +49,9 @@ const bs = 4096
 func main() {
 	flag.Parse()
 	work := *dir
-	if work == "" {
+	if work != "" {
+		check(os.MkdirAll(work, 0o700))
+	} else {
 		var err error
 		work, err = os.MkdirTemp("", "obdvol-bench-")
 		check(err)
@@ -83,7 +87,7 @@ func main() {
 		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)
 	}
 	if *only == "" || *only == "clones" {
-		clonesBench(work) // tests/bench/clones.go
+		clonesBench(work, *obdvolBin) // tests/bench/clones.go
 	}
 }
 

@@ -117,7 +117,8 @@ func nbdBench(work string, size uint64, obdvol string, secs int) {
 }
 
 // nbdObdvol builds a chain of the given depth and serves it with obdvol
-// serve.
+// serve --foreground: the bench owns the server process (and its CPU
+// profile), and no host daemon is left behind.
 func nbdObdvol(work, obdvol string, size uint64, depth int, pats [][]byte) *nbdServer {
 	root := filepath.Join(work, fmt.Sprintf("nbd-obdvol-%d", depth))
 	e := newEnv(root, 32<<20)
@@ -138,7 +139,7 @@ func nbdObdvol(work, obdvol string, size uint64, depth int, pats [][]byte) *nbdS
 	v.Close()
 	e.mgr.Close()
 	sock := filepath.Join(root, "s.sock")
-	srv := exec.Command(obdvol, "--root", root, "--no-progress", "--cpuprofile", filepath.Join(work, fmt.Sprintf("serve-%d.prof", depth)), "serve", "v", "--nbd", "unix:"+sock)
+	srv := exec.Command(obdvol, "--root", root, "--no-progress", "--cpuprofile", filepath.Join(work, fmt.Sprintf("serve-%d.prof", depth)), "serve", "v", "--foreground", "--nbd", "unix:"+sock)
 	startServer(srv)
 	waitSock(sock)
 	return &nbdServer{fmt.Sprintf("obdvol depth %d", depth), "nbd+unix:///v?socket=" + sock, srv}
