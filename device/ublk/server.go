@@ -76,11 +76,10 @@ func (d *Device) control(nr uint32, c ctrlCmd) (int32, error) {
 		return 0, errRing
 	}
 	uringCmd(b, d.ctrlFd, d.op(nr), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 32), uint64(nr))
-	if err := d.ctrl.enter(1); err != nil {
+	var res int32
+	if err := d.ctrl.submitWait(func(_ uint64, r int32) { res = r }); err != nil {
 		return 0, err
 	}
-	var res int32
-	d.ctrl.reap(func(_ uint64, r int32) { res = r })
 	if res < 0 {
 		return res, fmt.Errorf("ublk control command %#x: %w", nr, unix.Errno(-res))
 	}

@@ -99,6 +99,24 @@ func (r *ring) enter(wait uint32) error {
 	}
 }
 
+// submitWait publishes queued SQEs and waits until at least one
+// completion is there, then reaps (fn is called for each). io_uring_enter
+// returns as soon as it submitted, even when a signal cut its wait short
+// (Go's runtime preempts goroutines with SIGURG), so one enter is not
+// enough: without this loop a control command whose completion had not
+// arrived yet read as a success with its answer unwritten (ADD_DEV's
+// device id still -1: "/dev/ublkc4294967295", seen in the VM).
+func (r *ring) submitWait(fn func(userData uint64, res int32)) error {
+	for {
+		if err := r.enter(1); err != nil {
+			return err
+		}
+		if r.reap(fn) > 0 {
+			return nil
+		}
+	}
+}
+
 // reap calls fn for each completion and releases them.
 func (r *ring) reap(fn func(userData uint64, res int32)) int {
 	head := atomic.LoadUint32((*uint32)(r.cqHead))

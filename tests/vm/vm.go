@@ -193,6 +193,26 @@ type BootOptions struct {
 	MemoryMB int           // default 512
 	CPUs     int           // default 2
 	Console  io.Writer     // if set, also gets the console output as it comes
+	// Disk, if set, is a raw image file on the host attached as an NVMe
+	// drive: /dev/nvme0n1 in the guest (the cloud kernel has NVMe built
+	// in; virtio_blk is a module it would need first). It outlives the
+	// VM: a second boot with the same Disk finds what the first wrote
+	// (TestDaemonReboot). SparseDisk makes one.
+	Disk string
+}
+
+// SparseDisk creates (or truncates to) a sparse raw image of size bytes
+// for BootOptions.Disk; the guest formats it.
+func SparseDisk(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Boot runs the kernel with the initramfs and returns the console output.
@@ -213,6 +233,10 @@ func Boot(ctx context.Context, k *Kernel, initrd string, o BootOptions) (string,
 	defer cancel()
 	args := []string{"-m", fmt.Sprint(o.MemoryMB), "-smp", fmt.Sprint(o.CPUs), "-nographic", "-no-reboot",
 		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet loglevel=3"}
+	if o.Disk != "" {
+		args = append(args, "-drive", "file="+o.Disk+",format=raw,if=none,id=disk0",
+			"-device", "nvme,drive=disk0,serial=obdvol0")
+	}
 	// /dev/kvm exists on these machines but KVM fails inside qemu (MSR
 	// errors), so TCG is the default; OBDVOL_VM_KVM=1 opts in.
 	if os.Getenv("OBDVOL_VM_KVM") == "1" {

@@ -11,6 +11,7 @@ t() { # t NAME 'shell snippet' (runs in this shell: it may set variables)
 		echo "OBDVOL-VM-OK $n"
 	else
 		echo "OBDVOL-VM-FAIL $n"
+		FAILED="$FAILED $n"
 		tail -n 20 /tmp/t.out | sed "s/^/  | /"
 	fi
 }
@@ -21,6 +22,16 @@ act() {
 	D=$(echo "$out" | sed -n 's/.*"device": "\([^"]*\)".*/\1/p')
 	P=$(echo "$out" | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
 	[ -n "$D" ] && [ -b "$D" ] && [ -n "$P" ] && kill -0 "$P"
+}
+# stopped PID: waits (30 s at most) until process PID has exited (or is a
+# zombie: a detached daemon's parent is this shell, which reaps late).
+stopped() {
+	j=0
+	while kill -0 "$1" 2>/dev/null && ! grep -q "State:.Z" "/proc/$1/status" 2>/dev/null; do
+		[ $j -lt 30 ] || return 1
+		sleep 1
+		j=$((j + 1))
+	done
 }
 # mounted DIR: DIR is a mount point now.
 mounted() { grep -q " $1 " /proc/mounts; }
