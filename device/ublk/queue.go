@@ -181,6 +181,9 @@ func (d *Device) queue(q int, ready chan<- error) {
 		ready <- err
 		return
 	}
+	if qs.poll != nil {
+		d.polled.Add(1)
+	}
 	ready <- nil
 	if err := qs.serve(); err != nil {
 		d.setErr(fmt.Errorf("ublk queue %d: %w", q, err))
