@@ -70,13 +70,16 @@ bench: build
 	@scripts/deps.sh bench
 	$(GO) run ./tests/bench $(BENCH_FLAGS)
 
-# The ublk queues measured in a VM (tests/vm, TestUblkBenchVM; not part of
-# make test): async vs Serial queues with a 1 ms backend delay, and ublk vs
-# a loop device, interleaved rounds (ROUNDS, SECONDS each), TCG figures.
-ROUNDS  ?= 5
-SECONDS ?= 2
+# ublk measured in a VM (tests/vm; not part of make test), interleaved
+# rounds (ROUNDS, SECONDS each), TCG figures: TestUblkBenchVM, async vs
+# Serial queues with a 1 ms backend delay and ublk vs a loop device;
+# TestUblkClonesBenchVM, N clones of one golden activated at once through
+# one daemon (CLONES_N, default 1 16 64): aggregate IOPS and daemon RSS.
+ROUNDS   ?= 5
+SECONDS  ?= 2
+CLONES_N ?= 1 16 64
 bench-vm: deps
-	OBDVOL_VM_BENCH=1 OBDVOL_VM_BENCH_ROUNDS=$(ROUNDS) OBDVOL_VM_BENCH_SECONDS=$(SECONDS) $(GO) test -count=1 -timeout 30m -v -run '^TestUblkBenchVM$$' ./tests/vm/
+	OBDVOL_VM_BENCH=1 OBDVOL_VM_BENCH_ROUNDS=$(ROUNDS) OBDVOL_VM_BENCH_SECONDS=$(SECONDS) OBDVOL_VM_CLONES_N='$(CLONES_N)' $(GO) test -count=1 -timeout 60m -v -run '^(TestUblkBenchVM|TestUblkClonesBenchVM)$$' ./tests/vm/
 
 clean:
 	rm -rf bin demo-out

@@ -42,6 +42,7 @@ type queue struct {
 	spawned int          // workers started (queue thread only): at most depth
 	wg      sync.WaitGroup
 	err     atomic.Pointer[error] // first worker-side failure (eventfd write)
+	poll    *ringPoller           // waits for completions in the netpoller; nil: in io_uring_enter
 }
 
 func (d *Device) newQueue(q int) (*queue, error) {
@@ -58,6 +59,10 @@ func (d *Device) newQueue(q int) (*queue, error) {
 		qs.close()
 		return nil, fmt.Errorf("queue %d buffers: %w", q, err)
 	}
+	// No transparent huge pages: a request touches only the pages it
+	// moves, and with THP "always" one 4K read would fault in (and zero)
+	// 2 MiB, the daemon's RSS growing by megabytes a device.
+	unix.Madvise(qs.bufs, unix.MADV_NOHUGEPAGE) // best effort
 	qs.efdBuf = uintptr(unsafe.Pointer(&qs.bufs[depth*qs.bufSize]))
 	// depth commands and the eventfd read are outstanding at most.
 	if qs.r, err = newRing(uint32(depth+1), 0); err != nil {
@@ -71,6 +76,9 @@ func (d *Device) newQueue(q int) (*queue, error) {
 		}
 		qs.reqs = make([]ioDesc, depth)
 		qs.work = make(chan uint16, depth)
+		// Best effort: without it the queue waits in io_uring_enter,
+		// holding its thread's P (see ringPoller).
+		qs.poll, _ = newRingPoller(qs.r.fd)
 	}
 	return qs, nil
 }
@@ -86,6 +94,9 @@ func (q *queue) close() {
 		close(q.work)
 		q.wg.Wait()
 		q.done.closeFD()
+	}
+	if q.poll != nil {
+		q.poll.close()
 	}
 	if q.r != nil {
 		q.r.close()
@@ -170,6 +181,9 @@ func (d *Device) queue(q int, ready chan<- error) {
 		ready <- err
 		return
 	}
+	if qs.poll != nil {
+		d.polled.Add(1)
+	}
 	ready <- nil
 	if err := qs.serve(); err != nil {
 		d.setErr(fmt.Errorf("ublk queue %d: %w", q, err))
@@ -180,7 +194,7 @@ func (d *Device) queue(q int, ready chan<- error) {
 func (q *queue) serve() error {
 	live := q.depth
 	for live > 0 {
-		if err := q.r.enter(1); err != nil {
+		if err := q.waitCQ(); err != nil {
 			return err
 		}
 		wake := false
@@ -227,6 +241,22 @@ func (q *queue) serve() error {
 		}
 	}
 	return nil
+}
+
+// waitCQ submits what is queued and waits until the completion queue is
+// not empty: in the netpoller when the queue has one, so that this
+// thread's P runs the workers meanwhile, else in io_uring_enter.
+func (q *queue) waitCQ() error {
+	if q.poll == nil {
+		return q.r.enter(1)
+	}
+	if err := q.r.enter(0); err != nil {
+		return err
+	}
+	return q.poll.wait(func() bool {
+		head, tail := q.r.cqReady()
+		return head != tail
+	})
 }
 
 // dispatch hands tag's request to a worker, starting one if none is idle.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -50,6 +51,7 @@ type Device struct {
 	charFd int
 	info   devInfo
 	wg     sync.WaitGroup
+	polled atomic.Int32 // queues waiting in the netpoller (ringPoller)
 	errMu  sync.Mutex
 	err    error
 
@@ -336,3 +338,8 @@ func Recover(b device.Backend, id int, opts Options) (*Device, error) {
 	}
 	return d, nil
 }
+
+// PolledQueues is how many of the device's queues wait for completions in
+// Go's netpoller (the rest, and all in Options.Serial, wait in
+// io_uring_enter holding their thread's P; see ringPoller).
+func (d *Device) PolledQueues() int { return int(d.polled.Load()) }

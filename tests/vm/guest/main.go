@@ -9,6 +9,9 @@
 //	guest slowread, slowread-serial, resize, bench
 //	                  the non-blocking ublk queues and online grow
 //	                  (ublkq.go)
+//	guest clonesbench [ROUNDS SECONDS [N...]]
+//	                  N clones of one golden served by one daemon
+//	                  (clonesbench.go)
 //	guest write DEV OFFSET SRC LENGTH [loop]
 //	                  writes LENGTH bytes read from SRC to the block device
 //	                  DEV at OFFSET and flushes; DEV is opened without
@@ -56,6 +59,8 @@ func main() {
 		err = resizeTest()
 	case "bench":
 		err = benchCmd(os.Args[2:])
+	case "clonesbench": // clonesbench.go
+		err = clonesBenchCmd(os.Args[2:])
 	case "powercut":
 		err = powercutCmd(os.Args[2:])
 		if err != nil {

@@ -236,6 +236,10 @@ func slowReadTest(serial bool) error {
 		"%d returned while the slow read was in the backend; the slow read took %v\n",
 		mode, len(lats), othersTook.Round(time.Millisecond), lats[len(lats)/2].Round(time.Microsecond),
 		lats[len(lats)-1].Round(time.Microsecond), whilePend.Load(), slowLat.Round(time.Millisecond))
+	fmt.Printf("ublkq: slowread %s: %d of 1 queues wait in the netpoller\n", mode, d.PolledQueues())
+	if !serial && d.PolledQueues() != 1 {
+		return fmt.Errorf("the async queue waits in io_uring_enter: its ring's fd could not be polled")
+	}
 	if !serial && int(whilePend.Load()) != readers*each {
 		return fmt.Errorf("only %d of %d reads of other blocks returned while the slow read was pending",
 			whilePend.Load(), readers*each)
