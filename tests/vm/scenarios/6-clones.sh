@@ -9,7 +9,7 @@
 # defaults (a queue per CPU, depth 64) up to 64 MiB a device here. So the
 # 15 other clones are then activated again with the defaults and read, and
 # that RSS is printed, not bounded (TCG, 2 CPUs: 336 MiB for 16 devices
-# before the queues waited in the netpoller, about 104 MiB since).
+# before the I/O buffers were made MADV_NOHUGEPAGE, about 104 MiB since).
 # The daemon's Prometheus endpoint (--metrics), scraped over HTTP, counts
 # the reads each clone served and the one decompression of each chunk.
 O="obdvol --root /tmp/c6 --no-progress"
