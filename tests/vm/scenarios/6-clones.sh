@@ -3,7 +3,15 @@
 # clone reads back byte-exact; the golden's chunks are decompressed once
 # for all of them (the daemon's shared cache counters: the count after
 # reading one clone does not move while 16 are read); the daemon's RSS
-# with 16 devices is within 1.5 x its RSS with one, plus 2 MiB a device.
+# with 16 devices is within 1.5 x its RSS with one, plus 2 MiB a device,
+# for devices of 1 queue of depth 4. In ublk's copy mode every tag owns a
+# buffer of the largest request (512 KiB), resident once used: at the
+# defaults (a queue per CPU, depth 64) up to 64 MiB a device here. So the
+# 15 other clones are then activated again with the defaults and read, and
+# that RSS is printed, not bounded (TCG, 2 CPUs: 336 MiB for 16 devices
+# before the I/O buffers were made MADV_NOHUGEPAGE, about 104 MiB since).
+# The daemon's Prometheus endpoint (--metrics), scraped over HTTP, counts
+# the reads each clone served and the one decompression of each chunk.
 O="obdvol --root /tmp/c6 --no-progress"
 L6=/tmp/s6-daemon.log
 C6="0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"
