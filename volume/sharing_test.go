@@ -409,7 +409,7 @@ func TestGCRemovesStaleIndexFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(live); err != nil {
-		t.Fatalf("gc removed the index file of a chain open in the manager: %v", err)
+		t.Fatalf("gc removed the index file of a chain open in the manager: %v (gc removed %v)", err, res.IndexFiles)
 	}
 	c.Close()
 	if err := m.Delete("c", true); err != nil {

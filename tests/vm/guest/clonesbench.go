@@ -134,7 +134,7 @@ func cbMeasure(n int, dur time.Duration) (res cbResult, err error) {
 			<-exited
 		}
 		if err != nil {
-			err = fmt.Errorf("N=%d: %w\ndaemon log:\n%s", n, err, log.String())
+			err = fmt.Errorf("clones n=%d: %w\ndaemon log:\n%s", n, err, log.String())
 		}
 	}()
 	if err := cbWaitDaemon(exited); err != nil {
