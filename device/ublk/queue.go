@@ -54,6 +54,12 @@ func (d *Device) newQueue(q int) (*queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue %d descriptors: %w", q, err)
 	}
+	if d.userCopy() {
+		// Request data moves by pread/pwrite on the char device
+		// through buffers of the process-wide pool (usercopy.go): no
+		// per-tag buffers, only the eventfd counter's page.
+		qs.bufSize = 0
+	}
 	qs.bufs, err = unix.Mmap(-1, 0, depth*qs.bufSize+page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		qs.close()
@@ -134,7 +140,10 @@ func (q *queue) submit(op uint32, tag int, result int32) error {
 	if err != nil {
 		return err
 	}
-	c := ioCmd{QID: uint16(q.id), Tag: uint16(tag), Result: result, Addr: uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))}
+	c := ioCmd{QID: uint16(q.id), Tag: uint16(tag), Result: result}
+	if q.bufSize > 0 {
+		c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
+	}
 	uringCmd(b, q.d.charFd, q.d.op(op), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 16), uint64(tag))
 	return nil
 }
@@ -215,7 +224,7 @@ func (q *queue) serve() error {
 				continue
 			}
 			if q.done == nil {
-				if err := q.submit(ioCommitAndFetchReq, tag, q.d.handle(q.desc(tag), q.buf(tag))); err != nil {
+				if err := q.submit(ioCommitAndFetchReq, tag, q.handle(tag, q.desc(tag))); err != nil {
 					return err
 				}
 				continue
@@ -278,7 +287,7 @@ func (q *queue) dispatch(tag int) {
 func (q *queue) worker() {
 	defer q.wg.Done()
 	for tag := range q.work {
-		res := q.d.handle(&q.reqs[tag], q.buf(int(tag)))
+		res := q.handle(int(tag), &q.reqs[tag])
 		q.idle.Add(1)
 		if err := q.done.push(tag, res); err != nil {
 			q.err.CompareAndSwap(nil, &err)
@@ -286,8 +295,20 @@ func (q *queue) worker() {
 	}
 }
 
+// handle serves tag's request: with the queue's own buffer for the tag,
+// or, in user-copy mode, with one from the pool.
+func (q *queue) handle(tag int, desc *ioDesc) int32 {
+	if q.bufSize > 0 {
+		return q.d.handle(desc, q.buf(tag), nil)
+	}
+	return q.d.handleCopy(q.id, tag, desc)
+}
+
 // handle serves one request and returns its result (bytes or -errno).
-func (d *Device) handle(desc *ioDesc, buf []byte) int32 {
+// buf holds the request's data (writes) or receives it (reads); in
+// user-copy mode xfer moves it from (before a write) or to (after a
+// read) the kernel's request, else it is nil.
+func (d *Device) handle(desc *ioDesc, buf []byte, xfer func(b []byte, toKernel bool) error) int32 {
 	off := int64(desc.StartSector) << 9
 	n := int64(desc.NrSectors) << 9
 	var err error
@@ -297,9 +318,17 @@ func (d *Device) handle(desc *ioDesc, buf []byte) int32 {
 			return -int32(unix.EINVAL)
 		}
 		_, err = d.b.ReadAt(buf[:n], off)
+		if err == nil && xfer != nil {
+			err = xfer(buf[:n], true)
+		}
 	case opWrite:
 		if n > int64(len(buf)) {
 			return -int32(unix.EINVAL)
+		}
+		if xfer != nil {
+			if err := xfer(buf[:n], false); err != nil {
+				return -int32(unix.EIO)
+			}
 		}
 		_, err = d.b.WriteAt(buf[:n], off)
 		if err == nil && desc.flags()&ioFlagFUA != 0 {

@@ -113,7 +113,7 @@ func Start(b device.Backend, opts Options) (*Device, error) {
 		return nil, err
 	}
 	d.info = devInfo{NrHwQueues: uint16(opts.Queues), QueueDepth: uint16(opts.Depth), MaxIOBufBytes: uint32(opts.MaxIO),
-		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode | FlagUpdateSize,
+		DevID: 0xFFFFFFFF, Flags: FlagUserRecovery | FlagUserRecoveryReissue | FlagCmdIoctlEncode | FlagUpdateSize | FlagUserCopy,
 		SrvFlags: opts.Tag}
 	var pin runtime.Pinner
 	pin.Pin(&d.info)
