@@ -287,7 +287,8 @@ func cbProcStatus(pid int, field string) (float64, error) {
 
 // randReadDevs keeps depth 4K O_DIRECT random reads in flight for dur,
 // slot j always reading device j%len(paths) (Linux native AIO from one
-// goroutine, as randRead), and returns the aggregate IOPS.
+// goroutine: a cheap client, so that the emulator's time goes to the
+// devices under test), and returns the aggregate IOPS.
 func randReadDevs(paths []string, blocks int64, depth int, dur time.Duration) (float64, error) {
 	fds := make([]uint32, len(paths))
 	for i, p := range paths {

@@ -27,16 +27,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand"
 	"os"
 	"os/exec"
-	"runtime"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -406,78 +403,7 @@ type ioEvent struct {
 // (Linux native AIO from one goroutine: a cheap client, so that the
 // emulator's time goes to the device under test) and returns the IOPS.
 func randRead(path string, blocks int64, depth int, dur time.Duration) (float64, error) {
-	f, err := openDirect(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	var ctx uintptr
-	if _, _, e := unix.Syscall(unix.SYS_IO_SETUP, uintptr(depth), uintptr(unsafe.Pointer(&ctx)), 0); e != 0 {
-		return 0, fmt.Errorf("io_setup: %w", e)
-	}
-	defer unix.Syscall(unix.SYS_IO_DESTROY, ctx, 0, 0)
-	r := rand.New(rand.NewSource(1))
-	bufs := aligned(depth * 4096)
-	cbs := make([]iocb, depth)
-	ptrs := make([]uintptr, depth)
-	events := make([]ioEvent, depth)
-	submit := func(idx []int) error {
-		for i, n := range idx {
-			cbs[n] = iocb{data: uint64(n), fd: uint32(f.Fd()), buf: uint64(uintptr(unsafe.Pointer(&bufs[n*4096]))),
-				nbytes: 4096, offset: r.Int63n(blocks) * 4096}
-			ptrs[i] = uintptr(unsafe.Pointer(&cbs[n]))
-		}
-		for done := 0; done < len(idx); {
-			k, _, e := unix.Syscall(unix.SYS_IO_SUBMIT, ctx, uintptr(len(idx)-done), uintptr(unsafe.Pointer(&ptrs[done])))
-			if e == unix.EINTR || e == unix.EAGAIN {
-				continue
-			}
-			if e != 0 {
-				return fmt.Errorf("io_submit: %w", e)
-			}
-			done += int(k)
-		}
-		return nil
-	}
-	all := make([]int, depth)
-	for i := range all {
-		all[i] = i
-	}
-	start := time.Now()
-	deadline := start.Add(dur)
-	if err := submit(all); err != nil {
-		return 0, err
-	}
-	ops, inflight := 0, depth
-	again := make([]int, 0, depth)
-	for inflight > 0 {
-		n, _, e := unix.Syscall6(unix.SYS_IO_GETEVENTS, ctx, 1, uintptr(depth), uintptr(unsafe.Pointer(&events[0])), 0, 0)
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return 0, fmt.Errorf("io_getevents: %w", e)
-		}
-		more := time.Now().Before(deadline)
-		again = again[:0]
-		for _, ev := range events[:n] {
-			if ev.res != 4096 {
-				return 0, fmt.Errorf("read returned %d", ev.res)
-			}
-			ops++
-			if more {
-				again = append(again, int(ev.data))
-			} else {
-				inflight--
-			}
-		}
-		if err := submit(again); err != nil {
-			return 0, err
-		}
-	}
-	runtime.KeepAlive(cbs)
-	runtime.KeepAlive(bufs)
-	return float64(ops) / time.Since(start).Seconds(), nil
+	return randReadDevs([]string{path}, blocks, depth, dur)
 }
 
 // interleave runs a and b in alternating rounds and prints each round and
