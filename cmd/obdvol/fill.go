@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +16,8 @@ import (
 type fillOptions struct {
 	Rate        string
 	Concurrency int
+	Delay       time.Duration // wait before opening anything (a delayed fill)
+	OnlyFrom    []string      // mirrors: fetch from these only, never the origin
 }
 
 func newFillCommand(g *globalOptions) *cobra.Command {
@@ -30,11 +34,28 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			for _, m := range o.OnlyFrom {
+				if _, _, err := parseMirror(m); err != nil {
+					return usageError{err}
+				}
+			}
+			if o.Delay < 0 {
+				return usagef("--delay must not be negative")
+			}
+			if err := fillWait(cmd.Context(), cmd.OutOrStdout(), g, args[0], o.Delay); err != nil {
+				return err
+			}
 			e, err := openEnv(g)
 			if err != nil {
 				return err
 			}
 			defer e.close()
+			if len(o.OnlyFrom) > 0 {
+				if err := useMirrorsOnly(e, args[0], o.OnlyFrom); err != nil {
+					return err
+				}
+				logf(cmd.OutOrStdout(), g, "fill %s: from mirrors only: %s", args[0], strings.Join(o.OnlyFrom, ", "))
+			}
 			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
 			if err != nil {
@@ -45,7 +66,32 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Rate, "rate", "0", "bytes per second at most (0: unlimited), e.g. 50M")
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
+	cmd.Flags().DurationVar(&o.Delay, "delay", 0, "wait this long before starting (pull --fill=delayed passes it)")
+	cmd.Flags().StringSliceVar(&o.OnlyFrom, "only-from", nil, "fetch from these mirrors (http(s)://host[:port]) only, never from the layers' origin")
 	return cmd
+}
+
+// fillWait waits out a delayed fill's delay before anything under --root is
+// opened (the waiting process holds nothing), saying so in the fill log.
+func fillWait(ctx context.Context, out io.Writer, g *globalOptions, vol string, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	logf(out, g, "fill %s: waiting %s before starting (delayed fill)", vol, d)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+	}
+	logf(out, g, "fill %s: delay over, starting", vol)
+	return nil
+}
+
+// logf writes a line of the fill log (stdout; nothing in --json mode).
+func logf(out io.Writer, g *globalOptions, format string, args ...any) {
+	if !g.JSON {
+		fmt.Fprintf(out, format+"\n", args...)
+	}
 }
 
 var (

@@ -21,8 +21,11 @@ type pullOptions struct {
 	transferFlags
 	Lazy     bool
 	Wait     bool
-	Fill     bool
 	FillRate string
+	// Background fill policy (fillpolicy.go).
+	Fill                  string
+	FillDelay, FillJitter time.Duration
+	fillTimesSet          bool // --fill-delay or --fill-jitter given
 }
 
 func newPullCommand(g *globalOptions) *cobra.Command {
@@ -38,10 +41,19 @@ interrupted pull resumes where it stopped. Nothing half-pulled is ever visible.
 
 --lazy registers the volume after fetching only the manifest, the config and each
 layer's trailer and index; reads then fetch the chunks they need by range
-requests (verified by their checksums). obdvol fill VOL (or --wait) completes it.`,
+requests (verified by their checksums). obdvol fill VOL (or --wait) completes it.
+
+--fill chooses what completes a lazy volume in the background (a detached
+obdvol fill, logging under --root/run/): mirror-only (the default) fetches from
+the configured mirrors (OBDVOL_MIRRORS) and never from the origin, and does
+nothing without a mirror; none leaves it to reads and obdvol fill; now fills
+from the origin at once; delayed fills from the origin after --fill-delay plus a
+random part of --fill-jitter. Every host of a fleet filling from the origin
+multiplies its egress by the fleet's size (docs/fleet.md).`,
 		Example: "  obdvol pull registry.example.com/disks/golden:v1 golden\n  obdvol pull --lazy 127.0.0.1:5000/golden:v1 golden --plain-http",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.fillTimesSet = cmd.Flags().Changed("fill-delay") || cmd.Flags().Changed("fill-jitter")
 			return runPull(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
 		},
 	}
@@ -49,8 +61,10 @@ requests (verified by their checksums). obdvol fill VOL (or --wait) completes it
 	o.transferFlags.register(f)
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
-	f.BoolVar(&o.Fill, "fill", true, "with --lazy: complete the download in a background process (obdvol fill)")
+	f.StringVar(&o.Fill, "fill", defaultFillPolicy, "with --lazy: background fill policy: mirror-only, none, now or delayed (true = now, false = none)")
 	f.StringVar(&o.FillRate, "fill-rate", "100M", "with --lazy: bytes per second the background fill may use (0: unlimited)")
+	f.DurationVar(&o.FillDelay, "fill-delay", 10*time.Minute, "with --fill=delayed: wait this long before filling")
+	f.DurationVar(&o.FillJitter, "fill-jitter", 10*time.Minute, "with --fill=delayed: and a random part of this (spreads a fleet's fills)")
 	return cmd
 }
 
@@ -68,6 +82,12 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	}
 	defer e.close()
 	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
+	var plan fillPlan
+	if lazy {
+		if plan, err = planFill(o); err != nil {
+			return err
+		}
+	}
 	p := newBarProgress(g, "pull")
 	// The lease keeps gc (in any process) away from the layers from
 	// before the first is fetched until AdoptChain references them.
@@ -122,15 +142,15 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		}
 	}
 	var fillLog string
-	if lazy && !o.Wait && o.Fill && remote > 0 {
-		if fillLog, err = startBackgroundFill(e, vol, o.FillRate); err != nil {
+	if lazy && !o.Wait && remote > 0 && plan.Skipped == "" {
+		if fillLog, err = startBackgroundFill(e, vol, o.FillRate, plan); err != nil {
 			return err
 		}
 	}
 	if g.JSON {
 		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot, "fill_log": fillLog,
 			"fast_forward": ad.FastForward, "prefetched_bytes": prefetched, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
-			"filled_bytes": filled, "ready_seconds": ready.Seconds()})
+			"filled_bytes": filled, "ready_seconds": ready.Seconds(), "fill_policy": plan.Policy, "fill_delay_seconds": plan.Delay.Seconds()})
 	}
 	verb := "created"
 	if ad.FastForward {
@@ -144,8 +164,13 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		if prefetched > 0 {
 			fmt.Fprintf(out, "  prefetched %s named by the snapshot's prefetch list\n", formatSize(uint64(prefetched)))
 		}
-		if fillLog != "" {
-			fmt.Fprintf(out, "  background fill started (log %s)\n", fillLog)
+		switch {
+		case fillLog != "" && plan.Delay > 0:
+			fmt.Fprintf(out, "  background fill (%s) starts in %s (log %s)\n", plan.Policy, plan.Delay.Round(time.Second), fillLog)
+		case fillLog != "":
+			fmt.Fprintf(out, "  background fill (%s) started (log %s)\n", plan.Policy, fillLog)
+		default:
+			fmt.Fprintf(out, "  no background fill (%s)\n", plan.Skipped)
 		}
 	}
 	return nil
@@ -155,9 +180,10 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 // layers and the transaction that references them.
 var testHookBeforeAdopt func()
 
-// startBackgroundFill runs `obdvol fill VOL --rate R` detached (its own
-// session, surviving this command), logging under --root/run/.
-func startBackgroundFill(e *env, vol, rate string) (string, error) {
+// startBackgroundFill runs `obdvol fill VOL --rate R` (with the plan's
+// delay and mirrors) detached (its own session, surviving this command),
+// logging under --root/run/.
+func startBackgroundFill(e *env, vol, rate string, plan fillPlan) (string, error) {
 	if _, err := parseSize(rate); err != nil {
 		return "", err
 	}
@@ -174,7 +200,7 @@ func startBackgroundFill(e *env, vol, rate string) (string, error) {
 		return "", err
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, "--root", e.root, "--no-progress", "fill", vol, "--rate", rate)
+	cmd := exec.Command(self, append([]string{"--root", e.root, "--no-progress"}, plan.fillArgs(vol, rate)...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

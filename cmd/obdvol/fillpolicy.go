@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/obdvol/obdvol/metadata"
+	"github.com/obdvol/obdvol/repo"
+)
+
+// Background fill policies of a lazy pull (pull --fill). A full fill of
+// every host of a fleet right after its lazy pull multiplies the origin
+// registry's egress by the fleet's size (tests/bench fleet measures it):
+// the default fills from mirrors only, and without a mirror not at all.
+const (
+	fillNone       = "none"        // reads fetch on demand; obdvol fill completes the volume
+	fillNow        = "now"         // fill at once from the origin (the old default)
+	fillDelayed    = "delayed"     // fill from the origin after --fill-delay plus a random part of --fill-jitter
+	fillMirrorOnly = "mirror-only" // fill at once from the configured mirrors, never from the origin
+
+	defaultFillPolicy = fillMirrorOnly
+)
+
+// parseFillPolicy accepts a policy name, and the old boolean values of
+// --fill (true: now, false: none).
+func parseFillPolicy(s string) (string, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", fillNone, "false", "0", "no", "off":
+		return fillNone, nil
+	case fillNow, "true", "1", "yes", "on":
+		return fillNow, nil
+	case fillDelayed:
+		return fillDelayed, nil
+	case fillMirrorOnly:
+		return fillMirrorOnly, nil
+	}
+	return "", usagef("--fill %q: want none, now, delayed or mirror-only", s)
+}
+
+// fillPlan is what a lazy pull's background fill will do.
+type fillPlan struct {
+	Policy  string
+	Delay   time.Duration // before the first byte is fetched
+	Mirrors []string      // mirror-only: the only places fetched from
+	Skipped string        // why no fill starts, when none does
+}
+
+// planFill turns the pull's fill flags into a plan. A delayed fill waits
+// delay plus a uniformly random part of jitter, so that a fleet pulled at
+// once does not fill at once.
+func planFill(o *pullOptions) (fillPlan, error) {
+	policy, err := parseFillPolicy(o.Fill)
+	if err != nil {
+		return fillPlan{}, err
+	}
+	p := fillPlan{Policy: policy}
+	if (o.FillDelay != 0 || o.FillJitter != 0) && policy != fillDelayed && o.fillTimesSet {
+		return p, usagef("--fill-delay and --fill-jitter need --fill=delayed")
+	}
+	if o.FillDelay < 0 || o.FillJitter < 0 {
+		return p, usagef("--fill-delay and --fill-jitter must not be negative")
+	}
+	switch policy {
+	case fillNone:
+		p.Skipped = "fill policy none"
+	case fillDelayed:
+		p.Delay = o.FillDelay
+		if o.FillJitter > 0 {
+			p.Delay += rand.N(o.FillJitter)
+		}
+	case fillMirrorOnly:
+		if p.Mirrors, err = fillMirrors(); err != nil {
+			return p, err
+		}
+		if len(p.Mirrors) == 0 {
+			p.Skipped = "fill policy mirror-only and no mirror configured"
+		}
+	}
+	return p, nil
+}
+
+// fillMirrors is the mirror list a mirror-only fill may fetch from:
+// OBDVOL_MIRRORS, comma- or space-separated http(s)://host[:port] URLs.
+// (The mirrors configuration of pull, --mirror and hosts.toml, feeds it
+// once it exists: one list, one place.)
+func fillMirrors() ([]string, error) {
+	var out []string
+	for _, m := range strings.FieldsFunc(os.Getenv("OBDVOL_MIRRORS"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		if _, _, err := parseMirror(m); err != nil {
+			return nil, usagef("OBDVOL_MIRRORS: %v", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parseMirror splits a mirror URL into its host[:port] and whether it is
+// plain HTTP. A bare host means https.
+func parseMirror(m string) (host string, plain bool, err error) {
+	if !strings.Contains(m, "://") {
+		m = "https://" + m
+	}
+	u, err := url.Parse(m)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") ||
+		strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.User != nil {
+		return "", false, fmt.Errorf("mirror %q: want http(s)://host[:port]", m)
+	}
+	return u.Host, u.Scheme == "http", nil
+}
+
+// mirrorRanges fetches a blob's ranges from mirrors only, in order: the
+// first that answers wins. It never falls back to the origin; every byte
+// is still checked against its chunk checksums and the blob's digest.
+type mirrorRanges []repo.RangeFetcher
+
+func (m mirrorRanges) FetchRange(ctx context.Context, digest string, off, n int64) ([]byte, error) {
+	var errs []string
+	for _, f := range m {
+		b, err := f.FetchRange(ctx, digest, off, n)
+		if err == nil {
+			return b, nil
+		}
+		errs = append(errs, err.Error())
+	}
+	return nil, fmt.Errorf("no mirror served blob %s range [%d,+%d): %s: %w", digest, off, n, strings.Join(errs, "; "), repo.ErrUnavailable)
+}
+
+// useMirrorsOnly makes every lazy layer of vol's chain fetch from the
+// mirrors only in this process (a mirror-only fill): the repository is the
+// one the layer was pulled from, on the mirror's host. A layer with no
+// registry origin is an error.
+func useMirrorsOnly(e *env, vol string, mirrors []string) error {
+	rec, err := volumeRecord(e, vol)
+	if err != nil {
+		return err
+	}
+	for _, d := range rec.Layers {
+		if e.store.Has(d) {
+			continue
+		}
+		var l *metadata.Layer
+		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(d); return }); err != nil {
+			return err
+		}
+		var fs mirrorRanges
+		for _, o := range l.Origins {
+			o = strings.TrimPrefix(o, "http://")
+			if strings.HasPrefix(o, "oci:") {
+				continue
+			}
+			r, err := repo.ParseRef(o + "@" + d)
+			if err != nil {
+				continue
+			}
+			for _, m := range mirrors {
+				host, plain, err := parseMirror(m)
+				if err != nil {
+					return usageError{err}
+				}
+				t, err := openTarget(host+"/"+r.Remote.Repository+"@"+d, &transferFlags{PlainHTTP: plain})
+				if err != nil || t.Repo == nil {
+					return fmt.Errorf("mirror %s for layer %s: %v", m, d, err)
+				}
+				fs = append(fs, repo.RegistryRanges{Repo: t.Repo})
+			}
+			break
+		}
+		if len(fs) == 0 {
+			return fmt.Errorf("layer %s has no registry origin to look up on a mirror", d)
+		}
+		e.pending[d] = pendingLayer{fetch: fs, size: int64(l.StoredBytes)}
+	}
+	return nil
+}
+
+// fillArgs are the arguments of the detached `obdvol fill` a plan starts.
+func (p fillPlan) fillArgs(vol, rate string) []string {
+	args := []string{"fill", vol, "--rate", rate}
+	if p.Delay > 0 {
+		args = append(args, "--delay", p.Delay.String())
+	}
+	for _, m := range p.Mirrors {
+		args = append(args, "--only-from", m)
+	}
+	return args
+}
