@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -77,7 +78,7 @@ func fillWait(ctx context.Context, out io.Writer, g *globalOptions, vol string, 
 	if d <= 0 {
 		return nil
 	}
-	logf(out, g, "fill %s: waiting %s before starting (delayed fill)", vol, d)
+	logf(out, g, "fill %s: waiting %s before starting (delayed fill, pid %d)", vol, d, os.Getpid())
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
