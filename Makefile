@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench bench-vm clean torture torture-short powercut
+.PHONY: all build deps test vet lint unit fuzz demo bench bench-vm bench-fleet clean torture torture-short powercut
 
 all: build
 
@@ -69,6 +69,20 @@ powercut: deps
 bench: build
 	@scripts/deps.sh bench
 	$(GO) run ./tests/bench $(BENCH_FLAGS)
+
+# A fleet pulling one golden at once (tests/bench/fleet.go, tests/fleet):
+# FLEET_N hosts (separate roots and bin/obdvol processes, default 32), a
+# FLEET_GOLDEN_MIB golden (default 1024) from an origin docker-registry
+# limited to 1 Gbit/s by tests/faultproxy: eager, through a pull-through
+# mirror, lazy with a prefetch list, and each background fill policy;
+# prints the origin's egress and p50/p99 time to ready and first read.
+# FLEET_MODES picks modes (e.g. FLEET_MODES=eager,lazy). Needs about
+# FLEET_N x half the golden of free disk.
+FLEET_N          ?= 32
+FLEET_GOLDEN_MIB ?= 1024
+bench-fleet: build
+	@scripts/deps.sh bench
+	FLEET_N=$(FLEET_N) FLEET_GOLDEN_MIB=$(FLEET_GOLDEN_MIB) $(GO) run ./tests/bench -only fleet $(BENCH_FLAGS)
 
 # ublk measured in a VM (tests/vm; not part of make test), interleaved
 # rounds (ROUNDS, SECONDS each), TCG figures: TestUblkBenchVM, async vs

@@ -82,19 +82,20 @@ func waitFillLog(t *testing.T, log string) string {
 	}
 }
 
-// The default fill policy is mirror-only, as pull --help, README and
-// docs/fleet.md say: with no mirror configured a lazy pull starts no
-// background fill, the layers stay remote and no fill log is written.
+// The default fill policy is none, as pull --help, README and docs/fleet.md
+// say: a lazy pull starts no background fill, the layers stay remote and
+// no fill log is written. mirror-only with no mirror configured does the
+// same, and says why.
 func TestFillPolicyDefault(t *testing.T) {
 	reg := regtest.Start(t)
 	fillGolden(t, reg)
 	h := newCLI(t)
 	m := h.json("pull", "--lazy", "--plain-http", reg.Addr+"/g:v1", "g")
-	if p := jstr(t, m, "fill_policy"); p != fillMirrorOnly || defaultFillPolicy != fillMirrorOnly {
-		t.Fatalf("default fill policy %q, want mirror-only", p)
+	if p := jstr(t, m, "fill_policy"); p != fillNone || defaultFillPolicy != fillNone {
+		t.Fatalf("default fill policy %q, want none", p)
 	}
 	if l := jstr(t, m, "fill_log"); l != "" {
-		t.Fatalf("a fill started (log %s) with no mirror configured", l)
+		t.Fatalf("a fill started (log %s) under the default policy", l)
 	}
 	time.Sleep(500 * time.Millisecond) // what a started fill would have had to begin
 	if _, err := os.Stat(filepath.Join(h.root, "run", "fill-g.log")); !os.IsNotExist(err) {
@@ -103,16 +104,26 @@ func TestFillPolicyDefault(t *testing.T) {
 	if st := h.layerStates("g"); len(st) != 1 || st[0] != metadata.LayerRemote {
 		t.Fatalf("layer states %v, want [remote]", st)
 	}
-	r := h.ok("pull", "--lazy", "--plain-http", reg.Addr+"/g:v1", "g2")
+	h2 := newCLI(t)
+	r := h2.ok("pull", "--lazy", "--plain-http", "--fill=mirror-only", reg.Addr+"/g:v1", "g")
 	if !strings.Contains(r.stdout, "no background fill (fill policy mirror-only and no mirror configured)") {
 		t.Fatalf("pull does not say why no fill started:\n%s", r)
 	}
+	if st := h2.layerStates("g"); st[0] != metadata.LayerRemote {
+		t.Fatalf("layer states %v, want [remote]", st)
+	}
 	// --fill=true and --fill=false, the old boolean flag, still parse.
-	if p := jstr(t, h.json("pull", "--lazy", "--fill=false", "--plain-http", reg.Addr+"/g:v1", "g3"), "fill_policy"); p != fillNone {
+	h3 := newCLI(t)
+	if p := jstr(t, h3.json("pull", "--lazy", "--fill=false", "--plain-http", reg.Addr+"/g:v1", "g"), "fill_policy"); p != fillNone {
 		t.Fatalf("--fill=false is policy %q", p)
 	}
+	m = h3.json("pull", "--lazy", "--fill=true", "--fill-rate=0", "--plain-http", reg.Addr+"/g:v1", "g2")
+	if p := jstr(t, m, "fill_policy"); p != fillNow {
+		t.Fatalf("--fill=true is policy %q", p)
+	}
+	waitFillLog(t, jstr(t, m, "fill_log"))
 	h.fails(2, []string{`--fill "sometimes"`}, "pull", "--lazy", "--fill=sometimes", "--plain-http", reg.Addr+"/g:v1", "g4")
-	h.fails(2, []string{"--fill-delay and --fill-jitter need --fill=delayed"}, "pull", "--lazy", "--fill=now", "--fill-delay=1s", "--plain-http", reg.Addr+"/g:v1", "g4")
+	h.fails(2, []string{"--fill-delay and --fill-jitter need --fill=delayed or --fill=mirror-only"}, "pull", "--lazy", "--fill=now", "--fill-delay=1s", "--plain-http", reg.Addr+"/g:v1", "g4")
 }
 
 // A delayed fill logs that it waits, then fills: the log says so in that
@@ -182,7 +193,7 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	defer mir.Stop()
 	h := newCLI(t)
 	env := []string{"OBDVOL_MIRRORS=http://" + mir.Addr}
-	m := h.runEnv(env, "pull", "--lazy", "--plain-http", px.Addr+"/g:v1", "g")
+	m := h.runEnv(env, "pull", "--lazy", "--fill=mirror-only", "--plain-http", px.Addr+"/g:v1", "g")
 	if p := jstr(t, m, "fill_policy"); p != fillMirrorOnly {
 		t.Fatalf("policy %q", p)
 	}

@@ -15,15 +15,18 @@ import (
 
 // Background fill policies of a lazy pull (pull --fill). A full fill of
 // every host of a fleet right after its lazy pull multiplies the origin
-// registry's egress by the fleet's size (tests/bench fleet measures it):
-// the default fills from mirrors only, and without a mirror not at all.
+// registry's egress by the fleet's size, and a delay only spreads it; a
+// fill from a cold pull-through mirror costs the origin more than that
+// (docs/fleet.md has the figures of make bench-fleet). So the default is
+// none: a lazy volume fetches what it reads, and is completed only when
+// asked (obdvol fill, pull --wait, or another policy).
 const (
 	fillNone       = "none"        // reads fetch on demand; obdvol fill completes the volume
-	fillNow        = "now"         // fill at once from the origin (the old default)
+	fillNow        = "now"         // fill at once from the origin (the default before issue 11)
 	fillDelayed    = "delayed"     // fill from the origin after --fill-delay plus a random part of --fill-jitter
-	fillMirrorOnly = "mirror-only" // fill at once from the configured mirrors, never from the origin
+	fillMirrorOnly = "mirror-only" // fill from the configured mirrors, never from the origin
 
-	defaultFillPolicy = fillMirrorOnly
+	defaultFillPolicy = fillNone
 )
 
 // parseFillPolicy accepts a policy name, and the old boolean values of
@@ -52,15 +55,17 @@ type fillPlan struct {
 
 // planFill turns the pull's fill flags into a plan. A delayed fill waits
 // delay plus a uniformly random part of jitter, so that a fleet pulled at
-// once does not fill at once.
+// once does not fill at once; a mirror-only fill does too when the flags
+// are given (their defaults are for delayed), so that the first hosts warm
+// the mirror before the rest ask it.
 func planFill(o *pullOptions) (fillPlan, error) {
 	policy, err := parseFillPolicy(o.Fill)
 	if err != nil {
 		return fillPlan{}, err
 	}
 	p := fillPlan{Policy: policy}
-	if (o.FillDelay != 0 || o.FillJitter != 0) && policy != fillDelayed && o.fillTimesSet {
-		return p, usagef("--fill-delay and --fill-jitter need --fill=delayed")
+	if o.fillTimesSet && policy != fillDelayed && policy != fillMirrorOnly {
+		return p, usagef("--fill-delay and --fill-jitter need --fill=delayed or --fill=mirror-only")
 	}
 	if o.FillDelay < 0 || o.FillJitter < 0 {
 		return p, usagef("--fill-delay and --fill-jitter must not be negative")
@@ -74,6 +79,12 @@ func planFill(o *pullOptions) (fillPlan, error) {
 			p.Delay += rand.N(o.FillJitter)
 		}
 	case fillMirrorOnly:
+		if o.fillTimesSet {
+			p.Delay = o.FillDelay
+			if o.FillJitter > 0 {
+				p.Delay += rand.N(o.FillJitter)
+			}
+		}
 		if p.Mirrors, err = fillMirrors(); err != nil {
 			return p, err
 		}

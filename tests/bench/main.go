@@ -35,7 +35,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones (or fleet, not in the default run)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -56,6 +56,10 @@ func main() {
 		work, err = os.MkdirTemp("", "obdvol-bench-")
 		check(err)
 		defer os.RemoveAll(work)
+	}
+	if *only == "fleet" { // make bench-fleet: its own golden (fleet.go)
+		fleetBench(work, *obdvolBin)
+		return
 	}
 	size := uint64(*sizeMiB) << 20
 	img := filepath.Join(work, "image.raw")

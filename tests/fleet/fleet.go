@@ -45,10 +45,11 @@ type Mode struct {
 	Name       string
 	Lazy       bool     // pull --lazy (the origin tag has a prefetch list)
 	ViaMirror  bool     // hosts pull from a cold pull-through mirror instead of the origin
-	Fill       string   // with Lazy: --fill policy
+	Fill       string   // with Lazy: --fill policy ("": the default)
 	FillArgs   []string // more pull flags (--fill-delay, --fill-rate...)
 	MirrorFill bool     // a cold mirror is started and given to the hosts as OBDVOL_MIRRORS
 	WaitFill   bool     // wait for every host's background fill to finish
+	WarmFirst  bool     // host 0 pulls alone first (warming a mirror), then the others at once
 }
 
 // HostResult is one host's timeline, from the moment its pull started.
@@ -195,7 +196,10 @@ func (f *Fleet) Run(ctx context.Context, m Mode) (Result, error) {
 	}
 	args := []string{"--json", "pull", "--plain-http"}
 	if m.Lazy {
-		args = append(args, "--lazy", "--fill="+m.Fill)
+		args = append(args, "--lazy")
+		if m.Fill != "" { // "": pull's default
+			args = append(args, "--fill="+m.Fill)
+		}
 		args = append(args, m.FillArgs...)
 	}
 	args = append(args, ref, "golden")
@@ -214,6 +218,9 @@ func (f *Fleet) Run(ctx context.Context, m Mode) (Result, error) {
 			h := &host{bin: f.cfg.Bin, root: filepath.Join(dir, fmt.Sprintf("h%03d", i)), env: env}
 			res.Hosts[i], errs[i] = h.live(ctx, args, f.reads, m.WaitFill)
 		}()
+		if i == 0 && m.WarmFirst {
+			wg.Wait()
+		}
 	}
 	wg.Wait()
 	res.Wall = time.Since(start)
