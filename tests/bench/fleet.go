@@ -28,6 +28,7 @@ var (
 	fleetDelay     = flag.String("fleet-fill-delay", "5s", "fleet bench: --fill-delay of the delayed fill")
 	fleetJitter    = flag.String("fleet-fill-jitter", "30s", "fleet bench: --fill-jitter of the delayed fill")
 	fleetRate      = flag.String("fleet-fill-rate", "100M", "fleet bench: --fill-rate of every fill (pull's default)")
+	fleetTimeout   = flag.Duration("fleet-timeout", 15*time.Minute, "fleet bench: a mode still running after this fails")
 )
 
 func envStr(name, def string) string {
@@ -97,7 +98,9 @@ func fleetBench(work, bin string) {
 		"ready p50/p99", "first p50/99", "ws p50/p99", "filled p50/99", "wall")
 	var results []fleet.Result
 	for _, m := range modes {
-		r, err := f.Run(ctx, m)
+		mctx, cancel := context.WithTimeout(ctx, *fleetTimeout)
+		r, err := f.Run(mctx, m)
+		cancel()
 		if err != nil {
 			fmt.Printf("  %-16s FAILED: %v\n", m.Name, err)
 			continue

@@ -35,7 +35,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones (or fleet, not in the default run)")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones (or fleet, bigxfer: make bench-fleet, not in the default run)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -57,8 +57,11 @@ func main() {
 		check(err)
 		defer os.RemoveAll(work)
 	}
-	if *only == "fleet" { // make bench-fleet: its own golden (fleet.go)
-		fleetBench(work, *obdvolBin)
+	if *only == "fleet" || *only == "bigxfer" { // make bench-fleet (fleet.go, bigxfer.go): their own goldens
+		if *only == "fleet" {
+			fleetBench(work, *obdvolBin)
+		}
+		bigTransferBench(work, *obdvolBin)
 		return
 	}
 	size := uint64(*sizeMiB) << 20
