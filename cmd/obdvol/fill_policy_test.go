@@ -220,3 +220,26 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	// The fill itself refuses a mirror that is not an http(s) URL.
 	h.fails(2, []string{"want http(s)://host[:port]"}, "fill", "g", "--only-from", "ftp://x")
 }
+
+func TestParseFillPolicyAndMirror(t *testing.T) {
+	for in, want := range map[string]string{"": fillNone, "none": fillNone, "false": fillNone, "NOW": fillNow, "true": fillNow,
+		"delayed": fillDelayed, "mirror-only": fillMirrorOnly} {
+		if got, err := parseFillPolicy(in); err != nil || got != want {
+			t.Errorf("parseFillPolicy(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := parseFillPolicy("later"); err == nil {
+		t.Error("parseFillPolicy(later) accepted")
+	}
+	for in, want := range map[string]string{"http://m:5000": "m:5000 true", "https://m": "m false", "m.example:443": "m.example:443 false", "http://m/": "m true"} {
+		h, plain, err := parseMirror(in)
+		if got := fmt.Sprint(h, " ", plain); err != nil || got != want {
+			t.Errorf("parseMirror(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"ftp://m", "http://", "http://m/v2/x", "http://u:p@m", "http://m?x=1", "://"} {
+		if _, _, err := parseMirror(bad); err == nil {
+			t.Errorf("parseMirror(%q) accepted", bad)
+		}
+	}
+}
