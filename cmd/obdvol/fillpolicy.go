@@ -17,7 +17,7 @@ import (
 // every host of a fleet right after its lazy pull multiplies the origin
 // registry's egress by the fleet's size, and a delay only spreads it; a
 // fill from a cold pull-through mirror costs the origin more than that
-// (docs/fleet.md has the figures of make bench-fleet). So the default is
+// (docs/fleet-fill.md has the figures of make bench-fleet). So the default is
 // none: a lazy volume fetches what it reads, and is completed only when
 // asked (obdvol fill, pull --wait, or another policy).
 const (

@@ -50,7 +50,7 @@ origin after --fill-delay plus a random part of --fill-jitter; mirror-only fills
 from the configured mirrors (OBDVOL_MIRRORS) and never from the origin, after
 --fill-delay/--fill-jitter when given, and does nothing without a mirror. Every
 host of a fleet filling from the origin multiplies its egress by the fleet's
-size (docs/fleet.md).`,
+size (docs/fleet-fill.md).`,
 		Example: "  obdvol pull registry.example.com/disks/golden:v1 golden\n  obdvol pull --lazy 127.0.0.1:5000/golden:v1 golden --plain-http",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
