@@ -19,6 +19,7 @@ type fillOptions struct {
 	Concurrency int
 	Delay       time.Duration // wait before opening anything (a delayed fill)
 	OnlyFrom    []string      // mirrors: fetch from these only, never the origin
+	MirrorWait  time.Duration // at most this long for a mirror to have the layers
 }
 
 func newFillCommand(g *globalOptions) *cobra.Command {
@@ -52,10 +53,14 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			}
 			defer e.close()
 			if len(o.OnlyFrom) > 0 {
-				if err := useMirrorsOnly(e, args[0], o.OnlyFrom); err != nil {
+				layers, err := useMirrorsOnly(e, args[0], o.OnlyFrom)
+				if err != nil {
 					return err
 				}
 				logf(cmd.OutOrStdout(), g, "fill %s: from mirrors only: %s", args[0], strings.Join(o.OnlyFrom, ", "))
+				if err := warmMirrors(cmd.Context(), cmd.OutOrStdout(), g, args[0], layers, o.MirrorWait); err != nil {
+					return err
+				}
 			}
 			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
@@ -69,6 +74,7 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
 	cmd.Flags().DurationVar(&o.Delay, "delay", 0, "wait this long before starting (pull --fill=delayed passes it)")
 	cmd.Flags().StringSliceVar(&o.OnlyFrom, "only-from", nil, "fetch from these mirrors (http(s)://host[:port]) only, never from the layers' origin")
+	cmd.Flags().DurationVar(&o.MirrorWait, "mirror-wait", 15*time.Minute, "with --only-from: wait at most this long for a pull-through mirror to store the layers before ranges are asked of it")
 	return cmd
 }
 

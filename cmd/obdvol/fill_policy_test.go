@@ -179,14 +179,21 @@ func TestFillPolicyDelayed(t *testing.T) {
 	}
 }
 
-// A mirror-only fill never asks the origin for blob data: the origin is
-// behind a fault proxy whose counters see every request, and the mirror
-// (a real pull-through docker-registry) fetches from the origin directly.
+// A mirror-only fill never asks the origin for blob data: the host reaches
+// the origin through a fault proxy whose counters see every request, and
+// the mirror (a real pull-through docker-registry) through another. The
+// fill first waits for the cold mirror to store the layer (one fetch from
+// the origin) instead of asking it for ranges, each of which a cold mirror
+// would answer by streaming the blob from the origin.
 func TestFillPolicyMirrorOnly(t *testing.T) {
 	reg := regtest.Start(t)
 	want := fillGolden(t, reg)
 	px := faultproxy.Start(t, reg.Addr)
-	mir, err := fleet.StartMirror(t.TempDir(), "http://"+reg.Addr)
+	upstream := faultproxy.Start(t, reg.Addr) // the mirror's way to the origin
+	// A link slower than loopback, so that a request the fill hangs up on
+	// stops its stream instead of finding it already sent.
+	upstream.Set(faultproxy.Faults{Bandwidth: 2e6})
+	mir, err := fleet.StartMirror(t.TempDir(), "http://"+upstream.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +209,12 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 		t.Fatal("the lazy pull fetched nothing through the proxy: the origin is not where it pulled from")
 	}
 	s := waitFillLog(t, jstr(t, m, "fill_log"))
-	if !strings.Contains(s, "from mirrors only: http://"+mir.Addr) {
-		t.Fatalf("fill log does not name the mirror:\n%s", s)
+	if !strings.Contains(s, "from mirrors only: http://"+mir.Addr) || !strings.Contains(s, "is fetching layer") {
+		t.Fatalf("fill log does not name the mirror, or the wait for the cold mirror:\n%s", s)
+	}
+	stored := jint(t, h.json("info", "g"), "volume", "chain", 0, "stored_bytes")
+	if up := upstream.Stats(); up.BytesOut < stored || up.BytesOut > stored*3/2 {
+		t.Fatalf("the mirror fetched %d bytes from the origin for a %d byte layer, want about one copy", up.BytesOut, stored)
 	}
 	if after := px.Stats(); after.BlobGets != before.BlobGets || after.BytesOut != before.BytesOut {
 		t.Fatalf("the mirror-only fill reached the origin: %d blob GETs, %d bytes before, %d, %d after",
