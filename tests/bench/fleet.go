@@ -94,7 +94,7 @@ func fleetBench(work, bin string) {
 	defer f.Close()
 	fmt.Printf("  golden stored %s; working set %s (5%%, 256 KiB reads at random offsets, recorded as the prefetch list); setup %.0fs\n\n",
 		mib(f.StoredBytes), mib(f.WorkingBytes), time.Since(start).Seconds())
-	fmt.Printf("  %-16s %10s %8s %8s %5s %9s  %-13s %-13s %-13s %-13s %6s\n", "mode", "egress", "x stored", "x N*ws", "GETs", "peak MB/s",
+	fmt.Printf("  %-18s %10s %8s %8s %5s %9s  %-13s %-13s %-13s %-13s %6s\n", "mode", "egress", "x stored", "x N*ws", "GETs", "peak MB/s",
 		"ready p50/p99", "first p50/99", "ws p50/p99", "filled p50/99", "wall")
 	var results []fleet.Result
 	for _, m := range modes {
@@ -102,7 +102,7 @@ func fleetBench(work, bin string) {
 		r, err := f.Run(mctx, m)
 		cancel()
 		if err != nil {
-			fmt.Printf("  %-16s FAILED: %v\n", m.Name, err)
+			fmt.Printf("  %-18s FAILED: %v\n", m.Name, err)
 			continue
 		}
 		results = append(results, r)
@@ -117,7 +117,7 @@ func fleetBench(work, bin string) {
 		if m.WaitFill {
 			filled = pick(func(h fleet.HostResult) time.Duration { return h.Filled })
 		}
-		fmt.Printf("  %-16s %10s %8.2f %8.2f %5d %9.1f  %-13s %-13s %-13s %-13s %5.0fs\n", m.Name, mib(r.Egress),
+		fmt.Printf("  %-18s %10s %8.2f %8.2f %5d %9.1f  %-13s %-13s %-13s %-13s %5.0fs\n", m.Name, mib(r.Egress),
 			float64(r.Egress)/float64(r.StoredBytes), float64(r.Egress)/float64(int64(*fleetN)*r.WorkingBytes), r.BlobGets, r.PeakRate/1e6,
 			pick(func(h fleet.HostResult) time.Duration { return h.Ready }),
 			pick(func(h fleet.HostResult) time.Duration { return h.FirstRead }),
@@ -125,14 +125,14 @@ func fleetBench(work, bin string) {
 	}
 	fmt.Println()
 	for _, r := range results {
-		fmt.Printf("  %-16s %s\n", r.Mode.Name, fleetNotes[r.Mode.Name])
+		fmt.Printf("  %-18s %s\n", r.Mode.Name, fleetNotes[r.Mode.Name])
 		switch r.Mode.Name {
 		case "mirror", "mirror-warm":
 			x := float64(r.Egress) / float64(r.StoredBytes)
-			fmt.Printf("  %-16s   origin egress %.2fx the stored size (target <= 1.1x whatever N): %s\n", "", x, met(x <= 1.1))
+			fmt.Printf("  %-18s   origin egress %.2fx the stored size (target <= 1.1x whatever N): %s\n", "", x, met(x <= 1.1))
 		case "lazy":
 			x := float64(r.Egress) / float64(int64(*fleetN)*r.WorkingBytes)
-			fmt.Printf("  %-16s   origin egress %.2fx N x working set (target <= 1.2x without fill): %s\n", "", x, met(x <= 1.2))
+			fmt.Printf("  %-18s   origin egress %.2fx N x working set (target <= 1.2x without fill): %s\n", "", x, met(x <= 1.2))
 		}
 	}
 	fmt.Println("  (egress: faultproxy BytesOut, every response body the origin sent; x N*ws: over N times the working set's disk bytes)")
