@@ -82,20 +82,20 @@ func waitFillLog(t *testing.T, log string) string {
 	}
 }
 
-// The default fill policy is none, as pull --help, README and docs/fleet.md
-// say: a lazy pull starts no background fill, the layers stay remote and
-// no fill log is written. mirror-only with no mirror configured does the
-// same, and says why.
+// The default fill policy is mirror-only, as pull --help, README and
+// docs/fleet-fill.md say: with no mirror configured a lazy pull starts no
+// background fill, says why, the layers stay remote and no fill log is
+// written (TestFillPolicyMirrorOnly has the mirror).
 func TestFillPolicyDefault(t *testing.T) {
 	reg := regtest.Start(t)
 	fillGolden(t, reg)
 	h := newCLI(t)
 	m := h.json("pull", "--lazy", "--plain-http", reg.Addr+"/g:v1", "g")
-	if p := jstr(t, m, "fill_policy"); p != fillNone || defaultFillPolicy != fillNone {
-		t.Fatalf("default fill policy %q, want none", p)
+	if p := jstr(t, m, "fill_policy"); p != fillMirrorOnly || defaultFillPolicy != fillMirrorOnly {
+		t.Fatalf("default fill policy %q, want mirror-only", p)
 	}
 	if l := jstr(t, m, "fill_log"); l != "" {
-		t.Fatalf("a fill started (log %s) under the default policy", l)
+		t.Fatalf("a fill started (log %s) with no mirror configured", l)
 	}
 	time.Sleep(500 * time.Millisecond) // what a started fill would have had to begin
 	if _, err := os.Stat(filepath.Join(h.root, "run", "fill-g.log")); !os.IsNotExist(err) {
@@ -105,12 +105,9 @@ func TestFillPolicyDefault(t *testing.T) {
 		t.Fatalf("layer states %v, want [remote]", st)
 	}
 	h2 := newCLI(t)
-	r := h2.ok("pull", "--lazy", "--plain-http", "--fill=mirror-only", reg.Addr+"/g:v1", "g")
+	r := h2.ok("pull", "--lazy", "--plain-http", reg.Addr+"/g:v1", "g")
 	if !strings.Contains(r.stdout, "no background fill (fill policy mirror-only and no mirror configured)") {
 		t.Fatalf("pull does not say why no fill started:\n%s", r)
-	}
-	if st := h2.layerStates("g"); st[0] != metadata.LayerRemote {
-		t.Fatalf("layer states %v, want [remote]", st)
 	}
 	// --fill=true and --fill=false, the old boolean flag, still parse.
 	h3 := newCLI(t)
@@ -200,7 +197,7 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	defer mir.Stop()
 	h := newCLI(t)
 	env := []string{"OBDVOL_MIRRORS=http://" + mir.Addr}
-	m := h.runEnv(env, "pull", "--lazy", "--fill=mirror-only", "--plain-http", px.Addr+"/g:v1", "g")
+	m := h.runEnv(env, "pull", "--lazy", "--plain-http", px.Addr+"/g:v1", "g") // the default policy
 	if p := jstr(t, m, "fill_policy"); p != fillMirrorOnly {
 		t.Fatalf("policy %q", p)
 	}

@@ -20,18 +20,20 @@ import (
 
 // Background fill policies of a lazy pull (pull --fill). A full fill of
 // every host of a fleet right after its lazy pull multiplies the origin
-// registry's egress by the fleet's size, and a delay only spreads it; a
-// fill from a cold pull-through mirror costs the origin more than that
-// (docs/fleet-fill.md has the figures of make bench-fleet). So the default is
-// none: a lazy volume fetches what it reads, and is completed only when
-// asked (obdvol fill, pull --wait, or another policy).
+// registry's egress by the fleet's size, and a delay only spreads it. A
+// fill from mirrors, once each mirror has stored the layers (warmMirrors),
+// costs the origin about one copy of the snapshot whatever the fleet's
+// size (docs/fleet-fill.md has the figures of make bench-fleet). So the
+// default is mirror-only: with a mirror the volume is completed from it;
+// without one nothing is filled, a lazy volume fetches what it reads and is
+// completed only when asked (obdvol fill, pull --wait, --fill=now).
 const (
 	fillNone       = "none"        // reads fetch on demand; obdvol fill completes the volume
 	fillNow        = "now"         // fill at once from the origin (the default before issue 11)
 	fillDelayed    = "delayed"     // fill from the origin after --fill-delay plus a random part of --fill-jitter
 	fillMirrorOnly = "mirror-only" // fill from the configured mirrors, never from the origin
 
-	defaultFillPolicy = fillNone
+	defaultFillPolicy = fillMirrorOnly
 )
 
 // parseFillPolicy accepts a policy name, and the old boolean values of

@@ -44,13 +44,13 @@ layer's trailer and index; reads then fetch the chunks they need by range
 requests (verified by their checksums). obdvol fill VOL (or --wait) completes it.
 
 --fill chooses what completes a lazy volume in the background (a detached
-obdvol fill, logging under --root/run/): none (the default) leaves it to reads
-and obdvol fill; now fills from the origin at once; delayed fills from the
-origin after --fill-delay plus a random part of --fill-jitter; mirror-only fills
-from the configured mirrors (OBDVOL_MIRRORS) and never from the origin, after
---fill-delay/--fill-jitter when given, and does nothing without a mirror. Every
-host of a fleet filling from the origin multiplies its egress by the fleet's
-size (docs/fleet-fill.md).`,
+obdvol fill, logging under --root/run/): mirror-only (the default) fills from the
+configured mirrors (OBDVOL_MIRRORS) once they have stored the layers, never from
+the origin, after --fill-delay/--fill-jitter when given, and does nothing
+without a mirror; none leaves it to reads and obdvol fill; now fills from the
+origin at once; delayed fills from the origin after --fill-delay plus a random
+part of --fill-jitter. Every host of a fleet filling from the origin multiplies
+its egress by the fleet's size (docs/fleet-fill.md).`,
 		Example: "  obdvol pull registry.example.com/disks/golden:v1 golden\n  obdvol pull --lazy 127.0.0.1:5000/golden:v1 golden --plain-http",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -62,7 +62,7 @@ size (docs/fleet-fill.md).`,
 	o.transferFlags.register(f)
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
-	f.StringVar(&o.Fill, "fill", defaultFillPolicy, "with --lazy: background fill policy: none, now, delayed or mirror-only (true = now, false = none)")
+	f.StringVar(&o.Fill, "fill", defaultFillPolicy, "with --lazy: background fill policy: mirror-only, none, now or delayed (true = now, false = none)")
 	f.StringVar(&o.FillRate, "fill-rate", "100M", "with --lazy: bytes per second the background fill may use (0: unlimited)")
 	f.DurationVar(&o.FillDelay, "fill-delay", 10*time.Minute, "with --fill=delayed (or mirror-only, when given): wait this long before filling")
 	f.DurationVar(&o.FillJitter, "fill-jitter", 10*time.Minute, "with --fill=delayed (or mirror-only, when given): and a random part of this (spreads a fleet's fills)")

@@ -47,7 +47,7 @@ func fleetModeList() []fleet.Mode {
 		"eager":              {Name: "eager"},
 		"mirror":             {Name: "mirror", ViaMirror: true},
 		"mirror-warm":        {Name: "mirror-warm", ViaMirror: true, WarmFirst: true},
-		"lazy":               {Name: "lazy", Lazy: true}, // pull's default policy: none
+		"lazy":               {Name: "lazy", Lazy: true}, // pull's default policy, mirror-only, and no mirror: no fill
 		"fill-now":           fill("fill-now", "now"),
 		"fill-delayed":       fill("fill-delayed", "delayed", "--fill-delay", *fleetDelay, "--fill-jitter", *fleetJitter),
 		"fill-mirror-only":   fill("fill-mirror-only", "mirror-only"),
@@ -73,7 +73,7 @@ var fleetNotes = map[string]string{
 	"eager":              "(a) eager pull from the origin",
 	"mirror":             "(b) eager pull through a cold pull-through mirror, every host at once",
 	"mirror-warm":        "(b') the same, one host first (warming the mirror), then the rest",
-	"lazy":               "(c) lazy pull with the recorded prefetch list, the default --fill (none)",
+	"lazy":               "(c) lazy pull with the recorded prefetch list, the default --fill (mirror-only) and no mirror: no fill",
 	"fill-now":           "lazy + --fill=now: every host fills from the origin at once",
 	"fill-delayed":       "lazy + --fill=delayed: fills from the origin after a delay with jitter",
 	"fill-mirror-only":   "lazy + --fill=mirror-only, a cold pull-through mirror configured",

@@ -24,7 +24,8 @@ func buildObdvol(t *testing.T) string {
 // Two hosts, a 16 MiB golden: the origin's egress is counted per mode.
 // Eager pulls from the origin cost each host the snapshot; through a
 // mirror the origin sends it about once; lazy pulls without a fill cost
-// about the working set per host, and so does the default fill policy.
+// about the working set per host, and so does the default fill policy
+// (mirror-only) without a mirror.
 func TestFleetEgress(t *testing.T) {
 	if _, err := exec.LookPath("qemu-io"); err != nil {
 		t.Skip("qemu-io not installed (make deps)")
