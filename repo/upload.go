@@ -542,7 +542,7 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 		}
 		// The transport may still be reading the refused body: stop
 		// it before the blob's progress ends.
-		body.detach()
+		p.moved.Add(-body.detach()) // the registry took none of it
 		rc.Close()
 		restart(err)
 		started = false
@@ -588,6 +588,7 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 type detachable struct {
 	mu       sync.Mutex
 	r        io.Reader
+	n        int64 // bytes read
 	detached bool
 }
 
@@ -597,11 +598,15 @@ func (d *detachable) Read(b []byte) (int, error) {
 	if d.detached {
 		return 0, errUploadRestart
 	}
-	return d.r.Read(b)
+	n, err := d.r.Read(b)
+	d.n += int64(n)
+	return n, err
 }
 
-func (d *detachable) detach() {
+// detach stops reads and returns how many bytes were read.
+func (d *detachable) detach() int64 {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.detached = true
-	d.mu.Unlock()
+	return d.n
 }

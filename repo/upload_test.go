@@ -102,6 +102,10 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 	if res.BlobsMoved != 3 || res.BlobsChunked < 1 || px.Stats().TooLarge != 3 {
 		t.Fatalf("push: %+v, proxy %+v", res, px.Stats())
 	}
+	// Bytes read for refused requests are not counted as moved.
+	if res.BytesMoved < cfg.Layers[0].Size+cfg.Layers[1].Size || res.BytesMoved > cfg.Layers[0].Size+cfg.Layers[1].Size+4096 {
+		t.Fatalf("moved %d bytes for layers of %d", res.BytesMoved, cfg.Layers[0].Size+cfg.Layers[1].Size)
+	}
 	for _, l := range cfg.Layers {
 		want, _ := os.ReadFile(mustPath(a, l.Digest))
 		registryHolds(t, reg, l.Digest, want)
