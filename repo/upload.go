@@ -46,6 +46,9 @@ const DefaultChunkSize = 16 << 20
 // answers to chunks.
 const MinChunkSize = 256 << 10
 
+// maxChunkSize bounds a chunk (one is held in memory per blob in flight).
+const maxChunkSize = 1 << 30
+
 // ErrChunkTooLarge is wrapped when a registry refuses a chunk of the
 // configured size with 413.
 var ErrChunkTooLarge = errors.New("registry refused a chunk as too large")
@@ -211,7 +214,10 @@ func (u *chunkUpload) start(ctx context.Context) error {
 // false with a nil error means the upload must resync first (416, a 413
 // with a smaller chunk size to try, a network error).
 func (u *chunkUpload) patch(ctx context.Context) (bool, error) {
-	n := min(max(u.size(), u.minChunk), u.d.Size-u.off)
+	n := min(max(u.size(), u.minChunk), maxChunkSize, u.d.Size-u.off)
+	if n <= 0 {
+		return false, fmt.Errorf("chunked upload of %s: chunk size %d", u.d.Digest, u.size())
+	}
 	chunk, err := u.fill(n)
 	if err != nil {
 		return false, err

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -401,4 +402,37 @@ func FuzzParseChunkMinLength(f *testing.F) {
 			t.Fatalf("%q: %d", s, v)
 		}
 	})
+}
+
+// patchSizes records the body sizes of PATCH requests.
+type patchSizes struct {
+	mu    sync.Mutex
+	sizes []int64
+}
+
+func (p *patchSizes) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPatch {
+		p.mu.Lock()
+		p.sizes = append(p.sizes, r.ContentLength)
+		p.mu.Unlock()
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// A registry's OCI-Chunk-Min-Length raises a smaller chunk size (the last
+// chunk may be shorter).
+func TestChunkedUploadMinLength(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	px := faultproxy.Start(t, reg.Addr)
+	px.Set(faultproxy.Faults{ChunkMinLength: 10000})
+	tr := &patchSizes{}
+	u, b, _ := blobUpload(t, px.Addr, "minlen", tr, 25000, 4096)
+	if err := u.run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u.minChunk != 10000 || fmt.Sprint(tr.sizes) != "[10000 10000 5000]" {
+		t.Fatalf("min length %d, PATCH sizes %v", u.minChunk, tr.sizes)
+	}
+	registryHolds(t, reg, u.d.Digest.String(), b)
 }

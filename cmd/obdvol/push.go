@@ -137,7 +137,7 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 }
 
 // chunkSizeFlag reads --chunk-size: empty is 0 (whole blobs, chunks
-// after a 413), else a size from 64K to 4G.
+// after a 413), else a size from 64K to 1G.
 func chunkSizeFlag(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
@@ -146,8 +146,8 @@ func chunkSizeFlag(s string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if v < 64<<10 || v > 4<<30 {
-		return 0, usagef("--chunk-size %s: want 64K to 4G", s)
+	if v < 64<<10 || v > 1<<30 {
+		return 0, usagef("--chunk-size %s: want 64K to 1G (one chunk per blob in flight is held in memory)", s)
 	}
 	return int64(v), nil
 }

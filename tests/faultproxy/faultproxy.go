@@ -53,6 +53,9 @@ type Faults struct {
 	// registries do; Debian's docker-registry 2.8 ignores Content-Range
 	// and appends.
 	CheckUploadRange bool
+	// ChunkMinLength, when > 0, is advertised as OCI-Chunk-Min-Length in
+	// the answers that open blob upload sessions.
+	ChunkMinLength int64
 }
 
 // Stats count what the proxy forwarded.
@@ -240,6 +243,10 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 
 func (p *Proxy) modify(resp *http.Response) error {
 	st, _ := resp.Request.Context().Value(ctxKey{}).(*reqState)
+	if st != nil && st.faults.ChunkMinLength > 0 && resp.Request.Method == http.MethodPost &&
+		resp.StatusCode == http.StatusAccepted && strings.HasSuffix(resp.Request.URL.Path, "/blobs/uploads/") {
+		resp.Header.Set("OCI-Chunk-Min-Length", strconv.FormatInt(st.faults.ChunkMinLength, 10))
+	}
 	if st == nil || resp.StatusCode != http.StatusPartialContent {
 		return nil
 	}
