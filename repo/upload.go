@@ -241,7 +241,9 @@ func (u *chunkUpload) patch(ctx context.Context) (bool, error) {
 	defer drain(resp)
 	switch resp.StatusCode {
 	case http.StatusAccepted:
-	case http.StatusRequestedRangeNotSatisfiable:
+	case http.StatusRequestedRangeNotSatisfiable, http.StatusNotFound:
+		// Another offset, or (distribution 2.x, after a PATCH re-sent
+		// with a stale state token) a cancelled session: ask.
 		u.resyncs++
 		return false, nil
 	case http.StatusRequestEntityTooLarge:

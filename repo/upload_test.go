@@ -15,12 +15,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
+	"oras.land/oras-go/v2/registry/remote/retry"
 
 	"github.com/obdvol/obdvol/tests/faultproxy"
 	"github.com/obdvol/obdvol/tests/regtest"
@@ -236,7 +238,7 @@ func (d *dropTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := http.DefaultTransport.RoundTrip(r)
 	if err == nil && r.Method == http.MethodPatch && d.patches.Add(1) == d.drop {
 		resp.Body.Close()
-		return nil, errors.New("connection cut (test)")
+		return nil, fmt.Errorf("connection cut (test): %w", syscall.ECONNRESET)
 	}
 	return resp, err
 }
@@ -254,6 +256,23 @@ func TestChunkedUploadLostAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	if u.resyncs != 2 || tr.patches.Load() != 2+5 {
+		t.Fatalf("%d resyncs, %d PATCHes", u.resyncs, tr.patches.Load())
+	}
+	registryHolds(t, reg, u.d.Digest.String(), b)
+}
+
+// The same through the retrying transport targets use by default: it
+// sends the chunk again with the stale session state, docker-registry
+// 2.8 answers 404 (it cancels the session), and the upload starts over.
+func TestChunkedUploadLostAnswerRetried(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	tr := &dropTransport{drop: 2}
+	u, b, _ := blobUpload(t, reg.Addr, "lost", retry.NewTransport(tr), 4*1000+7, 1000)
+	if err := u.run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u.resyncs < 2 || tr.patches.Load() != 3+5 {
 		t.Fatalf("%d resyncs, %d PATCHes", u.resyncs, tr.patches.Load())
 	}
 	registryHolds(t, reg, u.d.Digest.String(), b)
