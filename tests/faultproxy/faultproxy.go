@@ -47,6 +47,15 @@ type Faults struct {
 	// Bandwidth, when > 0, limits the response bytes of all requests
 	// together to this many bytes a second.
 	Bandwidth int64
+	// CheckUploadRange answers 416 to a blob upload PATCH whose
+	// Content-Range does not start at the session's offset (found with a
+	// GET of the session first), as distribution 3 and other OCI 1.1
+	// registries do; Debian's docker-registry 2.8 ignores Content-Range
+	// and appends.
+	CheckUploadRange bool
+	// ChunkMinLength, when > 0, is advertised as OCI-Chunk-Min-Length in
+	// the answers that open blob upload sessions.
+	ChunkMinLength int64
 }
 
 // Stats count what the proxy forwarded.
@@ -57,6 +66,7 @@ type Stats struct {
 	BytesOut      int64 // response body bytes sent to clients (the origin's egress)
 	BytesIn       int64 // request body bytes received from clients
 	TooLarge      int64 // requests answered 413
+	OutOfOrder    int64 // upload PATCHes answered 416 (CheckUploadRange)
 }
 
 // Proxy is a running fault proxy.
@@ -67,7 +77,8 @@ type Proxy struct {
 	faults Faults
 	limit  *bucket
 
-	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge atomic.Int64
+	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge, outOfOrder atomic.Int64
+	upstream                                                                   string
 
 	srv *http.Server
 	ln  net.Listener
@@ -95,7 +106,7 @@ func New(upstream string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Addr: ln.Addr().String(), ln: ln}
+	p := &Proxy{Addr: ln.Addr().String(), ln: ln, upstream: upstream}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.FlushInterval = -1
 	rp.ModifyResponse = p.modify
@@ -133,12 +144,13 @@ func (p *Proxy) Stats() Stats {
 	return Stats{
 		Requests: p.requests.Load(), BlobGets: p.blobGets.Load(), RangeRequests: p.rangeRequests.Load(),
 		BytesOut: p.bytesOut.Load(), BytesIn: p.bytesIn.Load(), TooLarge: p.tooLarge.Load(),
+		OutOfOrder: p.outOfOrder.Load(),
 	}
 }
 
 // ResetStats sets every counter to zero.
 func (p *Proxy) ResetStats() {
-	for _, c := range []*atomic.Int64{&p.requests, &p.blobGets, &p.rangeRequests, &p.bytesOut, &p.bytesIn, &p.tooLarge} {
+	for _, c := range []*atomic.Int64{&p.requests, &p.blobGets, &p.rangeRequests, &p.bytesOut, &p.bytesIn, &p.tooLarge, &p.outOfOrder} {
 		c.Store(0)
 	}
 }
@@ -209,6 +221,13 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 				r.TransferEncoding = nil
 			}
 		}
+		if f.CheckUploadRange && r.Method == http.MethodPatch && !p.inOrder(r) {
+			p.outOfOrder.Add(1)
+			w.Header().Set("Connection", "close")
+			http.Error(w, `{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"faultproxy: out-of-order chunk"}]}`,
+				http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &countReader{r: r.Body, n: &p.bytesIn}
 		}
@@ -224,6 +243,10 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 
 func (p *Proxy) modify(resp *http.Response) error {
 	st, _ := resp.Request.Context().Value(ctxKey{}).(*reqState)
+	if st != nil && st.faults.ChunkMinLength > 0 && resp.Request.Method == http.MethodPost &&
+		resp.StatusCode == http.StatusAccepted && strings.HasSuffix(resp.Request.URL.Path, "/blobs/uploads/") {
+		resp.Header.Set("OCI-Chunk-Min-Length", strconv.FormatInt(st.faults.ChunkMinLength, 10))
+	}
 	if st == nil || resp.StatusCode != http.StatusPartialContent {
 		return nil
 	}
@@ -311,4 +334,37 @@ func (b *bucket) take(n int64) {
 	if wait > 0 {
 		time.Sleep(wait)
 	}
+}
+
+// inOrder reports whether an upload PATCH's Content-Range ("<first>-<last>")
+// starts at the offset the registry's session holds (its GET answer's
+// Range "0-<last>"; "0-0" or none is taken as empty). A PATCH without
+// Content-Range is in order (a streamed upload).
+func (p *Proxy) inOrder(r *http.Request) bool {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return true
+	}
+	var first, last int64
+	if _, err := fmt.Sscanf(cr, "%d-%d", &first, &last); err != nil {
+		return false
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+p.upstream+r.URL.RequestURI(), nil)
+	if err != nil {
+		return false
+	}
+	if a := r.Header.Get("Authorization"); a != "" {
+		req.Header.Set("Authorization", a)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	held := int64(0)
+	var end int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Range"), "0-%d", &end); err == nil && end > 0 {
+		held = end + 1
+	}
+	return resp.StatusCode == http.StatusNoContent && first == held
 }
