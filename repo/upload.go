@@ -35,8 +35,9 @@ import (
 // blob) unless PushOptions.ChunkSize is set. A monolithic upload answered
 // 413 (a proxy's or registry's request size limit) switches the rest of
 // that push to chunks of DefaultChunkSize and uploads the blob again; in
-// that mode a chunk answered 413 halves the chunk size (down to
-// MinChunkSize) for the rest of the push. A chunk size the user set is
+// that mode a chunk answered 413 halves the chunk size (from the refused
+// chunk's size, not below MinChunkSize; a refused chunk of MinChunkSize
+// fails the push) for the rest of the push. A chunk size the user set is
 // kept: a 413 then fails the push with ErrChunkTooLarge.
 
 // DefaultChunkSize is the chunk size a push falls back to after a 413.
@@ -94,7 +95,8 @@ type chunkUpload struct {
 	buf     []byte
 	off     int64 // bytes the registry holds (as far as we know)
 
-	resyncs int // 416s and failed requests recovered from (for tests)
+	shrunk  bool // the last PATCH was refused with 413 and the size shrank
+	resyncs int  // 416s and failed requests recovered from (for tests)
 	// skipOnce, when > 0, makes the next PATCH claim an offset this many
 	// bytes too far once (tests force an out-of-order PATCH with it).
 	skipOnce int64
@@ -156,7 +158,9 @@ func (u *chunkUpload) sendAll(ctx context.Context) error {
 			fails = 0
 			continue
 		}
-		if fails++; fails > maxUploadRetries {
+		if u.shrunk { // bounded by MinChunkSize, not a failure
+			u.shrunk = false
+		} else if fails++; fails > maxUploadRetries {
 			return fmt.Errorf("chunked upload of %s: no progress after %d recoveries at offset %d", u.d.Digest, maxUploadRetries, u.off)
 		}
 		err = u.resync(ctx)
@@ -252,6 +256,7 @@ func (u *chunkUpload) patch(ctx context.Context) (bool, error) {
 				u.d.Digest, ErrChunkTooLarge, n, resp.Status)
 		}
 		u.resyncs++
+		u.shrunk = true
 		return false, nil
 	default:
 		return false, answerError(resp)
@@ -575,10 +580,10 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 			if cur < n {
 				return true // another blob shrank it already
 			}
-			next := n / 2
-			if next < MinChunkSize {
+			if n <= MinChunkSize {
 				return false
 			}
+			next := max(n/2, MinChunkSize)
 			if p.up.chunk.CompareAndSwap(cur, next) {
 				return true
 			}
