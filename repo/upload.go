@@ -261,7 +261,7 @@ func (u *chunkUpload) patch(ctx context.Context) (bool, error) {
 	default:
 		return false, answerError(resp)
 	}
-	if u.loc, err = resolveLocation(u.reg, req.URL, resp.Header.Get("Location")); err != nil {
+	if err := u.follow(req.URL, resp); err != nil {
 		return false, err
 	}
 	last, err := parseUploadRange(resp.Header.Get("Range"))
@@ -302,10 +302,26 @@ func (u *chunkUpload) resync(ctx context.Context) error {
 	if held > u.d.Size {
 		return fmt.Errorf("chunked upload of %s: the registry holds %d bytes of a %d-byte blob", u.d.Digest, held, u.d.Size)
 	}
-	if u.loc, err = resolveLocation(u.reg, req.URL, resp.Header.Get("Location")); err != nil {
+	if err := u.follow(req.URL, resp); err != nil {
 		return err
 	}
 	return u.seek(held)
+}
+
+// follow takes the session's next location from an answer to a request
+// on it; an answer without one (the spec wants one; not every registry
+// sends it on a status GET) keeps the current one.
+func (u *chunkUpload) follow(reqURL *url.URL, resp *http.Response) error {
+	loc := resp.Header.Get("Location")
+	if loc == "" {
+		return nil
+	}
+	l, err := resolveLocation(u.reg, reqURL, loc)
+	if err != nil {
+		return err
+	}
+	u.loc = l
+	return nil
 }
 
 // finish closes the session with the digest (PUT, no body): 201.
