@@ -21,6 +21,10 @@
 //   - Target: an opened Ref (a registry repository or a layout).
 //   - origin: a repository a layer was pushed to or pulled from, which
 //     lazy reads and cross-repository mounts use.
+//   - upload session: a registry's blob upload opened by POST and named
+//     by the Location of each answer; a whole upload closes it with one
+//     PUT of the blob, a chunked upload (upload*.go) sends PATCHes of at
+//     most the chunk size in order, then a PUT with the digest.
 //
 // Push and Pull report through TransferResult and the Progress hooks and
 // never print. Pull stores blobs only after checking them; recording a

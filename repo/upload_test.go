@@ -42,13 +42,15 @@ func registryHolds(t *testing.T, reg *regtest.Registry, d string, want []byte) {
 }
 
 // noUploadData fails the test if an upload session of repository name
-// of reg keeps data: sessions are completed or cancelled (docker-registry
-// 2.8 leaves a cancelled session's empty hash state behind).
+// of reg keeps bytes: chunked sessions are completed or cancelled
+// (docker-registry 2.8 leaves a cancelled session's empty hash state
+// behind), and the session of a whole-blob upload refused with 413 (left
+// to oras-go) holds none.
 func noUploadData(t *testing.T, reg *regtest.Registry, name string) {
 	t.Helper()
 	dir := filepath.Join(reg.Dir, "storage/docker/registry/v2/repositories", name, "_uploads")
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Name() == "data" {
+		if err == nil && fi.Name() == "data" && fi.Size() > 0 {
 			t.Fatalf("upload session data left: %s", p)
 		}
 		return nil
@@ -92,7 +94,7 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 	ctx := context.Background()
 	reg := regtest.Start(t)
 	px := faultproxy.Start(t, reg.Addr)
-	px.Set(faultproxy.Faults{MaxRequestBody: 1 << 20})
+	px.Set(faultproxy.Faults{MaxRequestBody: MinChunkSize})
 	a := newStore(t)
 	cfg := chainOf(t, a, 42, 3<<20, 200<<10)
 	prog := &recProgress{}
@@ -101,8 +103,9 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	prog.check(t)
-	// 413s: the monolithic PUT, then chunks of 3 MiB and 1.5 MiB; 768 KiB passes.
-	if res.BlobsMoved != 3 || res.BlobsChunked < 1 || px.Stats().TooLarge != 3 {
+	// 413s: the monolithic PUT, then chunks of 3 MiB, 1.5 MiB, 768 KiB and
+	// 384 KiB; 256 KiB (MinChunkSize) passes.
+	if res.BlobsMoved != 3 || res.BlobsChunked < 1 || px.Stats().TooLarge != 5 {
 		t.Fatalf("push: %+v, proxy %+v", res, px.Stats())
 	}
 	// Bytes read for refused requests are not counted as moved.
@@ -113,6 +116,7 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 		want, _ := os.ReadFile(mustPath(a, l.Digest))
 		registryHolds(t, reg, l.Digest, want)
 	}
+	noUploadData(t, reg, "fallback")
 	b := newStore(t)
 	if _, err := Pull(ctx, b, target(t, px.Addr+"/fallback:v1", nil), PullOptions{}); err != nil {
 		t.Fatal(err)
@@ -135,6 +139,16 @@ func TestPushChunkSizeRefused(t *testing.T) {
 	}
 	if px.Stats().TooLarge != 1 {
 		t.Fatalf("proxy: %+v", px.Stats())
+	}
+	noUploadData(t, reg, "refused")
+
+	// The fallback shrinks no further than MinChunkSize: the whole blob,
+	// 3 MiB, 1.5 MiB, ..., 256 KiB refused.
+	px.Set(faultproxy.Faults{MaxRequestBody: MinChunkSize - 1})
+	px.ResetStats()
+	_, err = Push(ctx, a, target(t, px.Addr+"/refused:v2", nil), cfg, PushOptions{Concurrency: 1})
+	if !errors.Is(err, ErrChunkTooLarge) || px.Stats().TooLarge != 1+5 {
+		t.Fatalf("push under a limit below MinChunkSize: %v, proxy %+v", err, px.Stats())
 	}
 	noUploadData(t, reg, "refused")
 }
