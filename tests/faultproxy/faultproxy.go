@@ -47,6 +47,10 @@ type Faults struct {
 	// Bandwidth, when > 0, limits the response bytes of all requests
 	// together to this many bytes a second.
 	Bandwidth int64
+	// CorruptBody flips the bits of the first byte of every blob GET's
+	// answer (200 or 206), headers unchanged: a mirror or cache serving
+	// wrong bytes.
+	CorruptBody bool
 }
 
 // Stats count what the proxy forwarded.
@@ -224,6 +228,10 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 
 func (p *Proxy) modify(resp *http.Response) error {
 	st, _ := resp.Request.Context().Value(ctxKey{}).(*reqState)
+	if st != nil && st.faults.CorruptBody && resp.Request.Method == http.MethodGet && isBlobGet(resp.Request) &&
+		(resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent) {
+		resp.Body = &corruptReader{rc: resp.Body}
+	}
 	if st == nil || resp.StatusCode != http.StatusPartialContent {
 		return nil
 	}
@@ -244,6 +252,23 @@ func (p *Proxy) modify(resp *http.Response) error {
 	}
 	return nil
 }
+
+// corruptReader flips the first byte it reads.
+type corruptReader struct {
+	rc   io.ReadCloser
+	done bool
+}
+
+func (c *corruptReader) Read(b []byte) (int, error) {
+	n, err := c.rc.Read(b)
+	if n > 0 && !c.done {
+		b[0] ^= 0xff
+		c.done = true
+	}
+	return n, err
+}
+
+func (c *corruptReader) Close() error { return c.rc.Close() }
 
 // countWriter counts (and rate-limits) response body bytes.
 type countWriter struct {
