@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/obdvol/obdvol/snapshot"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 )
@@ -538,4 +541,29 @@ func hasMirrors(f RangeFetcher) bool {
 	}
 	_, ok = ac.Client.Transport.(*mirrorTransport)
 	return ok
+}
+
+// fetchAllChecked is content.FetchAll (size and digest checked); when
+// mirrors may have served what failed, it asks the origin once more.
+func fetchAllChecked(ctx context.Context, t *Target, d ocispec.Descriptor) ([]byte, error) {
+	b, err := content.FetchAll(ctx, t, d)
+	if err == nil || t.mirrors == nil || ctx.Err() != nil || originOnly(ctx) {
+		return b, err
+	}
+	b, oerr := content.FetchAll(withoutMirrors(ctx), t, d)
+	if oerr != nil {
+		return nil, fmt.Errorf("%w (through the mirrors; from the origin only: %v)", err, oerr)
+	}
+	return b, nil
+}
+
+// checkMirroredIndex opens the layer in lb (trailer and index) once; when
+// it fails its checks, which a mirror serving bad bytes causes, every page
+// is forgotten and lb fetches from the origin only from then on (the
+// volume's own open then reads good bytes). Network errors are left for
+// the volume's open to report.
+func checkMirroredIndex(lb *LazyBlob) {
+	if _, err := snapshot.Open(lb); errors.Is(err, snapshot.ErrFormat) || errors.Is(err, snapshot.ErrChecksum) {
+		lb.Invalidate(0, lb.Size())
+	}
 }

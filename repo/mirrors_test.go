@@ -1,0 +1,444 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/obdvol/obdvol/snapshot"
+	"github.com/obdvol/obdvol/tests/faultproxy"
+	"github.com/obdvol/obdvol/tests/regtest"
+	"oras.land/oras-go/v2/registry/remote/credentials"
+)
+
+// mirrorWorld is an origin registry behind a counting proxy (whose address
+// is the registry's name in references, so its BytesOut is the origin's
+// egress), with a pull-through mirror (docker-registry in proxy mode) that
+// fetches from the origin through the same proxy.
+type mirrorWorld struct {
+	origin *regtest.Registry
+	egress *faultproxy.Proxy
+	mirror *regtest.Registry
+	src    *Store
+	cfg    *ChainConfig
+	ref    string
+	stored int64 // bytes of the chain's layers
+}
+
+func newMirrorWorld(t *testing.T, sizes ...int) *mirrorWorld {
+	t.Helper()
+	w := &mirrorWorld{origin: regtest.Start(t)}
+	w.egress = faultproxy.Start(t, w.origin.Addr)
+	w.mirror = regtest.StartMirror(t, w.egress.Addr)
+	w.src = newStore(t)
+	w.cfg = chainOf(t, w.src, 7, sizes...)
+	w.ref = w.egress.Addr + "/golden:v1"
+	if _, err := Push(context.Background(), w.src, mirrorTarget(t, w.ref), w.cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range w.cfg.Layers {
+		w.stored += l.Size
+	}
+	w.egress.ResetStats()
+	return w
+}
+
+// mirrorTarget opens ref over plain HTTP with exactly these mirrors (no
+// environment, an empty hosts directory).
+func mirrorTarget(t *testing.T, ref string, mirrors ...string) *Target {
+	t.Helper()
+	r, err := ParseRef(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mirrors == nil {
+		mirrors = []string{}
+	}
+	tg, err := OpenTarget(r, TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(), Mirrors: mirrors, HostsDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg
+}
+
+// waitMirrored waits until the mirror has stored every layer (it stores a
+// missed blob in the background, after the client has it), so that the
+// origin's egress counts are final.
+func (w *mirrorWorld) waitMirrored(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for _, l := range w.cfg.Layers {
+		for {
+			if _, err := os.Stat(w.mirror.BlobPath(l.Digest)); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the mirror never stored %s", l.Digest)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func (w *mirrorWorld) blob(t *testing.T, i int) []byte {
+	t.Helper()
+	b, err := os.ReadFile(mustPath(w.src, w.cfg.Layers[i].Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// lazyRead opens layer i of the world's chain lazily through tg and reads
+// it whole, returning the bytes.
+func lazyRead(t *testing.T, tg *Target, w *mirrorWorld, i int) []byte {
+	t.Helper()
+	s := newStore(t)
+	l := w.cfg.Layers[i]
+	lb, err := s.OpenLazy(l.Digest, l.Size, RegistryRanges{Repo: tg.Repo}, LazyOptions{Page: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	got := make([]byte, l.Size)
+	if _, err := lb.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// An eager pull through a pull-through mirror is byte-exact and the mirror
+// serves the blobs; a second host pulling through the warm mirror costs
+// the origin no blob bytes; lazy reads through it are byte-exact too.
+func TestMirrorPullThrough(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 3<<20, 1<<20)
+	mirror := "http://" + w.mirror.Addr
+
+	tg := mirrorTarget(t, w.ref, mirror)
+	if got := tg.MirrorHosts(); len(got) != 1 || got[0] != mirror+"/v2" {
+		t.Fatalf("mirror hosts %q", got)
+	}
+	a := newStore(t)
+	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, w.src, a, w.cfg)
+	hs := tg.HostStats()
+	if m := hs[w.mirror.Addr]; !m.Mirror || m.Bytes < w.stored || m.Failures != 0 {
+		t.Fatalf("mirror served %+v, want >= %d bytes (all: %+v)", m, w.stored, hs)
+	}
+	if o := hs[w.egress.Addr]; o.Bytes > 64<<10 {
+		t.Fatalf("origin served %d bytes to the client directly (all: %+v)", o.Bytes, hs)
+	}
+	w.waitMirrored(t)
+	// docker-registry 2.8 in proxy mode fetches a missed blob twice (one
+	// GET streams it to the client, another stores it) and once more for
+	// every concurrent miss: the cold egress is about 2x.
+	cold := w.egress.Stats().BytesOut
+	if cold < w.stored || cold > 2*w.stored+w.stored/10+64<<10 {
+		t.Fatalf("cold mirror: origin egress %d for %d stored bytes", cold, w.stored)
+	}
+
+	// A second host, through the warm mirror.
+	w.egress.ResetStats()
+	b := newStore(t)
+	if _, err := Pull(ctx, b, mirrorTarget(t, w.ref, mirror), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, w.src, b, w.cfg)
+	if warm := w.egress.Stats(); warm.BytesOut > 64<<10 || warm.BlobGets != 0 {
+		t.Fatalf("warm mirror: origin egress %+v", warm)
+	}
+
+	// Lazy reads through the warm mirror: range requests served by it.
+	w.egress.ResetStats()
+	lt := mirrorTarget(t, w.ref, mirror)
+	if !bytes.Equal(lazyRead(t, lt, w, 0), w.blob(t, 0)) {
+		t.Fatal("lazy read through the mirror differs")
+	}
+	if warm := w.egress.Stats(); warm.BlobGets != 0 {
+		t.Fatalf("lazy read through the warm mirror reached the origin: %+v", warm)
+	}
+	if m := lt.HostStats()[w.mirror.Addr]; m.Requests < 1 || m.Bytes != w.cfg.Layers[0].Size {
+		t.Fatalf("lazy: mirror served %+v", m)
+	}
+	t.Logf("cold eager pull through the mirror: origin egress %d for %d stored bytes", cold, w.stored)
+}
+
+// A lazy read through a cold pull-through mirror is byte-exact; the
+// mirror fetches whole blobs from the origin on a miss (logged, as the
+// fleet docs say).
+func TestMirrorLazyCold(t *testing.T) {
+	w := newMirrorWorld(t, 2<<20)
+	tg := mirrorTarget(t, w.ref, "http://"+w.mirror.Addr)
+	if !bytes.Equal(lazyRead(t, tg, w, 0), w.blob(t, 0)) {
+		t.Fatal("lazy read through a cold mirror differs")
+	}
+	// On a miss docker-registry answers a range request with 200 and the
+	// whole blob: not taken (the origin serves the range), while the
+	// mirror stores the blob in the background.
+	if m := tg.HostStats()[w.mirror.Addr]; m.Failures == 0 {
+		t.Fatalf("cold mirror: %+v (it answers a missed range with the whole blob)", m)
+	}
+	t.Logf("lazy read of a %d-byte blob through a cold mirror: origin egress %+v, hosts %+v", w.stored, w.egress.Stats(), tg.HostStats())
+}
+
+// freeAddr is a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// A mirror that is down, or that stops, costs a failed attempt: pulls
+// and lazy reads fall back to the origin and succeed, and the dead mirror
+// is then left out for a while instead of being asked every request.
+func TestMirrorDownFallsBack(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	dead := freeAddr(t)
+	tg := mirrorTarget(t, w.ref, "http://"+dead)
+	a := newStore(t)
+	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, w.src, a, w.cfg)
+	hs := tg.HostStats()
+	if m := hs[dead]; m.Failures != 1 || m.Requests != 0 {
+		t.Fatalf("dead mirror: %+v (want one failure, then left out)", m)
+	}
+	if o := hs[w.egress.Addr]; o.Bytes < w.stored {
+		t.Fatalf("origin served %+v", o)
+	}
+
+	// A mirror that worked (warmed by an eager pull), then stops.
+	if _, err := Pull(ctx, newStore(t), mirrorTarget(t, w.ref, "http://"+w.mirror.Addr), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.waitMirrored(t)
+	lt := mirrorTarget(t, w.ref, "http://"+w.mirror.Addr)
+	s := newStore(t)
+	l := w.cfg.Layers[0]
+	lb, err := s.OpenLazy(l.Digest, l.Size, RegistryRanges{Repo: lt.Repo}, LazyOptions{Page: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	got := make([]byte, l.Size)
+	if _, err := lb.ReadAt(got[:64<<10], 0); err != nil {
+		t.Fatal(err)
+	}
+	w.mirror.Stop()
+	if _, err := lb.ReadAt(got[64<<10:], 64<<10); err != nil {
+		t.Fatalf("read after the mirror stopped: %v", err)
+	}
+	if !bytes.Equal(got, w.blob(t, 0)) {
+		t.Fatal("lazy read across the mirror's death differs")
+	}
+	if hs := lt.HostStats(); hs[w.mirror.Addr].Requests == 0 || hs[w.mirror.Addr].Failures == 0 || hs[w.egress.Addr].Bytes == 0 {
+		t.Fatalf("hosts: %+v", hs)
+	}
+}
+
+// A mirror that serves wrong bytes never gets them into a volume: eager
+// pulls, fills and lazy reads detect them (digest, crc32c) and fetch
+// again from the origin.
+func TestMirrorCorruptDetected(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 2<<20)
+	bad := faultproxy.Start(t, w.mirror.Addr)
+	bad.Set(faultproxy.Faults{CorruptBody: true})
+	mirror := "http://" + bad.Addr
+
+	// Eager: manifest, config and layer from the mirror fail their
+	// digests; each is fetched again from the origin.
+	tg := mirrorTarget(t, w.ref, mirror)
+	a := newStore(t)
+	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+		t.Fatalf("eager pull through a corrupting mirror: %v", err)
+	}
+	sameBlobs(t, w.src, a, w.cfg)
+	if o := tg.HostStats()[w.egress.Addr]; o.Bytes < w.stored {
+		t.Fatalf("the origin served %+v after the mirror's bytes failed", o)
+	}
+
+	// Lazy, as a volume reads: the layer's trailer and index are checked
+	// when it is opened, each chunk's crc32c when it is read.
+	lt := mirrorTarget(t, w.ref, mirror)
+	s := newStore(t)
+	l := w.cfg.Layers[0]
+	src, closer, err := Blobs{Store: s, Remote: func(string) (RangeFetcher, int64, error) {
+		return RegistryRanges{Repo: lt.Repo}, l.Size, nil
+	}, Lazy: LazyOptions{Page: 64 << 10}}.OpenLayer(l.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	layer, err := snapshot.Open(src)
+	if err != nil {
+		t.Fatalf("open a lazy layer through a corrupting mirror: %v", err)
+	}
+	ref, err := snapshot.Open(snapshot.BytesSource(w.blob(t, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := ref.Trailer().DataBytes
+	p, q := make([]byte, n), make([]byte, n)
+	if err := layer.ReadData(p, 0, nil); err != nil {
+		t.Fatalf("lazy read through a corrupting mirror: %v", err)
+	}
+	if ref.ReadData(q, 0, nil); !bytes.Equal(p, q) {
+		t.Fatal("lazy read through a corrupting mirror returned wrong data")
+	}
+	if hs := lt.HostStats(); hs[bad.Addr].Requests == 0 || hs[w.egress.Addr].Bytes == 0 {
+		t.Fatalf("lazy: the mirror was not asked, or the origin not asked again: %+v", hs)
+	}
+
+	// Fill: the assembled blob fails its digest; filled again from the
+	// origin.
+	ft := mirrorTarget(t, w.ref, mirror)
+	fs := newStore(t)
+	lb, err := fs.OpenLazy(l.Digest, l.Size, RegistryRanges{Repo: ft.Repo}, LazyOptions{Page: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if err := lb.Fill(ctx, fs, FillOptions{}); err != nil {
+		t.Fatalf("fill through a corrupting mirror: %v", err)
+	}
+	if got, _ := os.ReadFile(mustPath(fs, l.Digest)); !bytes.Equal(got, w.blob(t, 0)) {
+		t.Fatal("filled blob differs")
+	}
+	if hs := ft.HostStats(); hs[bad.Addr].Bytes < l.Size || hs[w.egress.Addr].Bytes < l.Size {
+		t.Fatalf("fill: want the whole blob from the mirror, then from the origin: %+v", hs)
+	}
+}
+
+// Without a fallback (the origin down too), a corrupting mirror makes the
+// pull fail with a digest error, storing nothing.
+func TestMirrorCorruptOriginDownFails(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	bad := faultproxy.Start(t, w.mirror.Addr)
+	tg := mirrorTarget(t, w.ref, "http://"+bad.Addr)
+	a := newStore(t)
+	// Resolve the tag and warm the mirror, then break both.
+	if _, err := Pull(ctx, newStore(t), tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	desc, err := tg.Resolve(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Set(faultproxy.Faults{CorruptBody: true})
+	w.origin.Stop()
+	dt := mirrorTarget(t, w.egress.Addr+"/golden@"+desc.Digest.String(), "http://"+bad.Addr)
+	_, err = Pull(ctx, a, dt, PullOptions{})
+	if err == nil {
+		t.Fatal("pull through a corrupting mirror with the origin down succeeded")
+	}
+	if !errors.Is(err, ErrDigestMismatch) && !strings.Contains(err.Error(), "digest") {
+		t.Fatalf("error %v does not name the digest check", err)
+	}
+	for _, l := range w.cfg.Layers {
+		if a.Has(l.Digest) {
+			t.Fatal("a blob that failed its check is in the store")
+		}
+	}
+}
+
+// HTTP_PROXY is honoured (how a Dragonfly dfdaemon in proxy mode is
+// used): a child process pulls from a registry name that does not resolve,
+// which only the proxy can reach. (http.ProxyFromEnvironment reads the
+// environment once per process and never proxies loopback addresses,
+// hence the child and the name.)
+func TestProxyFromEnvironment(t *testing.T) {
+	if os.Getenv("OBDVOL_PROXY_CHILD") != "" {
+		t.Skip("child")
+	}
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	src := newStore(t)
+	cfg := chainOf(t, src, 9, 1<<20)
+	if _, err := Push(ctx, src, mirrorTarget(t, reg.Addr+"/golden:v1"), cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	proxy := faultproxy.Start(t, reg.Addr) // forwards absolute-form requests too
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "OBDVOL_PROXY_CHILD="+dir, "HTTP_PROXY=http://"+proxy.Addr, "http_proxy=http://"+proxy.Addr,
+		"NO_PROXY=", "no_proxy=", EnvMirrors+"=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "PASS") || strings.Contains(string(out), "no tests to run") {
+		t.Fatalf("child did not run:\n%s", out)
+	}
+	s, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, src, s, cfg)
+	if st := proxy.Stats(); st.BlobGets == 0 || st.BytesOut < cfg.Layers[0].Size {
+		t.Fatalf("the proxy saw %+v", st)
+	}
+}
+
+func TestProxyChild(t *testing.T) {
+	dir := os.Getenv("OBDVOL_PROXY_CHILD")
+	if dir == "" {
+		t.Skip("run by TestProxyFromEnvironment")
+	}
+	s, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The port is irrelevant: the proxy forwards to the registry.
+	tg := mirrorTarget(t, "obdvol-registry.invalid:5000/golden:v1")
+	if _, err := Pull(context.Background(), s, tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A hosts.toml names mirrors per registry; the same file format containerd
+// reads.
+func TestMirrorFromHostsDir(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	dir := t.TempDir()
+	hd := filepath.Join(dir, w.egress.Addr)
+	if err := os.MkdirAll(hd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	doc := "server = \"http://" + w.egress.Addr + "\"\n[host.\"http://" + w.mirror.Addr + "\"]\n  capabilities = [\"pull\"]\n"
+	if err := os.WriteFile(filepath.Join(hd, "hosts.toml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := ParseRef(w.ref)
+	t.Setenv(EnvHostsDir, dir)
+	tg, err := OpenTarget(r, TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(), Mirrors: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newStore(t)
+	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, w.src, a, w.cfg)
+	if m := tg.HostStats()[w.mirror.Addr]; m.Bytes < w.stored {
+		t.Fatalf("the hosts.toml mirror served %+v", m)
+	}
+}
