@@ -191,7 +191,9 @@ func TestClassify(t *testing.T) {
 		want         reqKind
 	}{
 		{"GET", "/v2/a/b/blobs/" + dg, kindPull},
-		{"HEAD", "/v2/a/blobs/" + dg, kindPull},
+		{"HEAD", "/v2/a/blobs/" + dg, kindOrigin}, // a push's existence check
+		{"HEAD", "/v2/a/manifests/" + dg, kindOrigin},
+		{"HEAD", "/v2/a/manifests/v1", kindResolve},
 		{"GET", "/v2/a/manifests/" + dg, kindPull},
 		{"GET", "/v2/a/manifests/v1", kindResolve},
 		{"PUT", "/v2/a/manifests/v1", kindOrigin},

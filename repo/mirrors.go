@@ -28,26 +28,29 @@ import (
 //
 // A registry's pulls may be served by mirrors (a pull-through cache such as
 // docker-registry in proxy mode or Harbor's proxy-cache, a P2P agent such
-// as Dragonfly's dfdaemon or Spegel): mirrorTransport sits under the
-// origin's authenticating client and sends each GET or HEAD of a blob or of
-// a manifest by digest (and of a tag, to hosts with the resolve
-// capability) to the mirrors in order, then to the origin. Content is never
-// trusted for coming from a mirror: blobs are checked against their digest
-// (eager pulls and fills), chunks against their crc32c (lazy reads), and a
-// blob or chunk that fails is fetched again from the origin only
-// (withoutMirrors). Everything else (tags by default, pushes, the token
-// service) goes to the origin.
+// as Dragonfly's dfdaemon or Spegel). mirrorTransport sits under the
+// origin's authenticating client and sends each GET of a blob or of a
+// manifest by digest (and each GET or HEAD of a tag, to hosts with the
+// resolve capability) to the mirrors in order, then to the origin.
+// Everything else goes to the origin: tags by default, pushes, the token
+// service, and a HEAD by digest, which asks whether the origin has it (a
+// push's existence check).
 //
-// A mirror is skipped for the next request when it answers 404, 401, 403,
-// 5xx or anything but 200/206, when a 206's Content-Range is not the range
-// asked for, or when it answers a range request with the whole blob (200:
-// a lazy read must not cost a whole blob); a connection error or 5xx, or a
-// body cut short, also takes it out of the rotation for mirrorCooldown.
-// Mirrors never see the origin's credentials: a mirror that wants
-// credentials gets those stored for its own host (obdvol login <mirror>).
-// Each request to a mirror names the origin as containerd does (?ns=host)
-// and as Dragonfly's dfdaemon reads it (X-Dragonfly-Registry), so that one
-// mirror can serve several registries.
+// Content is never trusted for coming from a mirror: blobs are checked
+// against their digest (eager pulls and fills), chunks against their
+// crc32c (lazy reads), trailers and indexes when a layer is opened, and
+// what fails is fetched again from the origin only (withoutMirrors).
+//
+// A mirror's answer is not taken (the next host is asked) when it is 404,
+// 401, 403, 5xx or anything but 200/206, when a 206's Content-Range is not
+// the range asked for, or when a range request gets 200 and the whole blob
+// (a lazy read must not cost a whole blob). A connection error, a 5xx, a
+// wrong Content-Range or a body cut short also leave the mirror out for
+// mirrorCooldown. Mirrors never see the origin's credentials: a mirror
+// that wants credentials gets those stored for its own host (obdvol login
+// <mirror>). Each request to a mirror names the origin as containerd does
+// (?ns=host) and as Dragonfly's dfdaemon reads it (X-Dragonfly-Registry),
+// so that one mirror can serve several registries.
 
 // mirrorCooldown is how long a mirror that failed at the connection level
 // (or with a 5xx, or a body cut short) is left out.
@@ -246,7 +249,9 @@ const (
 )
 
 // classify parses /v2/<repo>/(blobs|manifests)/<ref> of a GET or HEAD and
-// returns its kind and the part after /v2/.
+// returns its kind and the part after /v2/: a GET by digest is a pull, a
+// GET or HEAD of a tag a resolve, anything else (HEAD by digest included)
+// the origin's.
 func classify(req *http.Request) (reqKind, string) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
 		return kindOrigin, ""
@@ -262,8 +267,12 @@ func classify(req *http.Request) (reqKind, string) {
 		}
 		ref := rest[i+len(part):]
 		switch {
-		case ValidateDigest(ref) == nil:
+		case ValidateDigest(ref) == nil && req.Method == http.MethodGet:
 			return kindPull, rest
+		case ValidateDigest(ref) == nil:
+			// HEAD by digest asks whether the origin has it (a push's
+			// existence check): a mirror's answer would be wrong.
+			return kindOrigin, ""
 		case part == "/manifests/" && ref != "" && !strings.Contains(ref, "/"):
 			return kindResolve, rest
 		}

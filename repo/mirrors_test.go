@@ -442,3 +442,28 @@ func TestMirrorFromHostsDir(t *testing.T) {
 		t.Fatalf("the hosts.toml mirror served %+v", m)
 	}
 }
+
+// A push never asks a mirror whether the registry has a blob: a mirror
+// that has it (from another registry) must not make the push skip it.
+func TestPushIgnoresMirrors(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	if _, err := Pull(ctx, newStore(t), mirrorTarget(t, w.ref, "http://"+w.mirror.Addr), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.waitMirrored(t)
+	other := regtest.Start(t)
+	ref := other.Addr + "/golden:v1" // the mirror's repository name, another registry
+	res, err := Push(ctx, w.src, mirrorTarget(t, ref, "http://"+w.mirror.Addr), w.cfg, PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BytesMoved < w.stored {
+		t.Fatalf("push moved %d bytes of %d: it trusted the mirror", res.BytesMoved, w.stored)
+	}
+	a := newStore(t)
+	if _, err := Pull(ctx, a, mirrorTarget(t, ref), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, w.src, a, w.cfg)
+}
