@@ -35,7 +35,9 @@ func TestPullThroughMirror(t *testing.T) {
 	})
 	a.run(func(o *bytes.Buffer) error { return runSnapshot(ctx, o, a.g, "g@v1") })
 	ref := egress.Addr + "/g:v1"
-	a.run(func(o *bytes.Buffer) error { return runPush(ctx, o, a.g, &pushOptions{transferFlags: *plain}, "g@v1", ref) })
+	a.run(func(o *bytes.Buffer) error {
+		return runPush(ctx, o, a.g, &pushOptions{transferFlags: *plain}, "g@v1", ref)
+	})
 	want := a.export("g@v1")
 	viaMirror := transferFlags{PlainHTTP: true, Mirror: mirrorFlags{Mirrors: []string{"http://" + mirror.Addr}}}
 
