@@ -3,18 +3,24 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/tests/faultproxy"
 	"github.com/obdvol/obdvol/tests/regtest"
+	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 )
 
@@ -466,4 +472,92 @@ func TestPushIgnoresMirrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBlobs(t, w.src, a, w.cfg)
+}
+
+// A mirror never sees the origin's credentials or token; it is told the
+// registry's name (?ns=, X-Dragonfly-Registry); when it misses, the
+// origin (which wants credentials) serves.
+func TestMirrorGetsNoOriginCredentials(t *testing.T) {
+	blob := []byte("0123456789abcdef")
+	dg := digestOf(blob)
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "me" || p != "secret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="origin"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if r.URL.Path != "/v2/team/disk/blobs/"+dg {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(blob))
+	}))
+	defer origin.Close()
+	var mu sync.Mutex
+	var seen []*http.Request
+	mirror := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Clone(context.Background()))
+		mu.Unlock()
+		http.NotFound(w, r)
+	}))
+	defer mirror.Close()
+	host := strings.TrimPrefix(origin.URL, "http://")
+	mem := credentials.NewMemoryStore()
+	mem.Put(context.Background(), host, auth.Credential{Username: "me", Password: "secret"})
+	r, _ := ParseRef(host + "/team/disk:v1")
+	tg, err := OpenTarget(r, TargetOptions{PlainHTTP: true, Credentials: mem, Mirrors: []string{mirror.URL}, HostsDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := RegistryRanges{Repo: tg.Repo}.FetchRange(context.Background(), dg, 4, 8)
+	if err != nil || string(got) != "456789ab" {
+		t.Fatalf("range through a missing mirror: %q %v", got, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) == 0 {
+		t.Fatal("the mirror was not asked")
+	}
+	for _, q := range seen {
+		if q.Header.Get("Authorization") != "" {
+			t.Fatalf("the mirror got the origin's credentials: %q", q.Header.Get("Authorization"))
+		}
+		if q.URL.Query().Get("ns") != host || q.Header.Get("X-Dragonfly-Registry") != "http://"+host ||
+			q.URL.Path != "/v2/team/disk/blobs/"+dg || q.Header.Get("Range") != "bytes=4-11" {
+			t.Fatalf("mirror request %s %v", q.URL, q.Header)
+		}
+	}
+}
+
+// hosts.toml's server replaces the registry's address (and scheme): a
+// reference to a name that does not resolve pulls from the server.
+func TestHostsServerRewrite(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	src := newStore(t)
+	cfg := chainOf(t, src, 5, 1<<20)
+	if _, err := Push(ctx, src, mirrorTarget(t, reg.Addr+"/golden:v1"), cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	name := "golden.invalid:5000"
+	os.MkdirAll(filepath.Join(dir, name), 0o755)
+	os.WriteFile(filepath.Join(dir, name, "hosts.toml"), []byte("server = \"http://"+reg.Addr+"\"\n"), 0o644)
+	r, _ := ParseRef(name + "/golden:v1")
+	// No PlainHTTP: the server's scheme decides.
+	tg, err := OpenTarget(r, TargetOptions{Credentials: credentials.NewMemoryStore(), Mirrors: []string{}, HostsDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newStore(t)
+	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, src, a, cfg)
+}
+
+func digestOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
