@@ -192,7 +192,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"GET", "/v2/a/b/blobs/" + dg, kindPull},
 		{"HEAD", "/v2/a/blobs/" + dg, kindOrigin}, // a push's existence check
-		{"HEAD", "/v2/a/manifests/" + dg, kindOrigin},
+		{"HEAD", "/v2/a/manifests/" + dg, kindPull}, // resolving a digest reference
 		{"HEAD", "/v2/a/manifests/v1", kindResolve},
 		{"GET", "/v2/a/manifests/" + dg, kindPull},
 		{"GET", "/v2/a/manifests/v1", kindResolve},

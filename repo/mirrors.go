@@ -30,11 +30,11 @@ import (
 // docker-registry in proxy mode or Harbor's proxy-cache, a P2P agent such
 // as Dragonfly's dfdaemon or Spegel). mirrorTransport sits under the
 // origin's authenticating client and sends each GET of a blob or of a
-// manifest by digest (and each GET or HEAD of a tag, to hosts with the
-// resolve capability) to the mirrors in order, then to the origin.
-// Everything else goes to the origin: tags by default, pushes, the token
-// service, and a HEAD by digest, which asks whether the origin has it (a
-// push's existence check).
+// manifest by digest, each HEAD of a manifest by digest, and each GET or
+// HEAD of a tag to hosts with the resolve capability, to the mirrors in
+// order, then to the origin. Everything else goes to the origin: tags by
+// default, pushes, the token service, and a HEAD of a blob, which asks
+// whether the origin has it (a push's existence check).
 //
 // Content is never trusted for coming from a mirror: blobs are checked
 // against their digest (eager pulls and fills), chunks against their
@@ -206,10 +206,28 @@ func newMirrorTransport(registry string, cfg *mirrorConfig, base, tr http.RoundT
 	return t, nil
 }
 
+// endpointTransports are the transports made by endpointTransport, by
+// settings: every target of a process (the daemon opens one per lazy
+// layer) shares one connection pool per kind of endpoint.
+var endpointTransports sync.Map // string -> *http.Transport
+
 // endpointTransport is http.DefaultTransport (proxies from the
 // environment included) with the endpoint's TLS settings and a dial
-// timeout.
+// timeout, shared by every endpoint with the same settings.
 func endpointTransport(ep *Endpoint, dial time.Duration) (*http.Transport, error) {
+	key := fmt.Sprintf("%v|%v|%q", dial, ep.SkipVerify, ep.CAs)
+	if tr, ok := endpointTransports.Load(key); ok {
+		return tr.(*http.Transport), nil
+	}
+	tr, err := newEndpointTransport(ep, dial)
+	if err != nil {
+		return nil, err
+	}
+	got, _ := endpointTransports.LoadOrStore(key, tr)
+	return got.(*http.Transport), nil
+}
+
+func newEndpointTransport(ep *Endpoint, dial time.Duration) (*http.Transport, error) {
 	dt, ok := http.DefaultTransport.(*http.Transport)
 	if !ok {
 		return nil, errors.New("http.DefaultTransport is not an *http.Transport")
@@ -249,9 +267,10 @@ const (
 )
 
 // classify parses /v2/<repo>/(blobs|manifests)/<ref> of a GET or HEAD and
-// returns its kind and the part after /v2/: a GET by digest is a pull, a
-// GET or HEAD of a tag a resolve, anything else (HEAD by digest included)
-// the origin's.
+// returns its kind and the part after /v2/: a GET by digest, or a HEAD of
+// a manifest by digest (resolving a digest reference), is a pull; a GET or
+// HEAD of a tag a resolve; anything else (a HEAD of a blob included) the
+// origin's.
 func classify(req *http.Request) (reqKind, string) {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
 		return kindOrigin, ""
@@ -267,11 +286,11 @@ func classify(req *http.Request) (reqKind, string) {
 		}
 		ref := rest[i+len(part):]
 		switch {
-		case ValidateDigest(ref) == nil && req.Method == http.MethodGet:
+		case ValidateDigest(ref) == nil && (req.Method == http.MethodGet || part == "/manifests/"):
 			return kindPull, rest
 		case ValidateDigest(ref) == nil:
-			// HEAD by digest asks whether the origin has it (a push's
-			// existence check): a mirror's answer would be wrong.
+			// HEAD of a blob asks whether the origin has it (a push's
+			// existence check, a mount's): a mirror's answer would be wrong.
 			return kindOrigin, ""
 		case part == "/manifests/" && ref != "" && !strings.Contains(ref, "/"):
 			return kindResolve, rest
