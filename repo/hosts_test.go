@@ -191,7 +191,7 @@ func TestClassify(t *testing.T) {
 		want         reqKind
 	}{
 		{"GET", "/v2/a/b/blobs/" + dg, kindPull},
-		{"HEAD", "/v2/a/blobs/" + dg, kindOrigin}, // a push's existence check
+		{"HEAD", "/v2/a/blobs/" + dg, kindOrigin},   // a push's existence check
 		{"HEAD", "/v2/a/manifests/" + dg, kindPull}, // resolving a digest reference
 		{"HEAD", "/v2/a/manifests/v1", kindResolve},
 		{"GET", "/v2/a/manifests/" + dg, kindPull},
