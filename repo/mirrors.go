@@ -20,6 +20,7 @@ import (
 	"github.com/obdvol/obdvol/snapshot"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 )
@@ -141,9 +142,11 @@ func resolveMirrors(host string, opts TargetOptions) (*mirrorConfig, error) {
 		cfg.mirrors = append(cfg.mirrors, hc.Hosts...)
 	}
 	// A mirror that is the origin is the origin.
+	api := registry.Reference{Registry: host}.Host()
 	kept := cfg.mirrors[:0]
 	for _, m := range cfg.mirrors {
-		if strings.EqualFold(m.URL.Host, host) && m.URL.Path == "/v2" || m.Capabilities&(CapPull|CapResolve) == 0 {
+		origin := strings.EqualFold(m.URL.Host, host) || strings.EqualFold(m.URL.Host, api)
+		if origin && m.URL.Path == "/v2" || m.Capabilities&(CapPull|CapResolve) == 0 {
 			continue
 		}
 		kept = append(kept, m)
@@ -158,7 +161,8 @@ func resolveMirrors(host string, opts TargetOptions) (*mirrorConfig, error) {
 // mirrorTransport routes one registry's requests (see the package notes
 // above): mirrors first for what they may serve, then the origin.
 type mirrorTransport struct {
-	registry string    // the origin as references name it (host[:port])
+	registry string    // the origin as references name it (host[:port]; ?ns=)
+	apiHost  string    // where requests to it go (docker.io: registry-1.docker.io)
 	server   *Endpoint // where the origin's requests go; nil: unchanged
 	mirrors  []*mirror
 	base     http.RoundTripper // to the origin (with retries)
@@ -179,8 +183,8 @@ func (m *mirror) markDown()  { m.downUntil.Store(time.Now().Add(mirrorCooldown).
 // newMirrorTransport builds the routing transport for registry (nil when
 // cfg is nil). base reaches the origin; store gives mirrors their own
 // credentials; tr, when set (tests), is every mirror's transport too.
-func newMirrorTransport(registry string, cfg *mirrorConfig, base, tr http.RoundTripper, store credentials.Store) (*mirrorTransport, error) {
-	t := &mirrorTransport{registry: registry, server: cfg.server, base: base, stats: map[string]*hostCounters{}}
+func newMirrorTransport(ref registry.Reference, cfg *mirrorConfig, base, tr http.RoundTripper, store credentials.Store) (*mirrorTransport, error) {
+	t := &mirrorTransport{registry: ref.Registry, apiHost: ref.Host(), server: cfg.server, base: base, stats: map[string]*hostCounters{}}
 	if t.server != nil && (t.server.SkipVerify || len(t.server.CAs) > 0) {
 		st, err := endpointTransport(t.server, mirrorDialTimeout*10)
 		if err != nil {
@@ -301,7 +305,7 @@ func classify(req *http.Request) (reqKind, string) {
 
 // RoundTrip implements http.RoundTripper.
 func (t *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !strings.EqualFold(req.URL.Host, t.registry) {
+	if !strings.EqualFold(req.URL.Host, t.apiHost) {
 		return t.base.RoundTrip(req) // a token service, a redirect to storage
 	}
 	kind, rest := classify(req)
@@ -337,14 +341,14 @@ func (t *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		if kind != kindOrigin {
 			t.count(host, false, false)
-			observeHost(t.registry, host, 0, err)
+			observeHost(t.apiHost, host, 0, err)
 		}
 		return nil, err
 	}
 	if kind != kindOrigin {
 		ok := resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent
 		t.count(host, false, ok)
-		observeHost(t.registry, host, resp.StatusCode, nil)
+		observeHost(t.apiHost, host, resp.StatusCode, nil)
 		if ok && req.Method == http.MethodGet {
 			resp.Body = &countBody{rc: resp.Body, n: t.bytesOf(host, false)}
 		}
@@ -359,7 +363,7 @@ var errMirrorMiss = errors.New("mirror cannot serve the request")
 // tryMirror sends req (rest: the path after /v2/) to mirror m.
 func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (*http.Response, error) {
 	ctx := req.Context()
-	if scopes := auth.GetScopesForHost(ctx, t.registry); len(scopes) > 0 {
+	if scopes := auth.GetScopesForHost(ctx, t.apiHost); len(scopes) > 0 {
 		ctx = auth.AppendScopesForHost(ctx, m.ep.URL.Host, scopes...)
 	}
 	mreq := req.Clone(ctx)
@@ -373,7 +377,7 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 		mreq.Header[k] = v
 	}
 	if mreq.Header.Get("X-Dragonfly-Registry") == "" {
-		mreq.Header.Set("X-Dragonfly-Registry", req.URL.Scheme+"://"+t.registry)
+		mreq.Header.Set("X-Dragonfly-Registry", req.URL.Scheme+"://"+t.apiHost)
 	}
 	host := m.ep.URL.Host
 	fail := func(status int, err error, down bool) (*http.Response, error) {
@@ -381,7 +385,7 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 			m.markDown()
 		}
 		t.count(host, true, false)
-		observeHost(t.registry, host, status, err)
+		observeHost(t.apiHost, host, status, err)
 		return nil, err
 	}
 	resp, err := m.client.Do(mreq)
@@ -412,7 +416,7 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 		return fail(resp.StatusCode, fmt.Errorf("%w: %s answered %s", errMirrorMiss, host, resp.Status), resp.StatusCode >= 500)
 	}
 	t.count(host, true, true)
-	observeHost(t.registry, host, resp.StatusCode, nil)
+	observeHost(t.apiHost, host, resp.StatusCode, nil)
 	if req.Method == http.MethodGet {
 		if want < 0 {
 			want = resp.ContentLength

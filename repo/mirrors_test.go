@@ -600,3 +600,40 @@ func TestMirrorConcurrentColdPulls(t *testing.T) {
 	t.Logf("8 concurrent cold pulls of %d stored bytes through docker-registry's proxy: origin egress %d bytes (%.1fx), %d blob GETs",
 		w.stored, s.BytesOut, float64(s.BytesOut)/float64(w.stored), s.BlobGets)
 }
+
+// docker.io is reached at registry-1.docker.io: its requests still go to
+// the mirrors, which are told ns=docker.io (containerd's) and the API host
+// (Dragonfly's). The mirror serves, so nothing leaves the machine.
+func TestMirrorDockerIO(t *testing.T) {
+	blob := []byte("golden disk bytes")
+	dg := digestOf(blob)
+	var mu sync.Mutex
+	var q *http.Request
+	mirror := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		q = r.Clone(context.Background())
+		mu.Unlock()
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(blob))
+	}))
+	defer mirror.Close()
+	r, err := ParseRef("docker.io/library/golden@" + dg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := OpenTarget(r, TargetOptions{Credentials: credentials.NewMemoryStore(), Mirrors: []string{mirror.URL, "https://registry-1.docker.io"}, HostsDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tg.MirrorHosts(); len(got) != 1 {
+		t.Fatalf("mirrors %q: the origin's API host is not a mirror", got)
+	}
+	got, err := RegistryRanges{Repo: tg.Repo}.FetchRange(context.Background(), dg, 7, 4)
+	if err != nil || string(got) != "disk" {
+		t.Fatalf("%q %v", got, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if q.URL.Query().Get("ns") != "docker.io" || q.Header.Get("X-Dragonfly-Registry") != "https://registry-1.docker.io" || q.URL.Path != "/v2/library/golden/blobs/"+dg {
+		t.Fatalf("mirror request %s %v", q.URL, q.Header)
+	}
+}

@@ -177,7 +177,7 @@ func OpenTarget(ref Ref, opts TargetOptions) (*Target, error) {
 	}
 	var mt *mirrorTransport
 	if mc != nil {
-		if mt, err = newMirrorTransport(ref.Remote.Registry, mc, tr, opts.Transport, store); err != nil {
+		if mt, err = newMirrorTransport(ref.Remote, mc, tr, opts.Transport, store); err != nil {
 			return nil, fmt.Errorf("mirrors of %s: %w", ref.Remote.Registry, err)
 		}
 		tr = mt
