@@ -173,8 +173,18 @@ type mirrorTransport struct {
 
 type mirror struct {
 	ep        Endpoint
-	client    *auth.Client // the mirror's own credentials and token cache
-	downUntil atomic.Int64 // unix nanoseconds
+	client    *auth.Client  // the mirror's own credentials and token cache
+	downUntil *atomic.Int64 // unix nanoseconds; shared by the process's targets
+}
+
+// mirrorHealth holds, per mirror URL, until when the process leaves it out
+// (the daemon opens one target per lazy layer: a dead mirror costs one
+// attempt per process, not one per layer).
+var mirrorHealth sync.Map // string -> *atomic.Int64
+
+func healthOf(u url.URL) *atomic.Int64 {
+	v, _ := mirrorHealth.LoadOrStore(u.String(), new(atomic.Int64))
+	return v.(*atomic.Int64)
 }
 
 func (m *mirror) down() bool { return time.Now().UnixNano() < m.downUntil.Load() }
@@ -200,7 +210,7 @@ func newMirrorTransport(ref registry.Reference, cfg *mirrorConfig, base, tr http
 				return nil, fmt.Errorf("mirror %s: %w", ep.URL.Host, err)
 			}
 		}
-		t.mirrors = append(t.mirrors, &mirror{ep: ep, client: &auth.Client{
+		t.mirrors = append(t.mirrors, &mirror{ep: ep, downUntil: healthOf(ep.URL), client: &auth.Client{
 			Client:     &http.Client{Transport: mtr},
 			Cache:      auth.NewCache(),
 			Credential: credentials.Credential(store),

@@ -228,6 +228,15 @@ func TestMirrorDownFallsBack(t *testing.T) {
 	if o := hs[w.egress.Addr]; o.Bytes < w.stored {
 		t.Fatalf("origin served %+v", o)
 	}
+	// Another target of the process (the daemon opens one per layer)
+	// does not try the dead mirror again.
+	again := mirrorTarget(t, w.ref, "http://"+dead)
+	if _, err := Pull(ctx, newStore(t), again, PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if m, tried := again.HostStats()[dead]; tried {
+		t.Fatalf("a second target asked the dead mirror again: %+v", m)
+	}
 
 	// A mirror that worked (warmed by an eager pull), then stops.
 	if _, err := Pull(ctx, newStore(t), mirrorTarget(t, w.ref, "http://"+w.mirror.Addr), PullOptions{}); err != nil {
