@@ -219,8 +219,9 @@ var errNotFull = errors.New("lazy blob lost pages before adoption")
 // Fill fetches every missing page, in order, at most opts.Rate bytes a
 // second, then checks the whole file against the digest and moves it
 // into the store as an ordinary complete blob. It returns ErrDigestMismatch
-// (and forgets every page) if the assembled blob is wrong. While it runs,
-// eviction (by any process) leaves the blob alone.
+// (and forgets every page) if the assembled blob is wrong; when mirrors may
+// have served it, it first fills once more from the origin only. While it
+// runs, eviction (by any process) leaves the blob alone.
 func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	if opts.Span <= 0 {
 		opts.Span = 4 << 20
