@@ -646,3 +646,27 @@ func TestMirrorDockerIO(t *testing.T) {
 		t.Fatalf("mirror request %s %v", q.URL, q.Header)
 	}
 }
+
+// A mirror that breaks Range (ignores it, as Harbor's proxy-cache does on
+// a miss; shifts Content-Range; cuts a 206 short) never gives a lazy read
+// wrong data: its answer is not taken and the origin serves the range.
+func TestMirrorBreaksRange(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	if _, err := Pull(ctx, newStore(t), mirrorTarget(t, w.ref, "http://"+w.mirror.Addr), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.waitMirrored(t)
+	for _, f := range []faultproxy.Faults{{IgnoreRange: true}, {ShiftContentRange: 4096}, {ShortBody: true}} {
+		bad := faultproxy.Start(t, w.mirror.Addr)
+		bad.Set(f)
+		tg := mirrorTarget(t, w.ref, "http://"+bad.Addr)
+		if !bytes.Equal(lazyRead(t, tg, w, 0), w.blob(t, 0)) {
+			t.Fatalf("%+v: lazy read differs", f)
+		}
+		hs := tg.HostStats()
+		if hs[bad.Addr].Failures+hs[bad.Addr].Requests == 0 || hs[w.egress.Addr].Bytes == 0 {
+			t.Fatalf("%+v: the mirror was not asked or the origin did not serve: %+v", f, hs)
+		}
+	}
+}
