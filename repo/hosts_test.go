@@ -298,3 +298,22 @@ func FuzzRangeMatches(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseMirrorList(f *testing.F) {
+	f.Add("http://a:5000, https://b/cache")
+	f.Add(",,")
+	f.Fuzz(func(t *testing.T, s string) {
+		list, err := ParseMirrorList(s)
+		if err != nil {
+			return
+		}
+		for _, m := range list {
+			if m == "" || strings.Contains(m, ",") {
+				t.Fatalf("%q -> %q", s, list)
+			}
+			if _, err := ParseEndpointURL(m, false); err != nil {
+				t.Fatalf("%q: listed %q does not parse: %v", s, m, err)
+			}
+		}
+	})
+}
