@@ -325,7 +325,7 @@ func (t *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			need = CapResolve
 		}
 		for _, m := range t.mirrors {
-			if m.ep.Capabilities&need == 0 || m.down() {
+			if m.ep.Capabilities&need == 0 || m.down() || req.Header.Get("Range") != "" && rangeless.has(m.ep.URL.Host, rest) {
 				continue
 			}
 			resp, err := t.tryMirror(m, req, rest)
@@ -413,6 +413,7 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 		// Range ignored: a whole blob for a range is not what a lazy
 		// read should pay; the next host may honour it.
 		drainClose(resp)
+		rangeless.add(host, rest)
 		return fail(resp.StatusCode, fmt.Errorf("%w: %s ignored Range", errMirrorMiss, host), false)
 	case resp.StatusCode == http.StatusPartialContent:
 		n, ok := rangeMatches(rng, resp.Header.Get("Content-Range"), resp.ContentLength)
@@ -434,6 +435,43 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 		resp.Body = &countBody{rc: resp.Body, n: t.bytesOf(host, true), want: want, short: m.markDown}
 	}
 	return resp, nil
+}
+
+// rangeless remembers, per mirror and blob, a mirror that answered a
+// range request with the whole blob (Harbor's proxy-cache and
+// docker-registry on a miss): range requests for that blob skip it for
+// mirrorCooldown, instead of paying a round trip each (it may have cached
+// the blob by then).
+var rangeless = &rangelessSet{m: map[string]int64{}}
+
+type rangelessSet struct {
+	mu sync.Mutex
+	m  map[string]int64 // mirror host + " " + path -> unix nanoseconds
+}
+
+const maxRangeless = 4096
+
+func (r *rangelessSet) add(host, path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now().UnixNano()
+	if len(r.m) >= maxRangeless {
+		for k, until := range r.m {
+			if until < now {
+				delete(r.m, k)
+			}
+		}
+		if len(r.m) >= maxRangeless {
+			clear(r.m)
+		}
+	}
+	r.m[host+" "+path] = now + int64(mirrorCooldown)
+}
+
+func (r *rangelessSet) has(host, path string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Now().UnixNano() < r.m[host+" "+path]
 }
 
 // rangeMatches checks a 206 answer to a "bytes=a-b" or "bytes=a-" request:

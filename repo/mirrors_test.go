@@ -668,5 +668,18 @@ func TestMirrorBreaksRange(t *testing.T) {
 		if hs[bad.Addr].Failures+hs[bad.Addr].Requests == 0 || hs[w.egress.Addr].Bytes == 0 {
 			t.Fatalf("%+v: the mirror was not asked or the origin did not serve: %+v", f, hs)
 		}
+		if f.IgnoreRange {
+			// Further ranges of that blob skip the mirror for a while.
+			l := w.cfg.Layers[0]
+			for _, off := range []int64{0, 4096, 8192} {
+				b, err := RegistryRanges{Repo: tg.Repo}.FetchRange(ctx, l.Digest, off, 100)
+				if err != nil || !bytes.Equal(b, w.blob(t, 0)[off:off+100]) {
+					t.Fatalf("range at %d: %v", off, err)
+				}
+			}
+			if got := tg.HostStats()[bad.Addr]; got.Failures != hs[bad.Addr].Failures || got.Requests != 0 {
+				t.Fatalf("a mirror that ignored Range was asked again for the blob: %+v then %+v", hs[bad.Addr], got)
+			}
+		}
 	}
 }
