@@ -104,6 +104,7 @@ type LazyBlob struct {
 	opts     LazyOptions
 
 	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
+	noMirrors   atomic.Bool  // bytes of this blob failed a check: fetch from the origin only
 	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
 
 	mu       sync.Mutex

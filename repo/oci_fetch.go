@@ -29,8 +29,9 @@ import (
 //
 // A transfer cut by the network keeps the partial file and fails. A file
 // that fails its check is discarded: when it had resumed bytes (which a
-// crash may have damaged) the download starts over once from zero; else
-// the error wraps ErrDigestMismatch and the store is unchanged.
+// crash may have damaged) the download starts over once from zero, as it
+// does, from the origin only, when a mirror may have served it; else the
+// error wraps ErrDigestMismatch and the store is unchanged.
 func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, p Progress) (lp LayerPull, err error) {
 	dg := d.Digest.String()
 	lp = LayerPull{Digest: dg, Size: d.Size}
@@ -63,9 +64,12 @@ func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, 
 			f.Sync() // keep what arrived for the next pull
 			return lp, err
 		}
-		if resumed == 0 || attempt > 0 {
+		if attempt > 0 || resumed == 0 && t.mirrors == nil {
 			os.Remove(f.Name())
 			return lp, err
+		}
+		if t.mirrors != nil { // a mirror may have served the bad bytes
+			ctx = withoutMirrors(ctx)
 		}
 		if err := f.Truncate(0); err != nil { // the kept prefix was bad: start over
 			return lp, fmt.Errorf("content store: %w", err)

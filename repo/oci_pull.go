@@ -8,7 +8,6 @@ import (
 	"github.com/obdvol/obdvol/snapshot"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
-	"oras.land/oras-go/v2/content"
 )
 
 // PullOptions tune a pull.
@@ -65,7 +64,7 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if mdesc.MediaType != ocispec.MediaTypeImageManifest || mdesc.Size > maxManifestBytes {
 		return nil, fmt.Errorf("%w: %s is a %s of %d bytes, not an OCI image manifest", ErrArtifact, t.Ref, mdesc.MediaType, mdesc.Size)
 	}
-	mb, err := content.FetchAll(ctx, t, mdesc)
+	mb, err := fetchAllChecked(ctx, t, mdesc)
 	if err != nil {
 		return nil, fmt.Errorf("fetch manifest of %s: %w", t.Ref, err)
 	}
@@ -73,7 +72,7 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if err != nil {
 		return nil, err
 	}
-	cb, err := content.FetchAll(ctx, t, m.Config)
+	cb, err := fetchAllChecked(ctx, t, m.Config)
 	if err != nil {
 		return nil, fmt.Errorf("fetch config of %s: %w", t.Ref, err)
 	}
@@ -115,7 +114,13 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 		return nil, err
 	}
 	if err := checkTrailers(ctx, s, t, cfg); err != nil {
-		return nil, err
+		if t.mirrors == nil || ctx.Err() != nil {
+			return nil, err
+		}
+		// A mirror may have served a bad trailer: ask the origin.
+		if err := checkTrailers(withoutMirrors(ctx), s, t, cfg); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range res.Layers {
 		res.BytesMoved += l.Fetched

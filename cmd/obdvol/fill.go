@@ -14,6 +14,7 @@ import (
 type fillOptions struct {
 	Rate        string
 	Concurrency int
+	Mirror      mirrorFlags
 }
 
 func newFillCommand(g *globalOptions) *cobra.Command {
@@ -30,11 +31,15 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := o.Mirror.check(); err != nil {
+				return err
+			}
 			e, err := openEnv(g)
 			if err != nil {
 				return err
 			}
 			defer e.close()
+			e.mirror = o.Mirror
 			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
 			if err != nil {
@@ -45,6 +50,7 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Rate, "rate", "0", "bytes per second at most (0: unlimited), e.g. 50M")
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
+	o.Mirror.register(cmd.Flags())
 	return cmd
 }
 

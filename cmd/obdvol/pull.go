@@ -47,6 +47,7 @@ requests (verified by their checksums). obdvol fill VOL (or --wait) completes it
 	}
 	f := cmd.Flags()
 	o.transferFlags.register(f)
+	o.Mirror.register(f)
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
 	f.BoolVar(&o.Fill, "fill", true, "with --lazy: complete the download in a background process (obdvol fill)")
@@ -58,6 +59,9 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	if err := metadata.ValidateName("volume", vol); err != nil {
 		return usageError{err}
 	}
+	if err := o.Mirror.check(); err != nil {
+		return err
+	}
 	t, err := openTarget(ref, &o.transferFlags)
 	if err != nil {
 		return err
@@ -67,6 +71,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		return err
 	}
 	defer e.close()
+	e.mirror = o.Mirror
 	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
 	p := newBarProgress(g, "pull")
 	// The lease keeps gc (in any process) away from the layers from
@@ -130,7 +135,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	if g.JSON {
 		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot, "fill_log": fillLog,
 			"fast_forward": ad.FastForward, "prefetched_bytes": prefetched, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
-			"filled_bytes": filled, "ready_seconds": ready.Seconds()})
+			"filled_bytes": filled, "ready_seconds": ready.Seconds(), "hosts": t.HostStats()})
 	}
 	verb := "created"
 	if ad.FastForward {
@@ -139,6 +144,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	fmt.Fprintf(out, "pulled %s: volume %s %s at %s@%s (%d layers)\n  fetched %s in %d blob(s), had %s in %d, %.2fs, %s\n",
 		t.Ref, vol, verb, vol, cfg.Snapshot, len(cfg.Layers), formatSize(uint64(res.BytesMoved)), res.BlobsMoved,
 		formatSize(uint64(res.BytesSkipped)), res.BlobsSkipped, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
+	printHosts(out, t)
 	if lazy && !o.Wait && remote > 0 {
 		fmt.Fprintf(out, "  lazy: %d layer(s) fetch on demand (usable after %.2fs); obdvol fill %s completes them\n", remote, ready.Seconds(), vol)
 		if prefetched > 0 {
@@ -174,7 +180,7 @@ func startBackgroundFill(e *env, vol, rate string) (string, error) {
 		return "", err
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, "--root", e.root, "--no-progress", "fill", vol, "--rate", rate)
+	cmd := exec.Command(self, append([]string{"--root", e.root, "--no-progress", "fill", vol, "--rate", rate}, e.mirror.args()...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

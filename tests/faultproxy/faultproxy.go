@@ -56,6 +56,10 @@ type Faults struct {
 	// ChunkMinLength, when > 0, is advertised as OCI-Chunk-Min-Length in
 	// the answers that open blob upload sessions.
 	ChunkMinLength int64
+	// CorruptBody flips the bits of the first byte of every blob GET's
+	// answer (200 or 206), headers unchanged: a mirror or cache serving
+	// wrong bytes.
+	CorruptBody bool
 }
 
 // Stats count what the proxy forwarded.
@@ -247,6 +251,10 @@ func (p *Proxy) modify(resp *http.Response) error {
 		resp.StatusCode == http.StatusAccepted && strings.HasSuffix(resp.Request.URL.Path, "/blobs/uploads/") {
 		resp.Header.Set("OCI-Chunk-Min-Length", strconv.FormatInt(st.faults.ChunkMinLength, 10))
 	}
+	if st != nil && st.faults.CorruptBody && resp.Request.Method == http.MethodGet && isBlobGet(resp.Request) &&
+		(resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent) {
+		resp.Body = &corruptReader{rc: resp.Body}
+	}
 	if st == nil || resp.StatusCode != http.StatusPartialContent {
 		return nil
 	}
@@ -267,6 +275,23 @@ func (p *Proxy) modify(resp *http.Response) error {
 	}
 	return nil
 }
+
+// corruptReader flips the first byte it reads.
+type corruptReader struct {
+	rc   io.ReadCloser
+	done bool
+}
+
+func (c *corruptReader) Read(b []byte) (int, error) {
+	n, err := c.rc.Read(b)
+	if n > 0 && !c.done {
+		b[0] ^= 0xff
+		c.done = true
+	}
+	return n, err
+}
+
+func (c *corruptReader) Close() error { return c.rc.Close() }
 
 // countWriter counts (and rate-limits) response body bytes.
 type countWriter struct {
