@@ -105,6 +105,7 @@ type LazyBlob struct {
 
 	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
 	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
+	whole       wholeStream  // a whole-blob answer being streamed in (lazy_whole.go)
 
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written
