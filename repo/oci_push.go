@@ -216,13 +216,19 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 	return p.done(name, d, opened, err)
 }
 
-// upload sends d's bytes with a plain push.
+// upload sends d's bytes with a plain push (once more, reopened, after a
+// 401: see pushAgainOn401).
 func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func() (io.ReadCloser, error)) error {
-	rc, err := content()
-	if err != nil {
+	return pushAgainOn401(func() error {
+		rc, err := content()
+		if err != nil {
+			return err
+		}
+		if err = p.t.Push(ctx, d, rc); err != nil {
+			rc.Close()
+		}
 		return err
-	}
-	return p.t.Push(ctx, d, rc)
+	})
 }
 
 // done closes what was opened, ends d's progress and counts it.

@@ -161,6 +161,8 @@ func (r RegistryRanges) requestRange(ctx context.Context, digest string, off, n 
 		}
 		return nil, total, fmt.Errorf("blob %s range [%d,+%d): registry answered %s (blob of %d bytes): %w",
 			digest, off, n, resp.Status, total, ErrBadRange)
+	case resp.StatusCode == http.StatusUnauthorized: // after re-authenticating once (auth.Client)
+		return nil, -1, fmt.Errorf("blob %s range [%d,+%d): registry answered %s: %w", digest, off, n, resp.Status, ErrUnauthorized)
 	default:
 		return nil, -1, fmt.Errorf("blob %s range [%d,+%d): registry answered %s", digest, off, n, resp.Status)
 	}

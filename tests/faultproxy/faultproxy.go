@@ -4,7 +4,8 @@
 // to every request), a request-size limit (413, as Cloudflare-fronted
 // registries answer over 100 MB), Range ignored (200 and the whole blob, as
 // distribution without a cache or Harbor's proxy-cache on a miss), a wrong
-// Content-Range, a short 206 body, and a shared bandwidth limit. It counts
+// Content-Range, a short 206 body, a shared bandwidth limit, and bearer
+// tokens that expire (bearer.go). It counts
 // what it forwards, so a test or benchmark can read the origin's egress.
 //
 // Faults are changed at any time with Set; a request sees the settings of
@@ -68,6 +69,8 @@ type Proxy struct {
 	limit  *bucket
 
 	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge atomic.Int64
+
+	bearer bearerState // bearer.go
 
 	srv *http.Server
 	ln  net.Listener
@@ -169,6 +172,9 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, limit := p.snapshot()
 		p.requests.Add(1)
+		if p.gate(w, r) { // bearer.go
+			return
+		}
 		if isBlobGet(r) && r.Method == http.MethodGet {
 			p.blobGets.Add(1)
 			if r.Header.Get("Range") != "" {
