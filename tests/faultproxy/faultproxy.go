@@ -48,6 +48,10 @@ type Faults struct {
 	// Bandwidth, when > 0, limits the response bytes of all requests
 	// together to this many bytes a second.
 	Bandwidth int64
+	// ConnBandwidth, when > 0, limits each response to this many bytes a
+	// second: what one TCP stream gets at a high round-trip time (its
+	// window over the RTT), which several requests at once multiply.
+	ConnBandwidth int64
 }
 
 // Stats count what the proxy forwarded.
@@ -224,7 +228,11 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 		st := &reqState{faults: f, limit: limit}
 		ctx := r.Context()
 		r = r.WithContext(withState(ctx, st))
-		next.ServeHTTP(&countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}, r)
+		cw := &countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}
+		if f.ConnBandwidth > 0 {
+			cw.conn = &bucket{rate: f.ConnBandwidth}
+		}
+		next.ServeHTTP(cw, r)
 	})
 }
 
@@ -256,17 +264,21 @@ type countWriter struct {
 	http.ResponseWriter
 	n     *atomic.Int64
 	limit *bucket
+	conn  *bucket // this response's own limit
 }
 
 func (w *countWriter) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
 		chunk := b[done:]
-		if w.limit != nil && len(chunk) > 64<<10 {
+		if (w.limit != nil || w.conn != nil) && len(chunk) > 64<<10 {
 			chunk = chunk[:64<<10]
 		}
 		if w.limit != nil {
 			w.limit.take(int64(len(chunk)))
+		}
+		if w.conn != nil {
+			w.conn.take(int64(len(chunk)))
 		}
 		n, err := w.ResponseWriter.Write(chunk)
 		done += n
