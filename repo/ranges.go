@@ -41,7 +41,8 @@ func (r RegistryRanges) FetchRange(ctx context.Context, digest string, off, n in
 // may be "*") and, when it states one, a Content-Length of n; anything
 // else is an error wrapping ErrBadRange. A registry that ignores Range
 // answers 200 with the whole blob: the range is taken from it (correct,
-// not cheap), and one too short for it is an error wrapping ErrBadRange, as
+// not cheap; lazy blobs use fetchRangeOrWhole, which keeps it all), and
+// one too short for it is an error wrapping ErrBadRange, as
 // is a 416 (the range is past the blob's end; its total is returned).
 func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off, n int64) ([]byte, int64, error) {
 	if err := ValidateDigest(digest); err != nil {
@@ -74,7 +75,11 @@ func (r RegistryRanges) fetchRangeOrWhole(ctx context.Context, digest string, of
 		return nil, -1, fmt.Errorf("range [%d,+%d) is invalid", off, n)
 	}
 	b, total, err := r.requestRange(ctx, digest, off, n, sink)
-	observeRange(r.Repo.Reference.Host(), int64(len(b)), err)
+	if errors.Is(err, errWholeLanded) { // a whole blob delivered
+		observeRange(r.Repo.Reference.Host(), max(total, 0), nil)
+	} else {
+		observeRange(r.Repo.Reference.Host(), int64(len(b)), err)
+	}
 	return b, total, err
 }
 
