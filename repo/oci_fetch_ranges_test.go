@@ -172,4 +172,12 @@ func TestPullRangesIgnored(t *testing.T) {
 	if !errors.Is(err, ErrBadRange) || !strings.Contains(err.Error(), "serves other bytes than asked") {
 		t.Fatalf("pull through a registry shifting Content-Range: %v", err)
 	}
+	// Short 206 bodies fail the pull (after retries) naming that, and
+	// leave nothing in the store.
+	p.Set(faultproxy.Faults{ShortBody: true})
+	c := newStore(t)
+	_, err = Pull(ctx, c, target(t, p.Addr+"/broken:v1", nil), PullOptions{RangeConcurrency: 4, RangeMin: 1 << 20})
+	if err == nil || !strings.Contains(err.Error(), "the answer ended after") || c.Has(dgs[0]) {
+		t.Fatalf("pull through a registry sending short 206 bodies: %v", err)
+	}
 }

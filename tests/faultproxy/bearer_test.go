@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/obdvol/obdvol/tests/faultproxy"
 	"github.com/obdvol/obdvol/tests/regtest"
@@ -54,6 +55,16 @@ func TestBearer(t *testing.T) {
 	}
 	if st := p.BearerStats(); st.Issued != 1 || st.Denied != 1 || st.Unauthorized != 2 {
 		t.Fatalf("bearer stats: %+v", st)
+	}
+	// A token past its TTL is refused.
+	p.SetBearer(&faultproxy.Bearer{User: "u", Password: "pw", TTL: time.Millisecond})
+	resp = do("/token?service=faultproxy", "u", "pw", "")
+	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil || tr.Token == "" {
+		t.Fatalf("token: %s, %v", resp.Status, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if resp := do("/v2/", "", "", tr.Token); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a token past its TTL: %s", resp.Status)
 	}
 	if strings.Contains(reg.Log(), tr.Token) {
 		t.Fatal("the token reached the registry")
