@@ -454,6 +454,7 @@ func (b *LazyBlob) Sync() error {
 
 // Close closes the file and the lock.
 func (b *LazyBlob) Close() error {
+	b.endWhole() // lazy_whole.go
 	err := b.f.Close()
 	b.lk.mu.Lock()
 	b.lk.close()

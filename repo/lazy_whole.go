@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // A registry that ignores Range answers a lazy blob's range request with
@@ -14,8 +15,13 @@ import (
 // streams the answer whole into its .lazy file, committing pages as they
 // land (readers waiting for a page go on as soon as it is there), and
 // checks the stream's sha256 at the end: a mismatch forgets every page.
-// One stream per LazyBlob runs at a time: a second whole-blob answer is
-// dropped and its reader waits for its pages from the first. A host that
+// The stream runs in its own goroutine, detached from the read that asked
+// (whose context ends only the wait for its pages): that read, like any
+// other, returns as soon as its pages land. A stream that receives
+// nothing for 30 s, or whose LazyBlob is closed, ends; the pages that
+// landed stay. One stream per LazyBlob runs at a time: a second
+// whole-blob answer is dropped and its reader waits for its pages from the
+// first. A host that
 // ignored Range is remembered (ranges.go, rangeIgnoredHosts): while a
 // request for a blob of it is in flight, other misses of that blob wait
 // for it rather than send requests that would each bring the whole blob.
@@ -34,6 +40,9 @@ type wholeStream struct {
 	mu      sync.Mutex
 	running bool          // a stream, or a request to a host that ignores Range, is under way
 	landed  chan struct{} // closed (and replaced) when pages land or running ends
+	err     error         // how the last stream ended
+	cancel  func()        // ends the stream goroutine (nil: none)
+	done    chan struct{} // closed when the stream goroutine has ended
 }
 
 // errWholeBusy is returned by a sink when another stream of the blob runs.
@@ -41,6 +50,10 @@ var errWholeBusy = errors.New("another whole-blob stream of this blob is running
 
 // wholeSpan is how many bytes of a stream are committed at a time.
 const wholeSpan = 4 << 20
+
+// wholeStall ends a stream that received nothing for this long (or for
+// RetryFor, if longer).
+const wholeStall = 30 * time.Second
 
 // fetchSpan fetches [start, +n), pages [p, q], for fetchPages. It returns
 // the bytes, or nil and no error when the pages landed from a whole-blob
@@ -54,21 +67,55 @@ func (b *LazyBlob) fetchSpan(ctx context.Context, p, q, start, n int64) ([]byte,
 		if landed, err := b.waitWhole(ctx, p, q); err != nil || landed {
 			return nil, err
 		}
-		sink, claimed := b.streamWhole, false
+		if tries > 0 {
+			b.whole.mu.Lock()
+			err := b.whole.err
+			b.whole.mu.Unlock()
+			if err != nil {
+				return nil, err // the stream ended without our pages
+			}
+		}
+		claimed := false
 		if wf.rangeIgnored() {
 			// One request of this blob at a time: it may bring the whole blob.
 			if !b.claimWhole() {
 				continue
 			}
-			sink, claimed = b.streamClaimed, true
+			claimed = true
 		}
-		data, total, err := wf.fetchRangeOrWhole(ctx, b.digest, start, n, sink)
-		if claimed {
-			b.wake(true)
+		// The request outlives ctx if it turns into a stream.
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, cancel)
+		handed := false
+		sink := func(body io.ReadCloser, total int64) error {
+			if !claimed {
+				if !b.claimWhole() {
+					body.Close()
+					return errWholeBusy
+				}
+				claimed = true
+			}
+			if !stop() { // ctx ended
+				body.Close()
+				return fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
+			}
+			handed = true
+			b.startWhole(body, total, cancel)
+			return nil
+		}
+		data, total, err := wf.fetchRangeOrWhole(rctx, b.digest, start, n, sink)
+		if !handed {
+			stop()
+			cancel()
+			if claimed {
+				b.wake(true)
+			}
 		}
 		switch {
 		case errors.Is(err, errWholeLanded), errors.Is(err, errWholeBusy):
-			continue // the pages landed, or will from the other stream
+			continue // the pages land, or will from the other stream
+		case err != nil && ctx.Err() != nil:
+			return nil, fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
 		case err != nil:
 			return nil, err
 		}
@@ -138,20 +185,62 @@ func (b *LazyBlob) claimWhole() bool {
 		return false
 	}
 	b.whole.running = true
+	b.whole.err = nil
 	if b.whole.landed == nil {
 		b.whole.landed = make(chan struct{})
 	}
 	return true
 }
 
-// streamWhole is the wholeSink of a lazy blob: unless another stream of
-// it runs (errWholeBusy), it streams the answer in (streamClaimed).
-func (b *LazyBlob) streamWhole(body io.Reader, total int64) error {
-	if !b.claimWhole() {
-		return errWholeBusy
+// startWhole streams body into b in a goroutine that holds the claim and
+// ends with cancel (the request's context): when done, when nothing
+// arrives for wholeStall, or when b is closed (endWhole).
+func (b *LazyBlob) startWhole(body io.ReadCloser, total int64, cancel func()) {
+	done := make(chan struct{})
+	b.whole.mu.Lock()
+	b.whole.cancel, b.whole.done = cancel, done
+	b.whole.mu.Unlock()
+	go func() {
+		defer close(done)
+		defer cancel()
+		quiet := max(b.opts.RetryFor, wholeStall)
+		stall := time.AfterFunc(quiet, cancel)
+		err := b.streamClaimed(&stallReader{r: body, t: stall, d: quiet}, total)
+		stall.Stop()
+		body.Close()
+		b.whole.mu.Lock()
+		b.whole.err, b.whole.cancel = err, nil
+		b.whole.mu.Unlock()
+		b.wake(true)
+	}()
+}
+
+// endWhole ends b's stream, if one runs, and waits for it (Close).
+func (b *LazyBlob) endWhole() {
+	b.whole.mu.Lock()
+	cancel, done := b.whole.cancel, b.whole.done
+	b.whole.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
-	defer b.wake(true)
-	return b.streamClaimed(body, total)
+	if done != nil {
+		<-done
+	}
+}
+
+// stallReader resets its timer whenever bytes arrive.
+type stallReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if n > 0 {
+		s.t.Reset(s.d)
+	}
+	return n, err
 }
 
 // streamClaimed writes the whole blob from body into the .lazy file,

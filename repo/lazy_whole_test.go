@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -141,13 +143,35 @@ func TestLazyWholeBlobAnswerVerified(t *testing.T) {
 	p.Set(faultproxy.Faults{IgnoreRange: true})
 	s := newStore(t)
 	b := openLazy(t, s, dgs[0], proxyRanges(t, p), len(data[0]))
-	_, err := b.ReadAt(make([]byte, 100), 0)
+	// The read returns once its pages land (bytes are checked per chunk
+	// above this layer), or, if it looks only after the stream failed its
+	// sha256, fails with that.
+	if err := readAtCheck(b, data[0], 0, 100); err != nil && !errors.Is(err, ErrDigestMismatch) {
+		t.Fatal(err)
+	}
+	err := waitStreamEnd(t, b)
 	if !errors.Is(err, ErrDigestMismatch) || !strings.Contains(err.Error(), "ignores Range") {
-		t.Fatalf("read of a damaged whole-blob answer: %v", err)
+		t.Fatalf("stream of a damaged whole-blob answer: %v", err)
 	}
 	if b.Present() != 0 {
 		t.Fatalf("%d bytes of a damaged whole-blob answer were kept", b.Present())
 	}
+}
+
+// waitStreamEnd waits until b's whole-blob stream has ended and returns
+// how it ended.
+func waitStreamEnd(t *testing.T, b *LazyBlob) error {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b.whole.mu.Lock()
+		running, err := b.whole.running, b.whole.err
+		b.whole.mu.Unlock()
+		if !running {
+			return err
+		}
+	}
+	t.Fatal("the whole-blob stream did not end") // liveness only
+	return nil
 }
 
 // A registry answering 206 with another Content-Range fails the read at
@@ -182,4 +206,105 @@ func TestLazyRegistryBreakingRangeFails(t *testing.T) {
 	if err := readAtCheck(b, data[0], 300<<10, 100); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// gateTransport holds every whole-blob answer (a 200 to a blob GET) after
+// its first open bytes until release is closed (or the request ends).
+type gateTransport struct {
+	open    int64
+	release chan struct{}
+}
+
+type gateBody struct {
+	io.ReadCloser
+	ctx     context.Context
+	left    int64
+	release chan struct{}
+}
+
+func (g *gateBody) Read(p []byte) (int, error) {
+	if g.left <= 0 {
+		select {
+		case <-g.release:
+		case <-g.ctx.Done():
+			return 0, g.ctx.Err()
+		}
+		return g.ReadCloser.Read(p)
+	}
+	if int64(len(p)) > g.left {
+		p = p[:g.left]
+	}
+	n, err := g.ReadCloser.Read(p)
+	g.left -= int64(n)
+	return n, err
+}
+
+func (g *gateTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusOK && strings.Contains(r.URL.Path, "/blobs/") {
+		resp.Body = &gateBody{ReadCloser: resp.Body, ctx: r.Context(), left: g.open, release: g.release}
+	}
+	return resp, err
+}
+
+// A whole-blob stream runs on its own: the read that started it returns
+// once its pages land, its context ending does not end the stream, and
+// Close ends a stream that is still running.
+func TestLazyWholeStreamDetached(t *testing.T) {
+	data, dgs, _, p := brokenRangeFixture(t, 12<<20, 12<<20)
+	p.Set(faultproxy.Faults{IgnoreRange: true})
+	gate := &gateTransport{open: 5 << 20, release: make(chan struct{})}
+	f := RegistryRanges{Repo: target(t, p.Addr+"/broken:v1", gate).Repo}
+	s := newStore(t)
+	b := openLazy(t, s, dgs[0], f, len(data[0]))
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1000)
+		_, err := b.ReadAtContext(ctx, buf, 100<<10)
+		if err == nil && !bytes.Equal(buf, data[0][100<<10:100<<10+1000]) {
+			err = errors.New("wrong bytes")
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second): // liveness only: the read must not wait for the held rest
+		t.Fatal("the read that started a whole-blob stream waits for the whole blob")
+	}
+	if b.Present() >= int64(len(data[0])) {
+		t.Fatal("the whole blob is local although its answer is held")
+	}
+	cancel()
+	close(gate.release)
+	if err := readAtCheck(b, data[0], int64(len(data[0]))-1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, b, data[0])
+	if st := p.Stats(); st.BlobGets != 1 {
+		t.Fatalf("the stream did not outlive its reader's context: %+v", st)
+	}
+
+	// Close ends a running stream; what landed stays.
+	gate2 := &gateTransport{open: 5 << 20, release: make(chan struct{})}
+	defer close(gate2.release)
+	f2 := RegistryRanges{Repo: target(t, p.Addr+"/broken:v1", gate2).Repo}
+	b2, err := s.OpenLazy(dgs[1], int64(len(data[1])), f2, LazyOptions{Page: 64 << 10, RetryFor: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := readAtCheck(b2, data[1], 0, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b3 := openLazy(t, s, dgs[1], f, len(data[1]))
+	if pr := b3.Present(); pr < 4<<20 || pr >= int64(len(data[1])) {
+		t.Fatalf("after Close during a stream: %d bytes local", pr)
+	}
+	readAll(t, b3, data[1])
 }

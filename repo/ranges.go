@@ -57,8 +57,9 @@ func (r RegistryRanges) fetchRangeTotal(ctx context.Context, digest string, off,
 }
 
 // wholeSink takes a registry's whole-blob answer (body, and its length or
-// -1) in place of a range, and stores it (lazy_whole.go).
-type wholeSink func(body io.Reader, total int64) error
+// -1) in place of a range, and stores it (lazy_whole.go). The body is the
+// sink's to close, possibly after it returned.
+type wholeSink func(body io.ReadCloser, total int64) error
 
 // errWholeLanded is returned by fetchRangeOrWhole when the registry
 // ignored the range and its whole-blob answer went to the sink.
@@ -124,7 +125,12 @@ func (r RegistryRanges) requestRange(ctx context.Context, digest string, off, n 
 	if err != nil {
 		return nil, -1, err
 	}
-	defer resp.Body.Close()
+	handed := false // to a sink
+	defer func() {
+		if !handed {
+			resp.Body.Close()
+		}
+	}()
 	body := io.Reader(resp.Body)
 	total := int64(-1)
 	switch {
@@ -146,7 +152,8 @@ func (r RegistryRanges) requestRange(ctx context.Context, digest string, off, n 
 		total = resp.ContentLength
 		rangeIgnoredHosts.Store(ref.Host(), time.Now())
 		if sink != nil {
-			if err := sink(body, total); err != nil {
+			handed = true
+			if err := sink(resp.Body, total); err != nil {
 				return nil, total, err
 			}
 			return nil, total, errWholeLanded
