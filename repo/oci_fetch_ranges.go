@@ -171,8 +171,12 @@ func downloadRanges(ctx context.Context, t *Target, d ocispec.Descriptor, f *os.
 			for try := 0; try < 3; try++ {
 				if err = fetchSegment(ctx, t.Repo, d, f, off, m, &moved, p, name, headers, whole); err == nil ||
 					errors.Is(err, errWholeLanded) || errors.Is(err, ErrBadRange) || errors.Is(err, ErrUnauthorized) ||
-					errors.Is(err, errdef.ErrNotFound) || ctx.Err() != nil {
+					errors.Is(err, errdef.ErrNotFound) || errors.Is(err, ErrDigestMismatch) || ctx.Err() != nil || try == 2 {
 					break
+				}
+				select { // a cut connection: again, after a moment
+				case <-ctx.Done():
+				case <-time.After(time.Duration(try+1) * 200 * time.Millisecond):
 				}
 			}
 			headers() // (also when it failed)
