@@ -2,7 +2,9 @@ package repo
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"sync/atomic"
 
 	"oras.land/oras-go/v2/registry/remote/errcode"
 )
@@ -30,4 +32,17 @@ func pushAgainOn401(push func() error) error {
 		err = push()
 	}
 	return err
+}
+
+// readCount counts the bytes read through it (atomically: an HTTP
+// transport may still read a request body after the response came).
+type readCount struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (r *readCount) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	r.n.Add(int64(n))
+	return n, err
 }

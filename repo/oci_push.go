@@ -224,8 +224,10 @@ func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func(
 		if err != nil {
 			return err
 		}
-		if err = p.t.Push(ctx, d, rc); err != nil {
+		sent := &readCount{ReadCloser: rc}
+		if err = p.t.Push(ctx, d, sent); err != nil {
 			rc.Close()
+			p.moved.Add(-sent.n.Load()) // not moved: sent again, or the push failed
 		}
 		return err
 	})

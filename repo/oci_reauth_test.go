@@ -83,8 +83,16 @@ func TestPushReauthenticates(t *testing.T) {
 		_, p := bearerProxy(t, uses, testPassword)
 		a := newStore(t)
 		cfg := chainOf(t, a, 32, 300<<10, 200<<10, 100<<10)
-		if _, err := Push(context.Background(), a, dockerTarget(t, p.Addr+"/auth:v1"), cfg, PushOptions{Concurrency: 1}); err != nil {
+		res, err := Push(context.Background(), a, dockerTarget(t, p.Addr+"/auth:v1"), cfg, PushOptions{Concurrency: 1})
+		if err != nil {
 			t.Fatalf("push with tokens good for %d requests: %v", uses, err)
+		}
+		var total int64
+		for _, l := range cfg.Layers {
+			total += l.Size
+		}
+		if res.BytesMoved < total || res.BytesMoved > total+4096 { // the layers and the config
+			t.Fatalf("push with tokens good for %d requests moved %d bytes, layers hold %d", uses, res.BytesMoved, total)
 		}
 		b := newStore(t)
 		if _, err := Pull(context.Background(), b, dockerTarget(t, p.Addr+"/auth:v1"), PullOptions{}); err != nil {
