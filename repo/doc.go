@@ -8,7 +8,8 @@
 //   - Store: the host's content store, Root/blobs/sha256/<hex>; a path
 //     that exists holds a complete, verified blob.
 //   - partial file: Root/partial/<hex>.part, a download in progress that
-//     a later pull resumes; <hex>.lazy, <hex>.map and <hex>.lock hold a
+//     a later pull resumes (<hex>.segs: its segments present, when it
+//     downloads over several range requests); <hex>.lazy, <hex>.map and <hex>.lock hold a
 //     lazy blob shared by every process (see LazyBlob).
 //   - leftover: a tmp/ or .part file whose writer is gone (its flock is
 //     free: writers hold one from creation to rename), or a .map whose

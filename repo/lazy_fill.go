@@ -27,8 +27,11 @@ func (b *LazyBlob) fetchPages(ctx context.Context, p, q int64) error {
 	deadline := time.Now().Add(b.opts.RetryFor)
 	delay := 50 * time.Millisecond
 	for {
-		data, err := b.fetchOnce(ctx, start, n)
+		data, err := b.fetchSpan(ctx, p, q, start, n) // lazy_whole.go
 		if err == nil {
+			if data == nil {
+				return nil // landed from a whole-blob stream
+			}
 			return b.commit(p, q, data)
 		}
 		if errors.Is(err, ErrBadRange) || errors.Is(err, ErrDigestMismatch) {

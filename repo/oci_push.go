@@ -222,7 +222,9 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 	return p.done(name, d, opened, err)
 }
 
-// upload sends d's bytes, monolithically or in chunks (upload.go).
+// upload sends d's bytes, monolithically or in chunks (upload.go); a
+// monolithic upload answered 401 is sent once more, reopened (see
+// pushAgainOn401).
 func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func() (io.ReadCloser, error)) error {
 	return p.send(ctx, d, content)
 }

@@ -97,6 +97,19 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 		started = true
 		body := &detachable{r: rc}
 		err = p.t.Push(ctx, d, body)
+		if IsUnauthorized(err) {
+			// oras-go gives the PUT the POST's token and does not
+			// authenticate it again: a token that expired between them
+			// fails the upload. Once more, reopened (oci_auth.go).
+			p.moved.Add(-body.detach()) // sent again
+			rc.Close()
+			restart(err)
+			if rc, err = content(); err != nil {
+				return err
+			}
+			body = &detachable{r: rc}
+			err = p.t.Push(ctx, d, body)
+		}
 		if !isTooLarge(err) {
 			return err
 		}

@@ -82,7 +82,8 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		lease, err = e.mgr.Lease("pull "+vol, digests...)
 		return err
 	}
-	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease})
+	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease,
+		RangeConcurrency: o.RangeConcurrency})
 	finishBar(p)
 	if err != nil {
 		return err

@@ -21,11 +21,14 @@ type transferFlags struct {
 	PlainHTTP   bool
 	Concurrency int
 	Mirror      mirrorFlags // registered by pull (and fill); zero: the environment's
+
+	RangeConcurrency int // pull: range requests at once for one large blob (rangeauth)
 }
 
 func (t *transferFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&t.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
 	f.IntVar(&t.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	f.IntVar(&t.RangeConcurrency, "range-concurrency", 4, "pull: range requests in parallel for one blob of 64 MiB or more (1: one stream)")
 }
 
 // barProgress renders repo.Progress as one byte progress bar on stderr.

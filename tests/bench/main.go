@@ -36,7 +36,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, lazy, nbd or clones")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, lazy, nbd, clones or ranges")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -92,6 +92,9 @@ func main() {
 	}
 	if *only == "" || *only == "clones" {
 		clonesBench(work, *obdvolBin) // tests/bench/clones.go
+	}
+	if *only == "ranges" { // not in the default run (about a minute)
+		rangesBench(work) // tests/bench/ranges.go
 	}
 }
 

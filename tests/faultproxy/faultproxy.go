@@ -4,7 +4,8 @@
 // to every request), a request-size limit (413, as Cloudflare-fronted
 // registries answer over 100 MB), Range ignored (200 and the whole blob, as
 // distribution without a cache or Harbor's proxy-cache on a miss), a wrong
-// Content-Range, a short 206 body, and a shared bandwidth limit. It counts
+// Content-Range, a short 206 body, a shared bandwidth limit, and bearer
+// tokens that expire (bearer.go). It counts
 // what it forwards, so a test or benchmark can read the origin's egress.
 //
 // Faults are changed at any time with Set; a request sees the settings of
@@ -60,6 +61,10 @@ type Faults struct {
 	// answer (200 or 206), headers unchanged: a mirror or cache serving
 	// wrong bytes.
 	CorruptBody bool
+	// ConnBandwidth, when > 0, limits each response to this many bytes a
+	// second: what one TCP stream gets at a high round-trip time (its
+	// window over the RTT), which several requests at once multiply.
+	ConnBandwidth int64
 }
 
 // Stats count what the proxy forwarded.
@@ -83,6 +88,8 @@ type Proxy struct {
 
 	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge, outOfOrder atomic.Int64
 	upstream                                                                   string
+
+	bearer bearerState // bearer.go
 
 	srv *http.Server
 	ln  net.Listener
@@ -185,6 +192,9 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, limit := p.snapshot()
 		p.requests.Add(1)
+		if p.gate(w, r) { // bearer.go
+			return
+		}
 		if isBlobGet(r) && r.Method == http.MethodGet {
 			p.blobGets.Add(1)
 			if r.Header.Get("Range") != "" {
@@ -241,7 +251,11 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 		st := &reqState{faults: f, limit: limit}
 		ctx := r.Context()
 		r = r.WithContext(withState(ctx, st))
-		next.ServeHTTP(&countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}, r)
+		cw := &countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}
+		if f.ConnBandwidth > 0 {
+			cw.conn = &bucket{rate: f.ConnBandwidth}
+		}
+		next.ServeHTTP(cw, r)
 	})
 }
 
@@ -298,17 +312,21 @@ type countWriter struct {
 	http.ResponseWriter
 	n     *atomic.Int64
 	limit *bucket
+	conn  *bucket // this response's own limit
 }
 
 func (w *countWriter) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
 		chunk := b[done:]
-		if w.limit != nil && len(chunk) > 64<<10 {
+		if (w.limit != nil || w.conn != nil) && len(chunk) > 64<<10 {
 			chunk = chunk[:64<<10]
 		}
 		if w.limit != nil {
 			w.limit.take(int64(len(chunk)))
+		}
+		if w.conn != nil {
+			w.conn.take(int64(len(chunk)))
 		}
 		n, err := w.ResponseWriter.Write(chunk)
 		done += n
