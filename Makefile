@@ -88,6 +88,12 @@ bench-fleet: build
 	@scripts/deps.sh bench
 	FLEET_N=$(FLEET_N) FLEET_GOLDEN_MIB=$(FLEET_GOLDEN_MIB) BIG_MIB=$(BIG_MIB) BIG_PART=$(BIG_PART) $(GO) run ./tests/bench -only fleet $(BENCH_FLAGS)
 
+# One large layer pulled as one stream vs 4 range requests at once through
+# tests/faultproxy limiting each connection (tests/bench/ranges.go).
+.PHONY: bench-ranges
+bench-ranges: build
+	$(GO) run ./tests/bench -only ranges -size 16 $(BENCH_FLAGS)
+
 # ublk measured in a VM (tests/vm; not part of make test), interleaved
 # rounds (ROUNDS, SECONDS each), TCG figures: TestUblkBenchVM, async vs
 # Serial queues with a 1 ms backend delay and ublk vs a loop device;

@@ -14,7 +14,8 @@ import (
 
 // Collector holds the metrics of one obdvol process on its own registry.
 // All methods are safe for concurrent use. It is a prometheus.Gatherer
-// (Serve takes it) and a repo.FetchObserver (RangeRequest); ObserveSeal
+// (Serve takes it), a repo.FetchObserver (RangeRequest) and a
+// repo.HostObserver (HostRequest); ObserveSeal
 // fits volume.Options.OnSeal.
 type Collector struct {
 	reg *prometheus.Registry
@@ -23,6 +24,8 @@ type Collector struct {
 	latency          *prometheus.HistogramVec // {volume, op}
 
 	rangeReqs, rangeBytes, rangeErrs *prometheus.CounterVec // {registry}
+
+	hostReqs *prometheus.CounterVec // {registry, host, result}: who answered (mirrors)
 
 	sealDur  *prometheus.HistogramVec // {volume}
 	sealFail *prometheus.CounterVec   // {volume}
@@ -85,12 +88,15 @@ func New() *Collector {
 			Help: "Blob bytes received by successful range requests, per registry host."}, []string{"registry"}),
 		rangeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "obdvol_lazy_range_errors_total",
 			Help: "Range requests that failed (network, HTTP status, wrong range), per registry host; retries count again."}, []string{"registry"}),
+		hostReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "obdvol_registry_host_requests_total",
+			Help: "Pull requests (blobs, manifests) of a registry that has mirrors, per registry, host that was asked (a mirror or the registry) and result (ok, miss: not served, the next host is asked; error: connection error or 5xx)."},
+			[]string{"registry", "host", "result"}),
 		sealDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "obdvol_seal_duration_seconds",
 			Help: "Duration of successful snapshots (freeze, seal of the writable layer, commit), per volume.", Buckets: sealBuckets}, []string{"volume"}),
 		sealFail: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "obdvol_seal_failures_total",
 			Help: "Snapshots that failed after their checks passed, per volume."}, []string{"volume"}),
 	}
-	c.reg.MustRegister(c.ops, c.bytes, c.errs, c.latency, c.rangeReqs, c.rangeBytes, c.rangeErrs,
+	c.reg.MustRegister(c.ops, c.bytes, c.errs, c.latency, c.rangeReqs, c.rangeBytes, c.rangeErrs, c.hostReqs,
 		c.sealDur, c.sealFail, cacheCollector{c},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return c
@@ -122,6 +128,20 @@ func (c *Collector) RangeRequest(registry string, n int64, err error) {
 	if err != nil {
 		c.rangeErrs.WithLabelValues(registry).Inc()
 	}
+}
+
+// HostRequest implements repo.HostObserver: one pull request of registry
+// that host (a mirror, or the registry itself) answered with status (0 and
+// err on a connection error).
+func (c *Collector) HostRequest(registry, host string, status int, err error) {
+	result := "miss"
+	switch {
+	case status == 0 || status >= 500:
+		result = "error"
+	case err == nil && (status == 200 || status == 206):
+		result = "ok"
+	}
+	c.hostReqs.WithLabelValues(label(registry), label(host), result).Inc()
 }
 
 // ObserveSeal records one snapshot of vol: its duration when it

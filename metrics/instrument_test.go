@@ -90,6 +90,7 @@ func TestInstrumentOddNames(t *testing.T) {
 	b := c.Instrument("bad\xffname", make(memDisk, 4096))
 	b.ReadAt(make([]byte, 512), 0)
 	c.RangeRequest("host\xfe:5000", 10, nil)
+	c.HostRequest("host\xfe:5000", "mirror\xfe:5000", 404, nil)
 	c.ObserveSeal("bad\xffname", 1, nil)
 	mfs := scrape(t, serve(t, c).Addr())
 	if got := value(mfs, "obdvol_volume_ops_total", map[string]string{"volume": "bad\uFFFDname", "op": "read"}); got != 1 {

@@ -99,3 +99,47 @@ func TestScrapeLazyFetches(t *testing.T) {
 		t.Fatalf("fetched bytes %v after failures, want %d", got, len(data))
 	}
 }
+
+// A registry with mirrors counts, per host asked, what each answered: a
+// dead mirror an error, a cold pull-through mirror (it answers a missed
+// range with the whole blob) a miss, the registry ok.
+func TestScrapeMirrorHosts(t *testing.T) {
+	reg := regtest.Start(t)
+	mirror := regtest.StartMirror(t, reg.Addr)
+	data := make([]byte, 256<<10)
+	rand.New(rand.NewSource(2)).Read(data)
+	_, dg := pushBlob(t, reg, data)
+	dead := "127.0.0.1:1"
+	ref, err := repo.ParseRef(reg.Addr + "/metrics:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := repo.OpenTarget(ref, repo.TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(),
+		Mirrors: []string{"http://" + dead, "http://" + mirror.Addr}, HostsDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := metrics.New()
+	prev := repo.SetFetchObserver(c)
+	t.Cleanup(func() { repo.SetFetchObserver(prev) })
+	st, err := repo.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.OpenLazy(dg, int64(len(data)), repo.RegistryRanges{Repo: tg.Repo}, repo.LazyOptions{Page: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := make([]byte, 64<<10)
+	if _, err := b.ReadAt(got, 0); err != nil || !bytes.Equal(got, data[:64<<10]) {
+		t.Fatalf("read: %v", err)
+	}
+	mfs := scrape(t, serve(t, c).Addr())
+	name := "obdvol_registry_host_requests_total"
+	for _, w := range []struct{ host, result string }{{dead, "error"}, {mirror.Addr, "miss"}, {reg.Addr, "ok"}} {
+		if v := value(mfs, name, map[string]string{"registry": reg.Addr, "host": w.host, "result": w.result}); v != 1 {
+			t.Errorf("%s{host=%s,result=%s} = %v, want 1", name, w.host, w.result, v)
+		}
+	}
+}

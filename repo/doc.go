@@ -8,7 +8,8 @@
 //   - Store: the host's content store, Root/blobs/sha256/<hex>; a path
 //     that exists holds a complete, verified blob.
 //   - partial file: Root/partial/<hex>.part, a download in progress that
-//     a later pull resumes; <hex>.lazy, <hex>.map and <hex>.lock hold a
+//     a later pull resumes (<hex>.segs: its segments present, when it
+//     downloads over several range requests); <hex>.lazy, <hex>.map and <hex>.lock hold a
 //     lazy blob shared by every process (see LazyBlob).
 //   - leftover: a tmp/ or .part file whose writer is gone (its flock is
 //     free: writers hold one from creation to rename), or a .map whose
@@ -21,6 +22,10 @@
 //   - Target: an opened Ref (a registry repository or a layout).
 //   - origin: a repository a layer was pushed to or pulled from, which
 //     lazy reads and cross-repository mounts use.
+//   - upload session: a registry's blob upload opened by POST and named
+//     by the Location of each answer; a whole upload closes it with one
+//     PUT of the blob, a chunked upload (upload*.go) sends PATCHes of at
+//     most the chunk size in order, then a PUT with the digest.
 //
 // Push and Pull report through TransferResult and the Progress hooks and
 // never print. Pull stores blobs only after checking them; recording a

@@ -36,6 +36,9 @@ func (b Blobs) OpenLayer(digest string) (snapshot.BlobSource, io.Closer, error) 
 		if lerr != nil {
 			return nil, nil, lerr
 		}
+		if hasMirrors(fetch) {
+			checkMirroredIndex(lb)
+		}
 		return lb, lb, nil
 	}
 	if err != nil {

@@ -104,7 +104,9 @@ type LazyBlob struct {
 	opts     LazyOptions
 
 	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
+	noMirrors   atomic.Bool  // bytes of this blob failed a check: fetch from the origin only
 	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
+	whole       wholeStream  // a whole-blob answer being streamed in (lazy_whole.go)
 
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written
@@ -453,6 +455,7 @@ func (b *LazyBlob) Sync() error {
 
 // Close closes the file and the lock.
 func (b *LazyBlob) Close() error {
+	b.endWhole() // lazy_whole.go
 	err := b.f.Close()
 	b.lk.mu.Lock()
 	b.lk.close()

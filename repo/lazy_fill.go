@@ -27,8 +27,11 @@ func (b *LazyBlob) fetchPages(ctx context.Context, p, q int64) error {
 	deadline := time.Now().Add(b.opts.RetryFor)
 	delay := 50 * time.Millisecond
 	for {
-		data, err := b.fetchOnce(ctx, start, n)
+		data, err := b.fetchSpan(ctx, p, q, start, n) // lazy_whole.go
 		if err == nil {
+			if data == nil {
+				return nil // landed from a whole-blob stream
+			}
 			return b.commit(p, q, data)
 		}
 		if errors.Is(err, ErrBadRange) || errors.Is(err, ErrDigestMismatch) {
@@ -66,6 +69,9 @@ func (b *LazyBlob) fetchOnce(ctx context.Context, start, n int64) ([]byte, error
 	var data []byte
 	total := int64(-1)
 	var err error
+	if b.noMirrors.Load() {
+		ctx = withoutMirrors(ctx)
+	}
 	if rt, ok := b.fetch.(rangeTotaler); ok {
 		data, total, err = rt.fetchRangeTotal(ctx, b.digest, start, n)
 	} else {
@@ -186,6 +192,7 @@ func (b *LazyBlob) Invalidate(off, n int64) {
 	if !samePath(b.f, b.path) {
 		return
 	}
+	b.noMirrors.Store(true) // a mirror may have served them: the origin only from now on
 	disk := readLazyMap(b.mapPath, pg, b.size)
 	disk.remove(first, end)
 	werr := writeLazyMap(b.mapPath, pg, b.size, &disk, false)
@@ -215,8 +222,9 @@ var errNotFull = errors.New("lazy blob lost pages before adoption")
 // Fill fetches every missing page, in order, at most opts.Rate bytes a
 // second, then checks the whole file against the digest and moves it
 // into the store as an ordinary complete blob. It returns ErrDigestMismatch
-// (and forgets every page) if the assembled blob is wrong. While it runs,
-// eviction (by any process) leaves the blob alone.
+// (and forgets every page) if the assembled blob is wrong; when mirrors may
+// have served it, it first fills once more from the origin only. While it
+// runs, eviction (by any process) leaves the blob alone.
 func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	if opts.Span <= 0 {
 		opts.Span = 4 << 20
@@ -245,6 +253,9 @@ func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 			return err
 		}
 		err := s.adoptLazy(b)
+		if errors.Is(err, ErrDigestMismatch) && hasMirrors(b.fetch) && !b.noMirrors.Swap(true) {
+			continue // a mirror may have served the bad bytes: again from the origin only
+		}
 		if !errors.Is(err, errNotFull) || tries == 3 {
 			return err
 		}

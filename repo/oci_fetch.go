@@ -29,9 +29,13 @@ import (
 //
 // A transfer cut by the network keeps the partial file and fails. A file
 // that fails its check is discarded: when it had resumed bytes (which a
-// crash may have damaged) the download starts over once from zero; else
-// the error wraps ErrDigestMismatch and the store is unchanged.
-func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, p Progress) (lp LayerPull, err error) {
+// crash may have damaged) the download starts over once from zero, as it
+// does, from the origin only, when a mirror may have served it; else the
+// error wraps ErrDigestMismatch and the store is unchanged.
+//
+// A large blob from a registry downloads in segments over several range
+// requests at once (oci_fetch_ranges.go, o), resuming segment by segment.
+func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, o rangeOptions, p Progress) (lp LayerPull, err error) {
 	dg := d.Digest.String()
 	lp = LayerPull{Digest: dg, Size: d.Size}
 	f, err := s.openPartial(ctx, dg)
@@ -48,7 +52,7 @@ func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, 
 		if p != nil {
 			p.Start(name, d.Size)
 		}
-		resumed, fetched, err := download(ctx, t, d, f, p, name)
+		resumed, fetched, err := download(ctx, t, d, f, o.withDefaults(), p, name)
 		if p != nil {
 			p.Done(name, err)
 		}
@@ -57,15 +61,21 @@ func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, 
 			lp.Resumed = resumed
 		}
 		if err == nil {
-			return lp, s.adoptPartial(f, dg)
+			err = s.adoptPartial(f, dg)
+			os.Remove(segsPath(f.Name()))
+			return lp, err
 		}
 		if !errors.Is(err, ErrDigestMismatch) { // cut by the network
 			f.Sync() // keep what arrived for the next pull
 			return lp, err
 		}
-		if resumed == 0 || attempt > 0 {
+		if attempt > 0 || resumed == 0 && t.mirrors == nil {
 			os.Remove(f.Name())
+			os.Remove(segsPath(f.Name()))
 			return lp, err
+		}
+		if t.mirrors != nil { // a mirror may have served the bad bytes
+			ctx = withoutMirrors(ctx)
 		}
 		if err := f.Truncate(0); err != nil { // the kept prefix was bad: start over
 			return lp, fmt.Errorf("content store: %w", err)
@@ -76,7 +86,15 @@ func (s *Store) fetchBlob(ctx context.Context, t *Target, d ocispec.Descriptor, 
 
 // download completes partial file f with blob d from t. It returns the
 // bytes reused from f and the bytes received.
-func download(ctx context.Context, t *Target, d ocispec.Descriptor, f *os.File, p Progress, name string) (have, n int64, err error) {
+func download(ctx context.Context, t *Target, d ocispec.Descriptor, f *os.File, o rangeOptions, p Progress, name string) (have, n int64, err error) {
+	if o.ranged(t, d, f.Name()) {
+		return downloadRanges(ctx, t, d, f, o, p, name)
+	}
+	if os.Remove(segsPath(f.Name())) == nil { // begun in segments: not a prefix
+		if err := f.Truncate(0); err != nil {
+			return 0, 0, fmt.Errorf("content store: %w", err)
+		}
+	}
 	dg := d.Digest.String()
 	h := sha256.New()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {

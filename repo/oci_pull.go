@@ -8,7 +8,6 @@ import (
 	"github.com/obdvol/obdvol/snapshot"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
-	"oras.land/oras-go/v2/content"
 )
 
 // PullOptions tune a pull.
@@ -24,6 +23,11 @@ type PullOptions struct {
 	// The caller records a lease there (volume.Manager.Lease), so that gc
 	// keeps the layers until the caller references them.
 	Lease func(digests []string) error
+	// RangeConcurrency is how many range requests one large blob (at
+	// least RangeMin bytes, 64 MiB by default) downloads over at once;
+	// default 4, 1 for one stream (oci_fetch_ranges.go).
+	RangeConcurrency int
+	RangeMin         int64
 }
 
 // Pulled is what a pull brought.
@@ -65,7 +69,7 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if mdesc.MediaType != ocispec.MediaTypeImageManifest || mdesc.Size > maxManifestBytes {
 		return nil, fmt.Errorf("%w: %s is a %s of %d bytes, not an OCI image manifest", ErrArtifact, t.Ref, mdesc.MediaType, mdesc.Size)
 	}
-	mb, err := content.FetchAll(ctx, t, mdesc)
+	mb, err := fetchAllChecked(ctx, t, mdesc)
 	if err != nil {
 		return nil, fmt.Errorf("fetch manifest of %s: %w", t.Ref, err)
 	}
@@ -73,7 +77,7 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	if err != nil {
 		return nil, err
 	}
-	cb, err := content.FetchAll(ctx, t, m.Config)
+	cb, err := fetchAllChecked(ctx, t, m.Config)
 	if err != nil {
 		return nil, fmt.Errorf("fetch config of %s: %w", t.Ref, err)
 	}
@@ -106,7 +110,7 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 		}
 		first[dg] = true
 		g.Go(func() error {
-			lp, err := s.fetchBlob(gctx, t, d, opts.Progress)
+			lp, err := s.fetchBlob(gctx, t, d, rangeOptions{conc: opts.RangeConcurrency, min: opts.RangeMin}, opts.Progress)
 			res.Layers[i] = lp
 			return err
 		})
@@ -115,7 +119,13 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 		return nil, err
 	}
 	if err := checkTrailers(ctx, s, t, cfg); err != nil {
-		return nil, err
+		if t.mirrors == nil || ctx.Err() != nil {
+			return nil, err
+		}
+		// A mirror may have served a bad trailer: ask the origin.
+		if err := checkTrailers(withoutMirrors(ctx), s, t, cfg); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range res.Layers {
 		res.BytesMoved += l.Fetched

@@ -43,6 +43,9 @@ type PushOptions struct {
 	// Open reads a layer that is not complete in the store (a lazily
 	// pulled one, streamed from its source); nil: such layers fail.
 	Open func(digest string) (io.ReadCloser, error)
+	// ChunkSize > 0 uploads every blob in chunks of this size; 0 uploads
+	// monolithically, in chunks after a 413 (upload.go).
+	ChunkSize int64
 }
 
 // TransferResult summarizes a push or pull.
@@ -53,6 +56,7 @@ type TransferResult struct {
 	BlobsMoved   int           `json:"blobs_moved"`
 	BlobsSkipped int           `json:"blobs_skipped"`
 	BlobsMounted int           `json:"blobs_mounted"`
+	BlobsChunked int           `json:"blobs_chunked"` // of BlobsMoved, uploaded in chunks
 	Duration     time.Duration `json:"duration_ns"`
 }
 
@@ -125,7 +129,8 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	}
 	res := TransferResult{Manifest: mdesc.Digest.String(), Duration: time.Since(start),
 		BytesMoved: ps.moved.Load(), BytesSkipped: ps.skipped.Load(),
-		BlobsMoved: int(ps.nMoved.Load()), BlobsSkipped: int(ps.nSkipped.Load()), BlobsMounted: int(ps.nMounted.Load())}
+		BlobsMoved: int(ps.nMoved.Load()), BlobsSkipped: int(ps.nSkipped.Load()), BlobsMounted: int(ps.nMounted.Load()),
+		BlobsChunked: int(ps.up.chunked.Load())}
 	return &res, nil
 }
 
@@ -172,6 +177,7 @@ type pusher struct {
 
 	moved, skipped             atomic.Int64
 	nMoved, nSkipped, nMounted atomic.Int32
+	up                         uploads // chunked or monolithic (upload.go)
 }
 
 // blob makes sure the target holds d: skipped if it has it, else
@@ -216,13 +222,11 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 	return p.done(name, d, opened, err)
 }
 
-// upload sends d's bytes with a plain push.
+// upload sends d's bytes, monolithically or in chunks (upload.go); a
+// monolithic upload answered 401 is sent once more, reopened (see
+// pushAgainOn401).
 func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func() (io.ReadCloser, error)) error {
-	rc, err := content()
-	if err != nil {
-		return err
-	}
-	return p.t.Push(ctx, d, rc)
+	return p.send(ctx, d, content)
 }
 
 // done closes what was opened, ends d's progress and counts it.

@@ -130,6 +130,13 @@ type TargetOptions struct {
 	// Credentials: nil means the docker config (config.json, credsStore,
 	// credHelpers).
 	Credentials credentials.Store
+	// Mirrors are tried in order before every registry for what they may
+	// serve (blobs and manifests by digest; see mirrors.go); nil means
+	// OBDVOL_MIRRORS (comma-separated), an empty list none.
+	Mirrors []string
+	// HostsDir holds per-registry <host>/hosts.toml files (containerd's
+	// format); "" means OBDVOL_HOSTS_DIR, else DefaultHostsDir.
+	HostsDir string
 }
 
 // Target is where an artifact is pushed to or pulled from.
@@ -137,6 +144,8 @@ type Target struct {
 	oras.Target
 	Ref  Ref
 	Repo *remote.Repository // nil for layouts
+
+	mirrors *mirrorTransport // nil: no mirror or server configured
 }
 
 // OpenTarget opens the layout directory or registry repository of ref.
@@ -154,33 +163,64 @@ func OpenTarget(ref Ref, opts TargetOptions) (*Target, error) {
 		return nil, err
 	}
 	repo.PlainHTTP = opts.PlainHTTP
-	client, err := authClient(opts)
+	store, err := credentialStore(opts)
 	if err != nil {
 		return nil, err
 	}
-	repo.Client = client
-	return &Target{Target: repo, Ref: ref, Repo: repo}, nil
+	tr := opts.Transport
+	if tr == nil {
+		tr = wrapRetry(http.DefaultTransport)
+	}
+	mc, err := resolveMirrors(ref.Remote.Registry, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mirrors of %s: %w", ref.Remote.Registry, err)
+	}
+	var mt *mirrorTransport
+	if mc != nil {
+		if mt, err = newMirrorTransport(ref.Remote, mc, tr, opts.Transport, store); err != nil {
+			return nil, fmt.Errorf("mirrors of %s: %w", ref.Remote.Registry, err)
+		}
+		tr = mt
+	}
+	repo.Client = newAuthClient(tr, store)
+	return &Target{Target: repo, Ref: ref, Repo: repo, mirrors: mt}, nil
+}
+
+// wrapRetry adds oras' retries (with backoff, on 5xx, 429 and network
+// errors) to a transport. http.DefaultTransport under it honours
+// HTTP_PROXY, HTTPS_PROXY and NO_PROXY (http.ProxyFromEnvironment).
+func wrapRetry(tr http.RoundTripper) http.RoundTripper { return retry.NewTransport(tr) }
+
+func credentialStore(opts TargetOptions) (credentials.Store, error) {
+	if opts.Credentials != nil {
+		return opts.Credentials, nil
+	}
+	ds, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("docker credentials: %w", err)
+	}
+	return ds, nil
 }
 
 func authClient(opts TargetOptions) (*auth.Client, error) {
-	store := opts.Credentials
-	if store == nil {
-		ds, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
-		if err != nil {
-			return nil, fmt.Errorf("docker credentials: %w", err)
-		}
-		store = ds
+	store, err := credentialStore(opts)
+	if err != nil {
+		return nil, err
 	}
 	tr := opts.Transport
 	if tr == nil {
-		tr = retry.NewTransport(http.DefaultTransport)
+		tr = wrapRetry(http.DefaultTransport)
 	}
+	return newAuthClient(tr, store), nil
+}
+
+func newAuthClient(tr http.RoundTripper, store credentials.Store) *auth.Client {
 	return &auth.Client{
 		Client:     &http.Client{Transport: tr},
 		Cache:      auth.NewCache(),
 		Credential: credentials.Credential(store),
 		Header:     http.Header{"User-Agent": {"obdvol"}},
-	}, nil
+	}
 }
 
 // Login checks user/password against the registry host and stores them

@@ -170,7 +170,8 @@ func removeIfUnlocked(path string, dryRun bool) (int64, bool, error) {
 //   - partial/*.part downloads whose flock is free (an interrupted pull:
 //     the next pull of that blob starts over instead of resuming);
 //   - partial/*.map present-maps whose .lazy file is gone (they would
-//     claim pages of a fresh, empty lazy file).
+//     claim pages of a fresh, empty lazy file), and *.segs segment maps
+//     whose .part file is gone.
 //
 // A live writer holds its file's flock, so its files are kept whatever
 // their age. Lazy files (.lazy) are not touched here: whether one is
@@ -216,10 +217,15 @@ func (s *Store) CleanLeftovers(dryRun bool) ([]string, int64, error) {
 	}
 	for _, e := range ents {
 		base, ok := strings.CutSuffix(e.Name(), ".map")
+		data := ".lazy"
+		if !ok { // a segment map (oci_fetch_ranges.go) whose .part is gone
+			base, ok = strings.CutSuffix(e.Name(), ".segs")
+			data = ".part"
+		}
 		if !ok {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(s.PartialDir(), base+".lazy")); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(s.PartialDir(), base+data)); !errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		path := filepath.Join(s.PartialDir(), e.Name())

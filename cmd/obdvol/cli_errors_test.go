@@ -55,6 +55,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"flatten", "v@s"}, "want a volume name, not a snapshot"},
 		{[]string{"fill", "v", "--rate", "fast"}, `invalid size "fast"`},
 		{[]string{"fill", "v@s"}, "want a volume name, not a snapshot"},
+		{[]string{"pull", "127.0.0.1:1/r:v1", "v", "--mirror", "ftp://m"}, "--mirror: url"},
+		{[]string{"fill", "v", "--mirror", "http://me:pw@m"}, "credentials do not belong in a URL"},
 		// serve checks --nbd before it opens anything.
 		{[]string{"serve", "v", "--nbd", "foo:bar"}, "--nbd wants unix:PATH or tcp:HOST:PORT"},
 		{[]string{"serve", "v", "--nbd", "unix:"}, "needs a path"},

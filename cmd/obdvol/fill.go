@@ -18,8 +18,9 @@ type fillOptions struct {
 	Rate        string
 	Concurrency int
 	Delay       time.Duration // wait before opening anything (a delayed fill)
-	OnlyFrom    []string      // mirrors: fetch from these only, never the origin
+	OnlyFrom    []string      // mirrors: fetch from these only, never the origin (a mirror-only fill)
 	MirrorWait  time.Duration // at most this long for a mirror to have the layers
+	Mirror      mirrorFlags
 }
 
 func newFillCommand(g *globalOptions) *cobra.Command {
@@ -34,6 +35,9 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			}
 			rateLimit, err := parseSize(o.Rate)
 			if err != nil {
+				return err
+			}
+			if err := o.Mirror.check(); err != nil {
 				return err
 			}
 			for _, m := range o.OnlyFrom {
@@ -52,6 +56,7 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer e.close()
+			e.mirror = o.Mirror
 			if len(o.OnlyFrom) > 0 {
 				layers, err := useMirrorsOnly(e, args[0], o.OnlyFrom)
 				if err != nil {
@@ -73,8 +78,9 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&o.Rate, "rate", "0", "bytes per second at most (0: unlimited), e.g. 50M")
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
 	cmd.Flags().DurationVar(&o.Delay, "delay", 0, "wait this long before starting (pull --fill=delayed passes it)")
-	cmd.Flags().StringSliceVar(&o.OnlyFrom, "only-from", nil, "fetch from these mirrors (http(s)://host[:port]) only, never from the layers' origin")
+	cmd.Flags().StringSliceVar(&o.OnlyFrom, "only-from", nil, "fetch from these mirrors (http(s)://host[:port]) only, never from the layers' origin (pull --fill=mirror-only passes them)")
 	cmd.Flags().DurationVar(&o.MirrorWait, "mirror-wait", 15*time.Minute, "with --only-from: wait at most this long for a pull-through mirror to store the layers before ranges are asked of it")
+	o.Mirror.register(cmd.Flags())
 	return cmd
 }
 

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -92,7 +91,7 @@ func planFill(o *pullOptions) (fillPlan, error) {
 				p.Delay += rand.N(o.FillJitter)
 			}
 		}
-		if p.Mirrors, err = fillMirrors(); err != nil {
+		if p.Mirrors, err = fillMirrors(o.Mirror); err != nil {
 			return p, err
 		}
 		if len(p.Mirrors) == 0 {
@@ -102,31 +101,37 @@ func planFill(o *pullOptions) (fillPlan, error) {
 	return p, nil
 }
 
-// fillMirrors is the mirror list a mirror-only fill may fetch from:
-// OBDVOL_MIRRORS, comma- or space-separated http(s)://host[:port] URLs.
-// (The mirrors configuration of pull, --mirror and hosts.toml, feeds it
-// once it exists: one list, one place.)
-func fillMirrors() ([]string, error) {
-	var out []string
-	for _, m := range strings.FieldsFunc(os.Getenv("OBDVOL_MIRRORS"), func(r rune) bool { return r == ',' || r == ' ' }) {
-		if _, _, err := parseMirror(m); err != nil {
-			return nil, usagef("OBDVOL_MIRRORS: %v", err)
+// fillMirrors is the mirror list a mirror-only fill may fetch from: the
+// pull's --mirror flags, else OBDVOL_MIRRORS (the mirrors of a hosts.toml
+// are not used: a fill from them falls back to the origin, see
+// docs/fleet-fill.md).
+func fillMirrors(m mirrorFlags) ([]string, error) {
+	list := m.Mirrors
+	if list == nil {
+		var err error
+		if list, err = repo.ParseMirrorList(os.Getenv(repo.EnvMirrors)); err != nil {
+			return nil, usagef("%s: %v", repo.EnvMirrors, err)
 		}
-		out = append(out, m)
 	}
-	return out, nil
+	for _, u := range list {
+		if _, _, err := parseMirror(u); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	return list, nil
 }
 
 // parseMirror splits a mirror URL into its host[:port] and whether it is
-// plain HTTP. A bare host means https.
+// plain HTTP. A bare host means https. A mirror-only fill asks the mirror
+// at its root (/v2/<repository>/...), so a mirror with a path of its own
+// is refused here.
 func parseMirror(m string) (host string, plain bool, err error) {
-	if !strings.Contains(m, "://") {
-		m = "https://" + m
+	u, err := repo.ParseEndpointURL(m, false)
+	if err != nil {
+		return "", false, fmt.Errorf("mirror %q: want http(s)://host[:port]: %w", m, err)
 	}
-	u, err := url.Parse(m)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") ||
-		strings.Trim(u.Path, "/") != "" || u.RawQuery != "" || u.User != nil {
-		return "", false, fmt.Errorf("mirror %q: want http(s)://host[:port]", m)
+	if u.Path != "/v2" {
+		return "", false, fmt.Errorf("mirror %q: want http(s)://host[:port]: a mirror-only fill asks a mirror at its root, not under a path", m)
 	}
 	return u.Host, u.Scheme == "http", nil
 }

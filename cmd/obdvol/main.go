@@ -107,6 +107,8 @@ func errorKind(err error) string {
 		return "closed"
 	case errors.Is(err, ublk.ErrNotRoot), errors.Is(err, os.ErrPermission):
 		return "permission"
+	case repo.IsUnauthorized(err): // a registry's 401 (oras-go's error responses too)
+		return "unauthorized"
 	}
 	return "error"
 }

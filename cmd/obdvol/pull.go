@@ -60,6 +60,7 @@ its egress by the fleet's size (docs/fleet-fill.md).`,
 	}
 	f := cmd.Flags()
 	o.transferFlags.register(f)
+	o.Mirror.register(f)
 	f.BoolVar(&o.Lazy, "lazy", false, "fetch data on demand; the volume is usable at once")
 	f.BoolVar(&o.Wait, "wait", false, "with --lazy: complete the download before returning")
 	f.StringVar(&o.Fill, "fill", defaultFillPolicy, "with --lazy: background fill policy: mirror-only, none, now or delayed (true = now, false = none)")
@@ -73,6 +74,9 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	if err := metadata.ValidateName("volume", vol); err != nil {
 		return usageError{err}
 	}
+	if err := o.Mirror.check(); err != nil {
+		return err
+	}
 	t, err := openTarget(ref, &o.transferFlags)
 	if err != nil {
 		return err
@@ -82,6 +86,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		return err
 	}
 	defer e.close()
+	e.mirror = o.Mirror
 	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
 	var plan fillPlan
 	if lazy {
@@ -98,7 +103,8 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		lease, err = e.mgr.Lease("pull "+vol, digests...)
 		return err
 	}
-	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease})
+	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease,
+		RangeConcurrency: o.RangeConcurrency})
 	finishBar(p)
 	if err != nil {
 		return err
@@ -151,7 +157,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	if g.JSON {
 		return printJSON(out, map[string]any{"reference": t.Ref.String(), "volume": vol, "snapshot": cfg.Snapshot, "fill_log": fillLog,
 			"fast_forward": ad.FastForward, "prefetched_bytes": prefetched, "lazy": lazy, "remote_layers": remote, "result": res.TransferResult,
-			"filled_bytes": filled, "ready_seconds": ready.Seconds(), "fill_policy": plan.Policy, "fill_delay_seconds": plan.Delay.Seconds()})
+			"filled_bytes": filled, "ready_seconds": ready.Seconds(), "hosts": t.HostStats(), "fill_policy": plan.Policy, "fill_delay_seconds": plan.Delay.Seconds()})
 	}
 	verb := "created"
 	if ad.FastForward {
@@ -160,6 +166,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	fmt.Fprintf(out, "pulled %s: volume %s %s at %s@%s (%d layers)\n  fetched %s in %d blob(s), had %s in %d, %.2fs, %s\n",
 		t.Ref, vol, verb, vol, cfg.Snapshot, len(cfg.Layers), formatSize(uint64(res.BytesMoved)), res.BlobsMoved,
 		formatSize(uint64(res.BytesSkipped)), res.BlobsSkipped, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
+	printHosts(out, t)
 	if lazy && !o.Wait && remote > 0 {
 		fmt.Fprintf(out, "  lazy: %d layer(s) fetch on demand (usable after %.2fs); obdvol fill %s completes them\n", remote, ready.Seconds(), vol)
 		if prefetched > 0 {
@@ -201,7 +208,7 @@ func startBackgroundFill(e *env, vol, rate string, plan fillPlan) (string, error
 		return "", err
 	}
 	defer lf.Close()
-	cmd := exec.Command(self, append([]string{"--root", e.root, "--no-progress"}, plan.fillArgs(vol, rate)...)...)
+	cmd := exec.Command(self, append(append([]string{"--root", e.root, "--no-progress"}, plan.fillArgs(vol, rate)...), e.mirror.args()...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

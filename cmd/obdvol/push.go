@@ -18,6 +18,7 @@ type pushOptions struct {
 	transferFlags
 	MountFrom []string
 	Prefetch  string
+	ChunkSize string // --chunk-size: upload blobs in chunks of this size (upload)
 }
 
 func newPushCommand(g *globalOptions) *cobra.Command {
@@ -29,6 +30,9 @@ func newPushCommand(g *globalOptions) *cobra.Command {
 host/repo@sha256:..., or oci:DIR[:tag]. Layers the target already has are skipped,
 layers in other repositories of the same registry (--mount-from) are cross-mounted,
 the rest are uploaded in parallel. Run it again to resume an interrupted push.
+Blobs go up whole; --chunk-size uploads them in chunks of that size (for
+registries or proxies that limit a request's size), and a whole upload
+refused with 413 switches the push to chunks of 16M, halved while refused.
 Credentials come from the docker config (obdvol login). TLS is verified;
 --plain-http talks plain HTTP (loopback or a trusted network only).`,
 		Example: "  obdvol push golden@v1 registry.example.com/disks/golden:v1\n  obdvol push golden@v1 oci:/srv/disks:v1",
@@ -41,11 +45,16 @@ Credentials come from the docker config (obdvol login). TLS is verified;
 	o.transferFlags.register(f)
 	f.StringVar(&o.Prefetch, "prefetch", "", "attach a prefetch list (from serve --record-prefetch) that lazy pulls fetch first")
 	f.StringSliceVar(&o.MountFrom, "mount-from", nil, "repositories of the same registry to cross-mount layers from")
+	f.StringVar(&o.ChunkSize, "chunk-size", "", "upload blobs in chunks (PATCH) of this size, e.g. 64M; default: whole, in 16M chunks after a 413")
 	return cmd
 }
 
 func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOptions, src, ref string) error {
 	vol, snap, err := parseRef(src, snapRequired)
+	if err != nil {
+		return err
+	}
+	chunk, err := chunkSizeFlag(o.ChunkSize)
 	if err != nil {
 		return err
 	}
@@ -97,7 +106,8 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 		}
 		return io.NopCloser(io.NewSectionReader(l.Source(), 0, l.Source().Size())), nil
 	}
-	res, err := repo.Push(ctx, e.store, t, cfg, repo.PushOptions{Concurrency: o.Concurrency, MountFrom: o.MountFrom, Progress: p, Open: open})
+	res, err := repo.Push(ctx, e.store, t, cfg, repo.PushOptions{Concurrency: o.Concurrency, MountFrom: o.MountFrom, Progress: p, Open: open,
+		ChunkSize: chunk})
 	finishBar(p)
 	if err != nil {
 		return err
@@ -120,7 +130,26 @@ func runPush(ctx context.Context, out io.Writer, g *globalOptions, o *pushOption
 	fmt.Fprintf(out, "pushed %s to %s (%s)\n  sent %s in %d blob(s), skipped %s in %d, mounted %d, %.2fs, %s\n",
 		src, t.Ref, res.Manifest, formatSize(uint64(res.BytesMoved)), res.BlobsMoved, formatSize(uint64(res.BytesSkipped)),
 		res.BlobsSkipped, res.BlobsMounted, res.Duration.Seconds(), rate(res.BytesMoved, res.Duration))
+	if res.BlobsChunked > 0 {
+		fmt.Fprintf(out, "  %d blob(s) uploaded in chunks\n", res.BlobsChunked)
+	}
 	return nil
+}
+
+// chunkSizeFlag reads --chunk-size: empty is 0 (whole blobs, chunks
+// after a 413), else a size from 64K to 1G.
+func chunkSizeFlag(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	v, err := parseSize(s)
+	if err != nil {
+		return 0, err
+	}
+	if v < 64<<10 || v > 1<<30 {
+		return 0, usagef("--chunk-size %s: want 64K to 1G (one chunk per blob in flight is held in memory)", s)
+	}
+	return int64(v), nil
 }
 
 // loadPrefetch reads the list of volume vol from a --record-prefetch file.

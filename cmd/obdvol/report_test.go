@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/obdvol/obdvol/repo"
 	"github.com/obdvol/obdvol/snapshot"
 	"github.com/obdvol/obdvol/volume"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // captureStdio runs fn with os.Stdout and os.Stderr going to pipes and
@@ -84,6 +86,8 @@ func TestReport(t *testing.T) {
 		{fmt.Errorf("activate: %w", ublk.ErrNotRoot), 1, "permission"},
 		{fmt.Errorf("socket s: %w", unixsock.ErrInUse), 1, "busy"},
 		{fmt.Errorf("socket s: %w", unixsock.ErrNotSocket), 1, "exists"},
+		{fmt.Errorf("blob b: %w", repo.ErrUnauthorized), 1, "unauthorized"},
+		{fmt.Errorf("push: %w", &errcode.ErrorResponse{Method: "PUT", URL: &url.URL{Path: "/v2/x"}, StatusCode: 401}), 1, "unauthorized"},
 	} {
 		if got := errorKind(c.err); got != c.kind {
 			t.Errorf("errorKind(%v) = %q, want %q", c.err, got, c.kind)

@@ -128,6 +128,7 @@ type env struct {
 	// catalogue, fetched from where the pull found them.
 	pending map[string]pendingLayer
 	opts    *globalOptions
+	mirror  mirrorFlags // the command's --mirror, --hosts-dir: lazy layers use them too
 }
 
 type pendingLayer struct {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -18,11 +20,15 @@ import (
 type transferFlags struct {
 	PlainHTTP   bool
 	Concurrency int
+	Mirror      mirrorFlags // registered by pull (and fill); zero: the environment's
+
+	RangeConcurrency int // pull: range requests at once for one large blob (rangeauth)
 }
 
 func (t *transferFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&t.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
 	f.IntVar(&t.Concurrency, "concurrency", 4, "blobs transferred in parallel")
+	f.IntVar(&t.RangeConcurrency, "range-concurrency", 4, "pull: range requests in parallel for one blob of 64 MiB or more (1: one stream)")
 }
 
 // barProgress renders repo.Progress as one byte progress bar on stderr.
@@ -63,7 +69,57 @@ func openTarget(ref string, f *transferFlags) (*repo.Target, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	return repo.OpenTarget(r, repo.TargetOptions{PlainHTTP: f.PlainHTTP})
+	return repo.OpenTarget(r, repo.TargetOptions{PlainHTTP: f.PlainHTTP, Mirrors: f.Mirror.Mirrors, HostsDir: f.Mirror.HostsDir})
+}
+
+// mirrorFlags say where pulls may be served from besides the registry
+// (see repo/mirrors.go): the pull and fill commands take them, and the
+// lazy layers a command opens (remoteResolver, env.mirror) use them too.
+// Unset, each process reads OBDVOL_MIRRORS and OBDVOL_HOSTS_DIR (the
+// daemon serving lazy volumes included).
+type mirrorFlags struct {
+	Mirrors  []string // nil: $OBDVOL_MIRRORS
+	HostsDir string   // "": $OBDVOL_HOSTS_DIR, else /etc/obdvol/certs.d
+}
+
+func (m *mirrorFlags) register(f *pflag.FlagSet) {
+	f.StringArrayVar(&m.Mirrors, "mirror", nil, "mirror (pull-through cache, P2P agent) tried before every registry for blobs, as http[s]://host[:port][/path]; repeatable; \"\" for none (default $"+repo.EnvMirrors+")")
+	f.StringVar(&m.HostsDir, "hosts-dir", "", "directory of per-registry <host>/hosts.toml files, containerd's format (default $"+repo.EnvHostsDir+", else "+repo.DefaultHostsDir+")")
+}
+
+// check validates the mirror URLs (a usage error, before anything runs);
+// an empty --mirror "" means none, whatever the environment says.
+func (m *mirrorFlags) check() error {
+	if m.Mirrors == nil {
+		return nil
+	}
+	kept := []string{}
+	for _, u := range m.Mirrors {
+		if u == "" {
+			continue
+		}
+		if _, err := repo.ParseEndpointURL(u, false); err != nil {
+			return usageError{fmt.Errorf("--mirror: %w", err)}
+		}
+		kept = append(kept, u)
+	}
+	m.Mirrors = kept
+	return nil
+}
+
+// args gives the flags back, for a child process (the background fill).
+func (m *mirrorFlags) args() []string {
+	var a []string
+	for _, u := range m.Mirrors {
+		a = append(a, "--mirror", u)
+	}
+	if m.Mirrors != nil && len(m.Mirrors) == 0 {
+		a = append(a, "--mirror=") // none, whatever the environment says
+	}
+	if m.HostsDir != "" {
+		a = append(a, "--hosts-dir", m.HostsDir)
+	}
+	return a
 }
 
 // origin is how a layer's remote location is recorded: the repository,
@@ -83,17 +139,22 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(digest); return }); err != nil {
 			return nil, 0, fmt.Errorf("layer %s is not in the store and has no record: %w", digest, repo.ErrNotFound)
 		}
+		var openErr error
 		for _, o := range l.Origins {
 			plain := strings.HasPrefix(o, "http://")
 			o = strings.TrimPrefix(o, "http://")
 			if strings.HasPrefix(o, "oci:") {
 				continue
 			}
-			t, err := openTarget(o+"@"+digest, &transferFlags{PlainHTTP: plain})
+			t, err := openTarget(o+"@"+digest, &transferFlags{PlainHTTP: plain, Mirror: e.mirror})
 			if err != nil || t.Repo == nil {
+				openErr = err
 				continue
 			}
 			return repo.RegistryRanges{Repo: t.Repo}, int64(l.StoredBytes), nil
+		}
+		if openErr != nil {
+			return nil, 0, fmt.Errorf("layer %s is not in the store and its registry cannot be reached: %w (%w)", digest, openErr, repo.ErrNotFound)
 		}
 		return nil, 0, fmt.Errorf("layer %s is not in the store and has no registry origin: %w", digest, repo.ErrNotFound)
 	}
@@ -102,4 +163,21 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 // rate formats bytes over a duration.
 func rate(n int64, d time.Duration) string {
 	return formatSize(uint64(float64(n)/max(d.Seconds(), 1e-6))) + "/s"
+}
+
+// printHosts says which hosts served a pull when mirrors are configured.
+func printHosts(out io.Writer, t *repo.Target) {
+	hs := t.HostStats()
+	names := make([]string, 0, len(hs))
+	for h := range hs {
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	for _, h := range names {
+		s, kind := hs[h], "registry"
+		if s.Mirror {
+			kind = "mirror"
+		}
+		fmt.Fprintf(out, "  %s %s: %s in %d answer(s), %d fell through\n", kind, h, formatSize(uint64(s.Bytes)), s.Requests, s.Failures)
+	}
 }

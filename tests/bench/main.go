@@ -7,6 +7,7 @@
 //	chunk-size table (-chunks): compression ratio, random 4K, sequential read
 //	NBD read path: obdvol serve --foreground vs qemu-nbd and nbdkit (fio)
 //	N clones of one golden served by one obdvol daemon: IOPS and RSS per N
+//	push whole vs in chunks (--chunk-size, the 413 fallback)
 //
 // Compared configurations are measured in interleaved rounds (rounds.go):
 // every figure is a median with its min-max over -rounds rounds.
@@ -35,7 +36,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones (or fleet, bigxfer: make bench-fleet, not in the default run)")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, lazy, nbd, clones or ranges (or fleet, bigxfer: make bench-fleet, not in the default run)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -87,6 +88,9 @@ func main() {
 	if *only == "" || *only == "transfer" {
 		transferBench(work, uint64(*xferMiB)<<20)
 	}
+	if *only == "" || *only == "upload" {
+		uploadBench(work, uint64(*uploadMiB)<<20) // tests/bench/upload.go
+	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
 	}
@@ -95,6 +99,9 @@ func main() {
 	}
 	if *only == "" || *only == "clones" {
 		clonesBench(work, *obdvolBin) // tests/bench/clones.go
+	}
+	if *only == "ranges" { // not in the default run (about a minute)
+		rangesBench(work) // tests/bench/ranges.go
 	}
 }
 

@@ -4,7 +4,8 @@
 // to every request), a request-size limit (413, as Cloudflare-fronted
 // registries answer over 100 MB), Range ignored (200 and the whole blob, as
 // distribution without a cache or Harbor's proxy-cache on a miss), a wrong
-// Content-Range, a short 206 body, and a shared bandwidth limit. It counts
+// Content-Range, a short 206 body, a shared bandwidth limit, and bearer
+// tokens that expire (bearer.go). It counts
 // what it forwards, so a test or benchmark can read the origin's egress.
 //
 // Faults are changed at any time with Set; a request sees the settings of
@@ -47,6 +48,23 @@ type Faults struct {
 	// Bandwidth, when > 0, limits the response bytes of all requests
 	// together to this many bytes a second.
 	Bandwidth int64
+	// CheckUploadRange answers 416 to a blob upload PATCH whose
+	// Content-Range does not start at the session's offset (found with a
+	// GET of the session first), as distribution 3 and other OCI 1.1
+	// registries do; Debian's docker-registry 2.8 ignores Content-Range
+	// and appends.
+	CheckUploadRange bool
+	// ChunkMinLength, when > 0, is advertised as OCI-Chunk-Min-Length in
+	// the answers that open blob upload sessions.
+	ChunkMinLength int64
+	// CorruptBody flips the bits of the first byte of every blob GET's
+	// answer (200 or 206), headers unchanged: a mirror or cache serving
+	// wrong bytes.
+	CorruptBody bool
+	// ConnBandwidth, when > 0, limits each response to this many bytes a
+	// second: what one TCP stream gets at a high round-trip time (its
+	// window over the RTT), which several requests at once multiply.
+	ConnBandwidth int64
 }
 
 // Stats count what the proxy forwarded.
@@ -57,6 +75,7 @@ type Stats struct {
 	BytesOut      int64 // response body bytes sent to clients (the origin's egress)
 	BytesIn       int64 // request body bytes received from clients
 	TooLarge      int64 // requests answered 413
+	OutOfOrder    int64 // upload PATCHes answered 416 (CheckUploadRange)
 }
 
 // Proxy is a running fault proxy.
@@ -67,7 +86,10 @@ type Proxy struct {
 	faults Faults
 	limit  *bucket
 
-	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge atomic.Int64
+	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge, outOfOrder atomic.Int64
+	upstream                                                                   string
+
+	bearer bearerState // bearer.go
 
 	srv *http.Server
 	ln  net.Listener
@@ -95,7 +117,7 @@ func New(upstream string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Addr: ln.Addr().String(), ln: ln}
+	p := &Proxy{Addr: ln.Addr().String(), ln: ln, upstream: upstream}
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.FlushInterval = -1
 	rp.ModifyResponse = p.modify
@@ -133,12 +155,13 @@ func (p *Proxy) Stats() Stats {
 	return Stats{
 		Requests: p.requests.Load(), BlobGets: p.blobGets.Load(), RangeRequests: p.rangeRequests.Load(),
 		BytesOut: p.bytesOut.Load(), BytesIn: p.bytesIn.Load(), TooLarge: p.tooLarge.Load(),
+		OutOfOrder: p.outOfOrder.Load(),
 	}
 }
 
 // ResetStats sets every counter to zero.
 func (p *Proxy) ResetStats() {
-	for _, c := range []*atomic.Int64{&p.requests, &p.blobGets, &p.rangeRequests, &p.bytesOut, &p.bytesIn, &p.tooLarge} {
+	for _, c := range []*atomic.Int64{&p.requests, &p.blobGets, &p.rangeRequests, &p.bytesOut, &p.bytesIn, &p.tooLarge, &p.outOfOrder} {
 		c.Store(0)
 	}
 }
@@ -169,6 +192,9 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, limit := p.snapshot()
 		p.requests.Add(1)
+		if p.gate(w, r) { // bearer.go
+			return
+		}
 		if isBlobGet(r) && r.Method == http.MethodGet {
 			p.blobGets.Add(1)
 			if r.Header.Get("Range") != "" {
@@ -209,6 +235,13 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 				r.TransferEncoding = nil
 			}
 		}
+		if f.CheckUploadRange && r.Method == http.MethodPatch && !p.inOrder(r) {
+			p.outOfOrder.Add(1)
+			w.Header().Set("Connection", "close")
+			http.Error(w, `{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"faultproxy: out-of-order chunk"}]}`,
+				http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &countReader{r: r.Body, n: &p.bytesIn}
 		}
@@ -218,12 +251,24 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 		st := &reqState{faults: f, limit: limit}
 		ctx := r.Context()
 		r = r.WithContext(withState(ctx, st))
-		next.ServeHTTP(&countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}, r)
+		cw := &countWriter{ResponseWriter: w, n: &p.bytesOut, limit: limit}
+		if f.ConnBandwidth > 0 {
+			cw.conn = &bucket{rate: f.ConnBandwidth}
+		}
+		next.ServeHTTP(cw, r)
 	})
 }
 
 func (p *Proxy) modify(resp *http.Response) error {
 	st, _ := resp.Request.Context().Value(ctxKey{}).(*reqState)
+	if st != nil && st.faults.ChunkMinLength > 0 && resp.Request.Method == http.MethodPost &&
+		resp.StatusCode == http.StatusAccepted && strings.HasSuffix(resp.Request.URL.Path, "/blobs/uploads/") {
+		resp.Header.Set("OCI-Chunk-Min-Length", strconv.FormatInt(st.faults.ChunkMinLength, 10))
+	}
+	if st != nil && st.faults.CorruptBody && resp.Request.Method == http.MethodGet && isBlobGet(resp.Request) &&
+		(resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent) {
+		resp.Body = &corruptReader{rc: resp.Body}
+	}
 	if st == nil || resp.StatusCode != http.StatusPartialContent {
 		return nil
 	}
@@ -245,22 +290,43 @@ func (p *Proxy) modify(resp *http.Response) error {
 	return nil
 }
 
+// corruptReader flips the first byte it reads.
+type corruptReader struct {
+	rc   io.ReadCloser
+	done bool
+}
+
+func (c *corruptReader) Read(b []byte) (int, error) {
+	n, err := c.rc.Read(b)
+	if n > 0 && !c.done {
+		b[0] ^= 0xff
+		c.done = true
+	}
+	return n, err
+}
+
+func (c *corruptReader) Close() error { return c.rc.Close() }
+
 // countWriter counts (and rate-limits) response body bytes.
 type countWriter struct {
 	http.ResponseWriter
 	n     *atomic.Int64
 	limit *bucket
+	conn  *bucket // this response's own limit
 }
 
 func (w *countWriter) Write(b []byte) (int, error) {
 	done := 0
 	for done < len(b) {
 		chunk := b[done:]
-		if w.limit != nil && len(chunk) > 64<<10 {
+		if (w.limit != nil || w.conn != nil) && len(chunk) > 64<<10 {
 			chunk = chunk[:64<<10]
 		}
 		if w.limit != nil {
 			w.limit.take(int64(len(chunk)))
+		}
+		if w.conn != nil {
+			w.conn.take(int64(len(chunk)))
 		}
 		n, err := w.ResponseWriter.Write(chunk)
 		done += n
@@ -311,4 +377,37 @@ func (b *bucket) take(n int64) {
 	if wait > 0 {
 		time.Sleep(wait)
 	}
+}
+
+// inOrder reports whether an upload PATCH's Content-Range ("<first>-<last>")
+// starts at the offset the registry's session holds (its GET answer's
+// Range "0-<last>"; "0-0" or none is taken as empty). A PATCH without
+// Content-Range is in order (a streamed upload).
+func (p *Proxy) inOrder(r *http.Request) bool {
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		return true
+	}
+	var first, last int64
+	if _, err := fmt.Sscanf(cr, "%d-%d", &first, &last); err != nil {
+		return false
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+p.upstream+r.URL.RequestURI(), nil)
+	if err != nil {
+		return false
+	}
+	if a := r.Header.Get("Authorization"); a != "" {
+		req.Header.Set("Authorization", a)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	held := int64(0)
+	var end int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Range"), "0-%d", &end); err == nil && end > 0 {
+		held = end + 1
+	}
+	return resp.StatusCode == http.StatusNoContent && first == held
 }

@@ -103,4 +103,14 @@ func TestFaults(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || len(body) >= 1024 {
 		t.Fatalf("short body: %s, %d bytes", resp.Status, len(body))
 	}
+
+	p.Set(faultproxy.Faults{CorruptBody: true})
+	resp, body = get(t, url, "bytes=16-31")
+	if want := append([]byte{blob[16] ^ 0xff}, blob[17:32]...); resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, want) {
+		t.Fatalf("corrupt body: %s %q", resp.Status, body)
+	}
+	resp, body = get(t, url, "")
+	if resp.StatusCode != http.StatusOK || len(body) != len(blob) || body[0] != blob[0]^0xff || !bytes.Equal(body[1:], blob[1:]) {
+		t.Fatalf("corrupt whole body: %s, %d bytes", resp.Status, len(body))
+	}
 }

@@ -33,8 +33,31 @@ func Start(t testing.TB) *Registry {
 	return r
 }
 
+// StartMirror starts a pull-through mirror of the registry at origin
+// (host:port, plain HTTP): docker-registry in proxy mode (proxy: remoteurl:),
+// which serves what it has cached and fetches the rest from the origin
+// (whole blobs on a miss, even for a range request). It stops when the
+// test ends.
+func StartMirror(t testing.TB, origin string) *Registry {
+	t.Helper()
+	r, err := StartMirrorIn(t.TempDir(), origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// StartMirrorIn starts a pull-through mirror of origin with its storage
+// and config under dir.
+func StartMirrorIn(dir, origin string) (*Registry, error) {
+	return startIn(dir, fmt.Sprintf("proxy:\n  remoteurl: http://%s\n", origin))
+}
+
 // StartIn starts a registry with its storage and config under dir.
-func StartIn(dir string) (*Registry, error) {
+func StartIn(dir string) (*Registry, error) { return startIn(dir, "") }
+
+func startIn(dir, extra string) (*Registry, error) {
 	if _, err := exec.LookPath("docker-registry"); err != nil {
 		return nil, fmt.Errorf("docker-registry not installed: run make deps (apt-get install docker-registry)")
 	}
@@ -57,7 +80,7 @@ storage:
     enabled: true
 http:
   addr: %s
-`, filepath.Join(dir, "storage"), addr)
+%s`, filepath.Join(dir, "storage"), addr, extra)
 	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}

@@ -37,7 +37,7 @@ func TestUblkClonesBenchVM(t *testing.T) {
 		}
 	}
 	h := newHarness(t)
-	out, err := h.boot(t, "/guest clonesbench "+rounds+" "+secs+" "+ns+"\n",
+	out, err := h.boot(t, "insmod /lib/modules/loop.ko\n/guest clonesbench "+rounds+" "+secs+" "+ns+"\n",
 		BootOptions{Timeout: 40 * time.Minute, MemoryMB: 1536})
 	logPrefixed(t, out, "clones-bench:")
 	if problems := checkConsole(out, []string{"OBDVOL-VM-UBLK-LOADED", "OBDVOL-VM-clonesbench OK", "OBDVOL-VM-DONE"}); len(problems) > 0 {

@@ -50,8 +50,41 @@ const (
 	cbRoot     = "/tmp/cb"
 	cbObdvol   = "/bin/obdvol"
 	cbSize     = 64 << 20
-	cbInFlight = 64 // total 4K reads in flight, for every N
+	cbInFlight = 64                   // total 4K reads in flight, for every N
+	cbImage    = "/tmp/cb-golden.raw" // the golden's bytes (tmpfs), kept for the loop control
 )
+
+// cbLoop is the control measurement: the same client load over n loop
+// devices bound read-only to one raw file holding the golden's bytes (the
+// kernel's own block driver sharing one page cache, as the clones share
+// one chunk cache). What loop(N)/loop(1) loses is what this VM loses by
+// spreading the same reads over N devices, whatever serves them.
+func cbLoop(n int, dur time.Duration) (float64, error) {
+	img, err := os.Open(cbImage)
+	if err != nil {
+		return 0, err
+	}
+	defer img.Close()
+	devs := make([]string, n)
+	for k := range devs {
+		dev, detach, err := attachLoop(img)
+		if err != nil {
+			return 0, fmt.Errorf("loop %d of %d: %w", k+1, n, err)
+		}
+		defer detach()
+		if fi, err := os.Stat(dev); err != nil || fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 {
+			return 0, fmt.Errorf("%q is not a block device (%v)", dev, err)
+		}
+		devs[k] = dev
+	}
+	if err := cbWarm(devs[0]); err != nil {
+		return 0, err
+	}
+	if _, err := randReadDevs(devs, cbSize/4096, cbInFlight, dur); err != nil {
+		return 0, err
+	}
+	return randReadDevs(devs, cbSize/4096, cbInFlight, dur)
+}
 
 // cbCLI runs obdvol on the bench's root and returns its standard output.
 func cbCLI(args ...string) ([]byte, error) {
@@ -72,8 +105,7 @@ func cbGolden(maxN int) error {
 	if err := os.MkdirAll(cbRoot, 0o700); err != nil {
 		return err
 	}
-	img := "/tmp/cb-golden.raw"
-	f, err := os.Create(img)
+	f, err := os.Create(cbImage)
 	if err != nil {
 		return err
 	}
@@ -94,8 +126,7 @@ func cbGolden(maxN int) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	defer os.Remove(img)
-	steps := [][]string{{"create", "golden", "--size", strconv.Itoa(cbSize)}, {"import", "golden", img}, {"snapshot", "golden@g"}}
+	steps := [][]string{{"create", "golden", "--size", strconv.Itoa(cbSize)}, {"import", "golden", cbImage}, {"snapshot", "golden@g"}}
 	for k := 0; k < maxN; k++ {
 		steps = append(steps, []string{"create", fmt.Sprintf("c%d", k), "--from", "golden@g"})
 	}
@@ -414,7 +445,19 @@ func clonesBenchCmd(args []string) error {
 	}
 	fmt.Printf("clones-bench: golden, snapshot and %d clones made in %v\n", maxN, time.Since(t0).Round(time.Second))
 	res := map[int][]cbResult{}
+	loops := map[int][]float64{}
 	for i := 0; i < rounds; i++ {
+		if minN != maxN {
+			for _, n := range []int{minN, maxN} {
+				iops, err := cbLoop(n, dur)
+				if err != nil {
+					return fmt.Errorf("loop control: %w", err)
+				}
+				loops[n] = append(loops[n], iops)
+			}
+			fmt.Printf("clones-bench: round %d control: loop N=%d %.0f IOPS, N=%d %.0f IOPS (%.2fx)\n",
+				i+1, minN, loops[minN][i], maxN, loops[maxN][i], loops[maxN][i]/loops[minN][i])
+		}
 		for _, n := range order {
 			r, err := cbMeasure(n, dur)
 			if err != nil {
@@ -460,6 +503,19 @@ func clonesBenchCmd(args []string) error {
 	qm, ql, qh := cbSpread(ratio)
 	fmt.Printf("clones-bench: IOPS(%d)/IOPS(%d): median %.2fx (min %.2fx, max %.2fx) over %d interleaved rounds; target >= 0.80x: %s [TCG]\n",
 		maxN, minN, qm, ql, qh, rounds, verdict(qm >= 0.8))
+	var lratio, rel []float64
+	for i := range loops[maxN] {
+		lratio = append(lratio, loops[maxN][i]/loops[minN][i])
+		rel = append(rel, ratio[i]/lratio[i])
+	}
+	lm, ll, lh := cbSpread(lratio)
+	em, el, eh := cbSpread(rel)
+	l1, _, _ := cbSpread(loops[minN])
+	lN, _, _ := cbSpread(loops[maxN])
+	fmt.Printf("clones-bench: control, loop devices over one raw file, same client: N=%d %.0f IOPS, N=%d %.0f IOPS; loop(%d)/loop(%d): median %.2fx (min %.2fx, max %.2fx) [TCG]\n",
+		minN, l1, maxN, lN, maxN, minN, lm, ll, lh)
+	fmt.Printf("clones-bench: ublk's ratio over the control's, round by round: median %.2f (min %.2f, max %.2f): what obdvol loses to N devices beyond what the kernel's loop driver loses in this VM [TCG]\n",
+		em, el, eh)
 	r1, _, _ := cbSpread(col(minN, func(r cbResult) float64 { return r.rss }))
 	rN, rl, rh := cbSpread(col(maxN, func(r cbResult) float64 { return r.rss }))
 	limit := 1.5*r1 + float64(maxN)*2
