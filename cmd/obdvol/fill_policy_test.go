@@ -83,7 +83,7 @@ func waitFillLog(t *testing.T, log string) string {
 }
 
 // The default fill policy is mirror-only, as pull --help, README and
-// docs/fleet-fill.md say: with no mirror configured a lazy pull starts no
+// docs/fleet.md say: with no mirror configured a lazy pull starts no
 // background fill, says why, the layers stay remote and no fill log is
 // written (TestFillPolicyMirrorOnly has the mirror).
 func TestFillPolicyDefault(t *testing.T) {

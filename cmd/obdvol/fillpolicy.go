@@ -22,7 +22,7 @@ import (
 // registry's egress by the fleet's size, and a delay only spreads it. A
 // fill from mirrors, once each mirror has stored the layers (warmMirrors),
 // costs the origin about one copy of the snapshot whatever the fleet's
-// size (docs/fleet-fill.md has the figures of make bench-fleet). So the
+// size (docs/fleet.md has the figures of make bench-fleet). So the
 // default is mirror-only: with a mirror the volume is completed from it;
 // without one nothing is filled, a lazy volume fetches what it reads and is
 // completed only when asked (obdvol fill, pull --wait, --fill=now).
@@ -104,7 +104,7 @@ func planFill(o *pullOptions) (fillPlan, error) {
 // fillMirrors is the mirror list a mirror-only fill may fetch from: the
 // pull's --mirror flags, else OBDVOL_MIRRORS (the mirrors of a hosts.toml
 // are not used: a fill from them falls back to the origin, see
-// docs/fleet-fill.md).
+// docs/fleet.md).
 func fillMirrors(m mirrorFlags) ([]string, error) {
 	list := m.Mirrors
 	if list == nil {

@@ -50,7 +50,7 @@ the origin, after --fill-delay/--fill-jitter when given, and does nothing
 without a mirror; none leaves it to reads and obdvol fill; now fills from the
 origin at once; delayed fills from the origin after --fill-delay plus a random
 part of --fill-jitter. Every host of a fleet filling from the origin multiplies
-its egress by the fleet's size (docs/fleet-fill.md).`,
+its egress by the fleet's size (docs/fleet.md).`,
 		Example: "  obdvol pull registry.example.com/disks/golden:v1 golden\n  obdvol pull --lazy 127.0.0.1:5000/golden:v1 golden --plain-http",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
