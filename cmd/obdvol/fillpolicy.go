@@ -193,7 +193,9 @@ func useMirrorsOnly(e *env, vol string, mirrors []string) ([]mirrorLayer, error)
 				if err != nil {
 					return nil, usageError{err}
 				}
-				t, err := openTarget(host+"/"+r.Remote.Repository+"@"+d, &transferFlags{PlainHTTP: plain})
+				// The mirror itself, with no mirrors of its own (not those
+				// of the environment either): nothing falls back to the origin.
+				t, err := openTarget(host+"/"+r.Remote.Repository+"@"+d, &transferFlags{PlainHTTP: plain, Mirror: mirrorFlags{Mirrors: []string{}}})
 				if err != nil || t.Repo == nil {
 					return nil, fmt.Errorf("mirror %s for layer %s: %v", m, d, err)
 				}
