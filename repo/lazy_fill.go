@@ -282,7 +282,7 @@ func (b *LazyBlob) fillPages(ctx context.Context, opts FillOptions) error {
 		g.Go(func() error {
 			lo, hi := first*pg, min((first+per)*pg, b.size)
 			before := b.Fetched()
-			if err := b.ensure(gctx, lo, hi, hi); err != nil {
+			if err := b.ensure(gctx, lo, hi, hi, opts.Span); err != nil {
 				return err
 			}
 			moved.Add(b.Fetched() - before)
