@@ -81,6 +81,9 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 	var size int64
 	switch {
 	case b.raSize == 0:
+		if _, miss := b.present.firstMissing(off/b.page, (end-1)/b.page); !miss {
+			return end // a sequential read of local data (prefetched, say) starts none
+		}
 		size = min(b.opts.ReadAhead, 4*(end-off))
 		b.raIssued = end
 	case off >= b.raStart+b.raSize/2:
