@@ -131,6 +131,14 @@ type LazyBlob struct {
 	wg      sync.WaitGroup
 	running atomic.Int64
 
+	// Group fdatasync (syncData): syncs started and finished, and the
+	// first failure, which every later commit returns.
+	syncMu                    sync.Mutex
+	syncCond                  *sync.Cond
+	syncing                   bool
+	syncStarted, syncFinished uint64
+	syncErr                   error
+
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written
 	seen     uint64  // removal counter present was read at
@@ -142,6 +150,7 @@ type LazyBlob struct {
 	raStart  int64 // start of the last read-ahead window (background)
 	raIssued int64 // its end
 	raLive   int   // background read-aheads running
+	raWaited bool  // a read waited for the read-ahead since the last window
 	fetched  int64 // bytes fetched remotely
 }
 
@@ -179,6 +188,7 @@ func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts Laz
 		blobPath: blobPath, fetch: fetch, opts: opts, lastEnd: -1, inflight: map[int64]*fetchCall{},
 		slots: make(chan struct{}, opts.Concurrency)}
 	b.closing, b.cancel = context.WithCancel(context.Background())
+	b.syncCond = sync.NewCond(&b.syncMu)
 	var err error
 	for tries := 0; ; tries++ {
 		if b.lk, err = openBlobLock(base+".lock", true); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"golang.org/x/sys/unix"
 )
 
 // Pipelined fetches: at 100 ms from the registry a lazy blob is bound by
@@ -55,8 +57,9 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 // a read that misses fetches it itself (doubling, as before pipelining).
 // Otherwise windows are fetched in the background, and the next window,
 // four times larger (twice from a sixteenth of ReadAhead on, as the
-// kernel grows its own), up to ReadAhead, starts when the reader is half
-// way through the last one: one growth step a round trip while the
+// kernel grows its own; eight times when a read had to wait for the
+// read-ahead: the window is short of the round trip), up to ReadAhead,
+// starts when the reader is half way through the last one: one growth step a round trip while the
 // reader waits for data, and a short sequential run fetches at most about
 // as much again past its end.
 func (b *LazyBlob) readAhead(off, end int64) int64 {
@@ -91,6 +94,9 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		if b.raSize < b.opts.ReadAhead/16 {
 			size = 4 * b.raSize
 		}
+		if b.raWaited { // the window is short of the round trip
+			size = 8 * b.raSize
+		}
 		size = min(b.opts.ReadAhead, size)
 	default:
 		return end // inside the window, before its middle
@@ -100,7 +106,7 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		return end // nothing left, or enough read-ahead running: not yet
 	}
 	to := min(b.size, from+size)
-	b.raStart, b.raSize, b.raIssued = from, size, to
+	b.raStart, b.raSize, b.raIssued, b.raWaited = from, size, to, false
 	p, miss := b.present.firstMissing(from/b.page, (to-1)/b.page)
 	if !miss {
 		return end
@@ -137,8 +143,17 @@ func (b *LazyBlob) ensure(ctx context.Context, off, fetchEnd, need, piece int64)
 		for _, c := range calls {
 			select {
 			case <-c.done:
-			case <-ctx.Done():
-				return fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
+			default:
+				if c.ahead && c.first*pg < need { // the reader caught up with the read-ahead
+					b.mu.Lock()
+					b.raWaited = true
+					b.mu.Unlock()
+				}
+				select {
+				case <-c.done:
+				case <-ctx.Done():
+					return fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
+				}
 			}
 			if c.err == nil || c.first*pg >= need {
 				continue // done, or only read-ahead failed
@@ -329,3 +344,34 @@ func (b *LazyBlob) Prefetch(ctx context.Context, ranges [][2]int64) error {
 // that are fetched along with them rather than cost a request of their
 // own.
 const prefetchGap = 256 << 10
+
+// syncData makes every write to the data file made before it was called
+// durable: it returns after an fdatasync that started after the call has
+// finished. Commits landing together share one (a group commit): at 16
+// requests in flight an fdatasync each would bound a blob to the disk's
+// flush rate. Once one fails, every later call fails with its error
+// (the page cache may have dropped what it could not write).
+func (b *LazyBlob) syncData() error {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	need := b.syncStarted + 1 // the first sync that starts from now on
+	for b.syncFinished < need && b.syncErr == nil {
+		if b.syncing {
+			b.syncCond.Wait()
+			continue
+		}
+		b.syncing = true
+		b.syncStarted++
+		gen := b.syncStarted
+		b.syncMu.Unlock()
+		err := unix.Fdatasync(int(b.f.Fd()))
+		b.syncMu.Lock()
+		b.syncing = false
+		b.syncFinished = gen
+		if err != nil && b.syncErr == nil {
+			b.syncErr = err
+		}
+		b.syncCond.Broadcast()
+	}
+	return b.syncErr
+}

@@ -7,6 +7,7 @@
 //	chunk-size table (-chunks): compression ratio, random 4K, sequential read
 //	NBD read path: obdvol serve --foreground vs qemu-nbd and nbdkit (fio)
 //	N clones of one golden served by one obdvol daemon: IOPS and RSS per N
+//	cold lazy reads at 100 ms RTT: pipelined vs one request at a time
 //
 // Compared configurations are measured in interleaved rounds (rounds.go):
 // every figure is a median with its min-max over -rounds rounds.
@@ -35,7 +36,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, lazylat, nbd or clones")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -82,6 +83,9 @@ func main() {
 	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
+	}
+	if *only == "" || *only == "lazylat" {
+		lazyLatencyBench(work) // tests/bench/lazylat.go
 	}
 	if *only == "" || *only == "nbd" {
 		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)
