@@ -94,9 +94,10 @@ const maxEvictedRereads = 16
 //     (lazy_lock.go).
 //
 // ReadAt serves present pages from the file and fetches missing ones
-// (rounded out to pages, plus read-ahead for sequential reads). One fetch
-// per page is in flight in a LazyBlob at a time: concurrent misses of a
-// page wait for it. A fetch runs without any lock; then, under the blob's
+// (rounded out to pages, several requests at once, with a background
+// read-ahead for sequential reads: lazy_pipe.go). One fetch per page is
+// in flight in a LazyBlob at a time: concurrent misses of a page wait for
+// it. A fetch runs without any lock; then, under the blob's
 // lock, the pages still missing on disk are written, fdatasynced, and
 // merged into the on-disk map (read, add, write temp, rename), so that
 // the map never names a page that was not written and no process undoes

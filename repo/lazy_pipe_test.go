@@ -284,3 +284,42 @@ func TestLazyPrefetchRanges(t *testing.T) {
 		t.Fatalf("reads of prefetched ranges made %d requests", n)
 	}
 }
+
+// Concurrent commits share fdatasyncs, each returns after one that
+// started after its call; a failed one fails every later call.
+func TestLazyGroupSync(t *testing.T) {
+	s, m, d := lazyFixture(t, 1<<20)
+	b, err := s.OpenLazy(d, int64(len(m.data)), m, LazyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.syncMu.Lock()
+			need := b.syncStarted + 1
+			b.syncMu.Unlock()
+			if err := b.syncData(); err != nil {
+				t.Error(err)
+			}
+			b.syncMu.Lock()
+			defer b.syncMu.Unlock()
+			if b.syncFinished < need {
+				t.Errorf("returned after sync %d, needed %d", b.syncFinished, need)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("32 calls, %d fdatasyncs", b.syncStarted)
+	b.f.Close() // the next fdatasync fails
+	if err := b.syncData(); err == nil {
+		t.Fatal("fdatasync of a closed file succeeded")
+	}
+	if err := b.syncData(); err == nil {
+		t.Fatal("a failed fdatasync was forgotten")
+	}
+	b.cancel()
+	b.lk.close()
+}
