@@ -152,6 +152,7 @@ type LazyBlob struct {
 	raIssued int64 // its end
 	raLive   int   // background read-aheads running
 	raWaited bool  // a read waited for the read-ahead since the last window
+	raRun    int64 // bytes read in this sequential run
 	fetched  int64 // bytes fetched remotely
 }
 

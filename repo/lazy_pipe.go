@@ -37,6 +37,11 @@ type fetchCall struct {
 	err         error
 }
 
+// streamRun is how long a sequential run must be for the read-ahead to
+// grow eightfold when the reader waits for it: shorter runs (files read
+// whole, a few chunks each) keep the waste past their end small.
+const streamRun = 1 << 20
+
 // errClosed is returned by reads of a LazyBlob being closed.
 var errClosed = errors.New("lazy blob closed")
 
@@ -58,7 +63,8 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 // Otherwise windows are fetched in the background, and the next window,
 // four times larger (twice from a sixteenth of ReadAhead on, as the
 // kernel grows its own; eight times when a read had to wait for the
-// read-ahead: the window is short of the round trip), up to ReadAhead,
+// read-ahead, the window being short of the round trip, in a run of at
+// least streamRun bytes), up to ReadAhead,
 // starts when the reader is half way through the last one: one growth step a round trip while the
 // reader waits for data, and a short sequential run fetches at most about
 // as much again past its end.
@@ -68,9 +74,10 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 	seq := off == b.lastEnd
 	b.lastEnd = end
 	if !seq {
-		b.raSize = 0
+		b.raSize, b.raRun = 0, end-off
 		return end
 	}
+	b.raRun += end - off
 	if b.complete {
 		return end
 	}
@@ -94,7 +101,7 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		if b.raSize < b.opts.ReadAhead/16 {
 			size = 4 * b.raSize
 		}
-		if b.raWaited { // the window is short of the round trip
+		if b.raWaited && b.raRun >= streamRun { // a stream, and the window is short of the round trip
 			size = 8 * b.raSize
 		}
 		size = min(b.opts.ReadAhead, size)
