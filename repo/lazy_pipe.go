@@ -38,9 +38,9 @@ type fetchCall struct {
 }
 
 // streamRun is how long a sequential run must be for the read-ahead to
-// grow eightfold when the reader waits for it: shorter runs (files read
-// whole, a few chunks each) keep the waste past their end small.
-const streamRun = 1 << 20
+// run ahead of the reader and grow fast: shorter runs (files read whole,
+// a few chunks each) keep the waste past their end as small as before.
+const streamRun = 512 << 10
 
 // errClosed is returned by reads of a LazyBlob being closed.
 var errClosed = errors.New("lazy blob closed")
@@ -57,17 +57,20 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 }
 
 // readAhead notes a read of [off, end) and returns where its own fetch
-// ends. A random read fetches what it needs. A sequential read starts a
-// read-ahead window past its end, four times the read; with Concurrency 1
-// a read that misses fetches it itself (doubling, as before pipelining).
-// Otherwise windows are fetched in the background, and the next window,
-// four times larger (twice from a sixteenth of ReadAhead on, as the
-// kernel grows its own; eight times when a read had to wait for the
-// read-ahead, the window being short of the round trip, in a run of at
-// least streamRun bytes), up to ReadAhead,
-// starts when the reader is half way through the last one: one growth step a round trip while the
-// reader waits for data, and a short sequential run fetches at most about
-// as much again past its end.
+// ends. A random read fetches what it needs. A sequential read that
+// misses starts a read-ahead window past its end, twice the read. With
+// Concurrency 1 a read that misses fetches it itself, doubling (as
+// before pipelining). Otherwise windows are fetched in the background:
+//
+//   - in the first streamRun bytes of a sequential run, as before
+//     pipelining: the next window, four times the last, when the reader
+//     gets past the last (so a short run, a file read whole, fetches no
+//     more past its end than before);
+//   - then the next window starts when the reader is half way through
+//     the last, four times larger (twice from a sixteenth of ReadAhead
+//     on, as the kernel grows its own; eight times when a read had to
+//     wait for the read-ahead: the window is short of the round trip), up
+//     to ReadAhead: one growth step a round trip while the reader waits.
 func (b *LazyBlob) readAhead(off, end int64) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -94,14 +97,19 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		if _, miss := b.present.firstMissing(off/b.page, (end-1)/b.page); !miss {
 			return end // a sequential read of local data (prefetched, say) starts none
 		}
-		size = min(b.opts.ReadAhead, 4*(end-off))
+		size = min(b.opts.ReadAhead, 2*(end-off))
 		b.raIssued = end
+	case b.raRun < streamRun:
+		if off < b.raIssued {
+			return end
+		}
+		size = min(b.opts.ReadAhead, 4*b.raSize)
 	case off >= b.raStart+b.raSize/2:
 		size = 2 * b.raSize
 		if b.raSize < b.opts.ReadAhead/16 {
 			size = 4 * b.raSize
 		}
-		if b.raWaited && b.raRun >= streamRun { // a stream, and the window is short of the round trip
+		if b.raWaited { // the window is short of the round trip
 			size = 8 * b.raSize
 		}
 		size = min(b.opts.ReadAhead, size)
@@ -112,7 +120,7 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 	if from >= b.size || b.closed || b.raLive >= 4 {
 		return end // nothing left, or enough read-ahead running: not yet
 	}
-	to := min(b.size, from+size)
+	to := min(b.size, (from+size+b.page-1)/b.page*b.page) // the pages fetched
 	b.raStart, b.raSize, b.raIssued, b.raWaited = from, size, to, false
 	p, miss := b.present.firstMissing(from/b.page, (to-1)/b.page)
 	if !miss {
