@@ -1,9 +1,11 @@
 package repo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -297,11 +299,13 @@ func (b *LazyBlob) finish(c *fetchCall, err error) {
 }
 
 // Prefetch fetches the given byte ranges of the blob (off, length pairs:
-// a prefetch list), keeping up to Concurrency requests in flight and
-// issuing them in the order given; ranges in the list closer than
-// prefetchGap to the previous one are fetched with it, in one request.
-// It returns when every range is present, or with the first error. Pages
-// present are not fetched again.
+// a prefetch list), keeping up to Concurrency requests in flight. The
+// list is taken prefetchBatch ranges at a time, in its order; within a
+// batch the ranges are sorted and those closer than prefetchGap merged
+// into one request (at most maxFetchSpan), so that a list of scattered
+// small ranges costs fewer round trips while its early ranges still come
+// first. It returns when every range is present, or with the first
+// error. Pages present are not fetched again.
 func (b *LazyBlob) Prefetch(ctx context.Context, ranges [][2]int64) error {
 	pg := b.page
 	var calls []*fetchCall
@@ -311,26 +315,41 @@ func (b *LazyBlob) Prefetch(ctx context.Context, ranges [][2]int64) error {
 		cs, err = b.launch(ctx, first, last, maxFetchSpan, (last+1)*pg, true)
 		calls = append(calls, cs...)
 	}
-	first, last := int64(-1), int64(-1)
+	batch := make([]pageRun, 0, prefetchBatch)
+	send := func() {
+		slices.SortFunc(batch, func(x, y pageRun) int { return cmp.Compare(x.first, y.first) })
+		first, last := int64(-1), int64(-1)
+		for _, r := range batch {
+			if first >= 0 && r.first <= last+1+prefetchGap/pg && r.end-1-first < maxFetchSpan/pg {
+				last = max(last, r.end-1)
+				continue
+			}
+			if first >= 0 {
+				if flush(first, last); err != nil {
+					return
+				}
+			}
+			first, last = r.first, r.end-1
+		}
+		if first >= 0 {
+			flush(first, last)
+		}
+		batch = batch[:0]
+	}
 	for _, r := range ranges {
 		if r[0] < 0 || r[1] <= 0 || r[0] >= b.size {
 			continue
 		}
-		off, end := r[0], r[0]+min(r[1], b.size-r[0])
-		a, z := off/pg, (end-1)/pg
-		if first >= 0 && a >= first && a <= last+1+prefetchGap/pg && z-first < maxFetchSpan/pg {
-			last = max(last, z)
-			continue
-		}
-		if first >= 0 {
-			if flush(first, last); err != nil {
+		end := r[0] + min(r[1], b.size-r[0])
+		batch = append(batch, pageRun{r[0] / pg, (end-1)/pg + 1})
+		if len(batch) == prefetchBatch {
+			if send(); err != nil {
 				break
 			}
 		}
-		first, last = a, z
 	}
-	if first >= 0 && err == nil {
-		flush(first, last)
+	if err == nil {
+		send()
 	}
 	if werr := b.waitAll(ctx, calls); err == nil {
 		err = werr
@@ -354,6 +373,10 @@ func (b *LazyBlob) Prefetch(ctx context.Context, ranges [][2]int64) error {
 	}
 	return nil
 }
+
+// prefetchBatch is how many ranges of a prefetch list are sorted and
+// merged together.
+const prefetchBatch = 64
 
 // prefetchGap is the most bytes between two ranges of a prefetch list
 // that are fetched along with them rather than cost a request of their

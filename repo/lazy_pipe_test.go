@@ -255,8 +255,8 @@ func TestLazyPrefetchRanges(t *testing.T) {
 	}
 	defer b.Close()
 	var ranges [][2]int64
-	for i := int64(0); i < 32; i++ {
-		off := (i * 7919 % 32) << 18 // 32 ranges, 256 KiB apart, out of order
+	for i := int64(0); i < 7; i++ {
+		off := (i * 5 % 7) << 20 // 1 MiB apart (not merged), out of order
 		ranges = append(ranges, [2]int64{off, 40 << 10}, [2]int64{off + 64<<10, 4 << 10})
 	}
 	ranges = append(ranges, [2]int64{-1, 5}, [2]int64{int64(len(data)) - 10, 1 << 40}, [2]int64{0, 0})
@@ -271,7 +271,7 @@ func TestLazyPrefetchRanges(t *testing.T) {
 	}
 	p.Set(faultproxy.Faults{})
 	before := p.Stats().RangeRequests
-	for _, r := range ranges[:64] {
+	for _, r := range ranges[:14] {
 		got := make([]byte, r[1])
 		if _, err := b.ReadAt(got, r[0]); err != nil {
 			t.Fatal(err)

@@ -130,7 +130,7 @@ func lazyLatencyBench(work string) {
 	fmt.Printf("  range requests: pipelined %s, one at a time %s\n", spreadOf(requests), spreadOf(serialRequests))
 	memoryRemote(work, size, rtt)
 
-	var replayReqs, replayInFlight []float64
+	var replayReqs, replayInFlight, replayEgress []float64
 	replay := func(lat time.Duration) func() float64 {
 		return func() float64 {
 			l, done := cold(repo.LazyOptions{}, lat)
@@ -145,6 +145,7 @@ func lazyLatencyBench(work string) {
 			if lat > 0 {
 				st := px.Stats()
 				replayReqs, replayInFlight = append(replayReqs, float64(st.RangeRequests)), append(replayInFlight, float64(st.MaxInFlight))
+				replayEgress = append(replayEgress, float64(st.BytesOut)/float64(listBytes))
 			}
 			return d.Seconds()
 		}
@@ -155,7 +156,8 @@ func lazyLatencyBench(work string) {
 	fmt.Printf("  prefetch list replay: %d ranges, %d MiB (a boot-like run recorded on the volume):\n", len(list), listBytes>>20)
 	printSeries(slow, fast)
 	printRatio(slow, fast, atMost(3))
-	fmt.Printf("  replay at %v: range requests %s, in flight at most %s\n\n", rtt, spreadOf(replayReqs), spreadOf(replayInFlight))
+	fmt.Printf("  replay at %v: range requests %s, in flight at most %s, bytes fetched / list bytes %s\n\n",
+		rtt, spreadOf(replayReqs), spreadOf(replayInFlight), spreadOf(replayEgress))
 }
 
 // bootLike reads v as a booting system might: 400 files at random
