@@ -6,6 +6,7 @@ PKGS      := ./...
 FUZZTIME  ?= 10s
 
 .PHONY: all build deps test vet lint unit fuzz demo bench bench-vm clean torture torture-short powercut
+.PHONY: bench-lazy
 
 all: build
 
@@ -75,6 +76,13 @@ bench: build
 .PHONY: bench-ranges
 bench-ranges: build
 	$(GO) run ./tests/bench -only ranges -size 16 $(BENCH_FLAGS)
+
+# Cold lazy reads through a registry 100 ms away (tests/bench/lazylat.go):
+# a 64 MiB sequential read pipelined vs one request at a time, and a
+# boot-like prefetch list replayed at 100 ms vs 0 ms.
+bench-lazy:
+	@scripts/deps.sh
+	$(GO) run ./tests/bench -only lazylat -size 1 $(BENCH_FLAGS)
 
 # ublk measured in a VM (tests/vm; not part of make test), interleaved
 # rounds (ROUNDS, SECONDS each), TCG figures: TestUblkBenchVM, async vs
