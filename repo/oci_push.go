@@ -72,13 +72,11 @@ type TransferResult struct {
 // blob against its digest as it receives it.
 func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushOptions) (*TransferResult, error) {
 	start := time.Now()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
 	}
-	cfg, parts, closeParts, err := splitLayers(ctx, s, cfg, opts)
+	// The config validated, with the layers in parts (parts.go).
+	cfg, parts, closeParts, err := splitLayers(ctx, s, t, cfg, opts)
 	if err != nil {
 		return nil, err
 	}

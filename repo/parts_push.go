@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,9 +26,17 @@ type partSource struct {
 // readers stay open until close is called. A config with a
 // layer in parts gets version ConfigVersionParts; one without stays at
 // its version, so a push without parts makes the manifest it always made.
-func splitLayers(ctx context.Context, s *Store, cfg *ChainConfig, opts PushOptions) (out *ChainConfig, src map[digest.Digest]partSource, close func(), err error) {
+//
+// A layer the target already holds whole (t.Exists) is not split: the
+// registry took it, and a lazily pulled layer need not be read to be
+// skipped.
+func splitLayers(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushOptions) (out *ChainConfig, src map[digest.Digest]partSource, close func(), err error) {
 	c := *cfg
 	c.Layers = append([]LayerInfo(nil), cfg.Layers...)
+	pre := withPartsVersion(c)
+	if err := pre.Validate(); err != nil { // before anything is read
+		return nil, nil, func() {}, err
+	}
 	src = make(map[digest.Digest]partSource)
 	var closers []io.Closer
 	close = func() {
@@ -48,6 +57,15 @@ func splitLayers(ctx context.Context, s *Store, cfg *ChainConfig, opts PushOptio
 		sizes := splitSizes(l.Size, opts.MaxBlob)
 		if len(l.Parts) == 0 && sizes == nil {
 			continue
+		}
+		if t != nil {
+			whole := ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(l.Digest), Size: l.Size}
+			if ok, err := t.Exists(ctx, whole); err != nil {
+				return nil, nil, close, fmt.Errorf("push %s to %s: %w", l.Digest, t.Ref, err)
+			} else if ok {
+				l.Parts = nil
+				continue
+			}
 		}
 		if len(sizes) > maxBlobs {
 			return nil, nil, close, fmt.Errorf("layer %s of %d bytes would be %d parts of %d bytes (at most %d): raise the blob size limit",
@@ -86,11 +104,8 @@ func splitLayers(ctx context.Context, s *Store, cfg *ChainConfig, opts PushOptio
 	if err := g.Wait(); err != nil {
 		return nil, nil, close, err
 	}
+	c = withPartsVersion(c)
 	for _, l := range c.Layers {
-		if len(l.Parts) == 0 {
-			continue
-		}
-		c.Version = max(c.Version, ConfigVersionParts)
 		var off int64
 		for _, p := range l.Parts {
 			src[digest.Digest(p.Digest)] = partSource{r: opened[l.Digest], off: off, n: p.Size}
@@ -123,4 +138,15 @@ func openLayerAt(s *Store, dg string, opts PushOptions) (io.ReaderAt, io.Closer,
 		return nil, nil, fmt.Errorf("layer %s is not local and its source cannot be read in parts", dg)
 	}
 	return ra, rc, nil
+}
+
+// withPartsVersion returns c with the version a config with its layers
+// needs: ConfigVersionParts when a layer is in parts.
+func withPartsVersion(c ChainConfig) ChainConfig {
+	for _, l := range c.Layers {
+		if len(l.Parts) > 0 {
+			c.Version = max(c.Version, ConfigVersionParts)
+		}
+	}
+	return c
 }

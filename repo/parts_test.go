@@ -196,7 +196,7 @@ func pushLying(t *testing.T, a *Store, cfg *ChainConfig, edit func(*ChainConfig)
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	good, src, closeParts, err := splitLayers(ctx, a, cfg, PushOptions{MaxBlob: testPart, Concurrency: 2})
+	good, src, closeParts, err := splitLayers(ctx, a, nil, cfg, PushOptions{MaxBlob: testPart, Concurrency: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestPullLyingParts(t *testing.T) {
 func TestMatchParts(t *testing.T) {
 	a := newStore(t)
 	cfg := chainOf(t, a, 25, 600<<10)
-	c, _, closeParts, err := splitLayers(context.Background(), a, cfg, PushOptions{MaxBlob: testPart, Concurrency: 1})
+	c, _, closeParts, err := splitLayers(context.Background(), a, nil, cfg, PushOptions{MaxBlob: testPart, Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,4 +336,30 @@ func FuzzParseArtifact(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A layer the target already holds whole is pushed whole again (not
+// read, not split); a new target gets it in parts, and the same parts
+// every time (one manifest digest).
+func TestPushPartsKeepsWholeLayer(t *testing.T) {
+	ctx := context.Background()
+	a := newStore(t)
+	cfg := chainOf(t, a, 26, 1<<20)
+	dir := t.TempDir()
+	if _, err := Push(ctx, a, target(t, "oci:"+dir+":v1", nil), cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Push(ctx, a, target(t, "oci:"+dir+":v2", nil), cfg, PushOptions{MaxBlob: testPart})
+	if err != nil || res.LayersSplit != 0 || res.BytesMoved != 0 {
+		t.Fatalf("push over the whole layer: %+v, %v", res, err)
+	}
+	other := t.TempDir()
+	r1, err := Push(ctx, a, target(t, "oci:"+other+":v1", nil), cfg, PushOptions{MaxBlob: testPart})
+	if err != nil || r1.LayersSplit != 1 {
+		t.Fatalf("push in parts: %+v, %v", r1, err)
+	}
+	r2, err := Push(ctx, a, target(t, "oci:"+other+":v2", nil), cfg, PushOptions{MaxBlob: testPart})
+	if err != nil || r2.Manifest != r1.Manifest || r2.BytesMoved != 0 {
+		t.Fatalf("push in parts again: %+v, %v (first %s)", r2, err, r1.Manifest)
+	}
 }

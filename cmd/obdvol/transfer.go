@@ -83,9 +83,9 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(digest); return }); err != nil {
 			return nil, 0, fmt.Errorf("layer %s is not in the store and has no record: %w", digest, repo.ErrNotFound)
 		}
-		for _, o := range l.Origins {
-			plain := strings.HasPrefix(o, "http://")
-			o = strings.TrimPrefix(o, "http://")
+		for _, org := range l.Origins {
+			plain := strings.HasPrefix(org, "http://")
+			o := strings.TrimPrefix(org, "http://")
 			if strings.HasPrefix(o, "oci:") {
 				continue
 			}
@@ -93,7 +93,11 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 			if err != nil || t.Repo == nil {
 				continue
 			}
-			return repo.RegistryRanges{Repo: t.Repo}, int64(l.StoredBytes), nil
+			fetch, err := repo.LayerRanges(t.Repo, digest, int64(l.StoredBytes), repoParts(l.Parts[org]))
+			if err != nil {
+				return nil, 0, fmt.Errorf("layer %s at %s: %w", digest, o, err)
+			}
+			return fetch, int64(l.StoredBytes), nil
 		}
 		return nil, 0, fmt.Errorf("layer %s is not in the store and has no registry origin: %w", digest, repo.ErrNotFound)
 	}
@@ -102,4 +106,22 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 // rate formats bytes over a duration.
 func rate(n int64, d time.Duration) string {
 	return formatSize(uint64(float64(n)/max(d.Seconds(), 1e-6))) + "/s"
+}
+
+// repoParts and metaParts convert a layer's parts between the artifact's
+// form (repo.Part) and the catalogue's (metadata.Part, by origin).
+func repoParts(ps []metadata.Part) []repo.Part {
+	var out []repo.Part
+	for _, p := range ps {
+		out = append(out, repo.Part{Digest: p.Digest, Size: int64(p.Size)})
+	}
+	return out
+}
+
+func metaParts(ps []repo.Part) []metadata.Part {
+	var out []metadata.Part
+	for _, p := range ps {
+		out = append(out, metadata.Part{Digest: p.Digest, Size: uint64(p.Size)})
+	}
+	return out
 }
