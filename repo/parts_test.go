@@ -259,8 +259,9 @@ func TestPullLyingParts(t *testing.T) {
 			if b.Has(cfg.Layers[0].Digest) {
 				t.Fatal("the store holds the layer its lying parts made")
 			}
-			if l := partials(t, b); c.want == ErrDigestMismatch && len(l) != 0 {
-				t.Fatalf("partial files left: %v", l)
+			// The other layer's pull, cancelled, may keep its files.
+			if p, _ := b.partialPath(cfg.Layers[0].Digest); fileExists(p) {
+				t.Fatalf("the layer's partial file is left: %v", partials(t, b))
 			}
 		})
 	}
@@ -363,3 +364,5 @@ func TestPushPartsKeepsWholeLayer(t *testing.T) {
 		t.Fatalf("push in parts again: %+v, %v (first %s)", r2, err, r1.Manifest)
 	}
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/tests/faultproxy"
@@ -119,12 +120,13 @@ func TestPushPullParts(t *testing.T) {
 	if stored <= limit || num(res, "result", "layers_split") != 1 || fp.Stats().TooLarge != 0 {
 		t.Fatalf("push of a %d-byte layer in parts of %d through a %d-byte limit: %v, %+v", stored, maxBlob, limit, res, fp.Stats())
 	}
-	t.Logf("layer of %d bytes pushed in %v blobs of at most %d bytes", stored, num(res, "result", "blobs_moved")-1, maxBlob)
+	t.Logf("push: layer of %d bytes in %v blobs of at most %d bytes, %.2fs", stored, num(res, "result", "blobs_moved")-1, maxBlob, num(res, "seconds"))
 	want := a.exportHash("g@v1")
 
-	b.run(func(o *bytes.Buffer) error {
+	res = b.run(func(o *bytes.Buffer) error {
 		return runPull(ctx, o, b.g, &pullOptions{transferFlags: *tx}, ref, "g")
 	})
+	t.Logf("eager pull: %v bytes, %.2fs", num(res, "result", "bytes_moved"), num(res, "result", "duration_ns")/1e9)
 	if b.exportHash("g") != want {
 		t.Fatal("host B's eager pull differs from host A")
 	}
@@ -159,12 +161,14 @@ func TestPushPullParts(t *testing.T) {
 		t.Fatalf("push of a lazy layer in parts: %v; %d blob reads", res, fp.Stats().BlobGets-gets)
 	}
 	gets = fp.Stats().RangeRequests
+	start := time.Now()
 	if c.exportHash("g") != want {
 		t.Fatal("host C's lazy volume differs from host A")
 	}
 	if fp.Stats().RangeRequests == gets {
 		t.Fatal("host C's lazy reads made no range requests")
 	}
+	t.Logf("lazy export: %d range requests, %.2fs", fp.Stats().RangeRequests-gets, time.Since(start).Seconds())
 }
 
 func TestParseMaxBlob(t *testing.T) {
