@@ -35,7 +35,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, lazy, nbd or clones")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, parts, lazy, nbd or clones")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -79,6 +79,9 @@ func main() {
 	}
 	if *only == "" || *only == "transfer" {
 		transferBench(work, uint64(*xferMiB)<<20)
+	}
+	if *only == "" || *only == "parts" {
+		partsBench(work, uint64(*partsMiB)<<20) // tests/bench/parts.go
 	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
