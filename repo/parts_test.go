@@ -3,6 +3,7 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io"
@@ -366,3 +367,42 @@ func TestPushPartsKeepsWholeLayer(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// A part file that gc swept (or that was damaged) between its fetch and
+// its append is fetched again as it is appended.
+func TestAppendPartRefetchesSweptPart(t *testing.T) {
+	ctx := context.Background()
+	a, b := newStore(t), newStore(t)
+	cfg := chainOf(t, a, 27, 600<<10)
+	dir := t.TempDir()
+	res, err := Push(ctx, a, target(t, "oci:"+dir+":v1", nil), cfg, PushOptions{MaxBlob: testPart})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := res.Split[cfg.Layers[0].Digest]
+	tg := target(t, "oci:"+dir+":v1", nil)
+	os.MkdirAll(b.PartialDir(), 0o700)
+	layer, _ := os.ReadFile(mustPath(a, cfg.Layers[0].Digest))
+	for name, spoil := range map[string]func(path string){
+		"swept":   func(path string) { os.Remove(path) },
+		"damaged": func(path string) { f, _ := os.OpenFile(path, os.O_WRONLY, 0); f.WriteAt([]byte{0xff}, 5); f.Close() },
+	} {
+		if lp, err := b.fetchPart(ctx, tg, parts[1], nil); err != nil || lp.Fetched != parts[1].Size {
+			t.Fatalf("%s: fetch part: %+v, %v", name, lp, err)
+		}
+		path, _ := b.partialPath(parts[1].Digest)
+		spoil(path)
+		f, err := os.CreateTemp(t.TempDir(), "layer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		fetched, err := b.appendPart(ctx, tg, f, h, 0, parts[1], nil)
+		got, _ := os.ReadFile(f.Name())
+		f.Close()
+		if err != nil || fetched != parts[1].Size || !bytes.Equal(got, layer[testPart:2*testPart]) {
+			t.Fatalf("%s: append: fetched %d, %v, same bytes %v", name, fetched, err, bytes.Equal(got, layer[testPart:2*testPart]))
+		}
+		os.Remove(path)
+	}
+}
