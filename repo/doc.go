@@ -23,8 +23,9 @@
 //     lazy reads and cross-repository mounts use.
 //   - part: a byte range of a layer larger than PushOptions.MaxBlob,
 //     pushed as a blob of its own (parts.go); parts exist only in
-//     registries and, while a pull assembles the layer, as partial files.
-//     The store, the catalogue and lazy blobs know only the layer.
+//     registries: a pull writes them at their offsets in the layer's
+//     partial file. The store, the catalogue and lazy blobs know only the
+//     layer.
 //
 // Push and Pull report through TransferResult and the Progress hooks and
 // never print. Pull stores blobs only after checking them; recording a

@@ -3,14 +3,13 @@ package repo
 import (
 	"context"
 	"crypto/sha256"
-	"encoding"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -21,24 +20,20 @@ import (
 // fetchParts downloads layer l, which t holds in parts, into the store:
 //
 //  1. Lock the layer's partial file (openPartial), as fetchBlob does: a
-//     concurrent pull of the layer, whole or in parts, waits, then finds
-//     it in the store. Everything below runs under that lock.
-//  2. Keep the whole parts the file already holds, in order, each
-//     checked against its digest (an interrupted assembly's); cut the
-//     rest.
-//  3. Download the other parts, concurrency at a time, each into its
-//     own partial file as fetchBlob does (resumable, checked against its
-//     digest) but left there, not adopted into the store.
-//  4. Append the parts in order, checking each against its digest again
-//     as it is copied (a part file gc removed meanwhile is fetched
-//     again), fsync, and remove each part's file once appended.
-//  5. Check the layer's size and sha256, then adopt the file into the
-//     store (fsync, rename, fsync the directory).
+//     concurrent pull of the layer, whole or in parts, in any process,
+//     waits, then finds it in the store. All below runs under that lock.
+//  2. Find the parts the file already holds: each part's range of the
+//     file hashed against the part's digest (an interrupted pull's; a
+//     range torn by a crash or never written fails and is fetched again).
+//  3. Fetch the others, concurrency at a time, each written at its
+//     offset in the file as it arrives and checked against its digest.
+//  4. Hash the whole file: the layer's size and sha256 must match; then
+//     adopt it into the store (fsync, rename, fsync the directory).
 //
-// A pull cut in step 3 keeps its part files, one cut in step 4 the
-// assembled prefix: the next pull resumes from both. Parts that do not
-// make the layer (a config that lies) give an error wrapping
-// ErrDigestMismatch and store nothing.
+// The layer is written once, with no copy of its parts on disk, and a
+// pull cut anywhere resumes part by part. Parts that check out one by
+// one but do not make the layer (a config that lies) give an error
+// wrapping ErrDigestMismatch, and the file is removed.
 func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurrency int, p Progress) (lp LayerPull, err error) {
 	lp = LayerPull{Digest: l.Digest, Size: l.Size}
 	if err := ValidateParts(l.Digest, l.Size, l.Parts); err != nil {
@@ -53,201 +48,132 @@ func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurre
 		return lp, nil
 	}
 	defer f.Close()
-	h := sha256.New()
-	next, kept, err := keptParts(f, l.Parts, h)
+	have, err := partsPresent(f, l.Parts)
 	if err != nil {
 		return lp, err
 	}
-	lp.Resumed = kept
-	if err := f.Truncate(kept); err != nil {
-		return lp, fmt.Errorf("content store: %w", err)
-	}
-	// Step 3: each distinct part once, in parallel.
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, concurrency))
-	last := make(map[string]int) // the last index of each part still to append
-	for i := next; i < len(l.Parts); i++ {
-		part := l.Parts[i]
-		if _, ok := last[part.Digest]; !ok {
-			g.Go(func() error {
-				plp, err := s.fetchPart(gctx, t, part, p)
-				mu.Lock()
-				lp.Fetched += plp.Fetched
-				lp.Resumed += plp.Resumed
-				mu.Unlock()
-				return err
-			})
+	var off int64
+	for i, part := range l.Parts {
+		at := off
+		off += part.Size
+		if have[i] {
+			lp.Resumed += part.Size
+			continue
 		}
-		last[part.Digest] = i
+		g.Go(func() error {
+			n, err := fetchPartAt(gctx, t, part, f, at, p)
+			mu.Lock()
+			lp.Fetched += n
+			mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", l.Digest, err)
+			}
+			return nil
+		})
 	}
 	if err := g.Wait(); err != nil {
-		f.Sync() // keep what was assembled for the next pull
-		return lp, err
+		return lp, err // the parts written stay for the next pull
 	}
-	// Step 4.
-	off := kept
-	for i := next; i < len(l.Parts); i++ {
-		part := l.Parts[i]
-		fetched, err := s.appendPart(ctx, t, f, h, off, part, p)
-		lp.Fetched += fetched
-		if err != nil {
-			f.Sync()
-			return lp, fmt.Errorf("layer %s: %w", l.Digest, err)
-		}
-		off += part.Size
-		if last[part.Digest] == i {
-			if err := f.Sync(); err != nil { // the part's bytes are in the layer's file for good
-				return lp, fmt.Errorf("content store: fsync: %w", err)
-			}
-			if path, err := s.partialPath(part.Digest); err == nil {
-				os.Remove(path)
-			}
-		}
+	if err := f.Truncate(l.Size); err != nil { // a longer file from elsewhere
+		return lp, fmt.Errorf("content store: %w", err)
 	}
-	// Step 5.
-	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); off != l.Size || got != l.Digest {
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, l.Size), make([]byte, 256<<10)); err != nil {
+		return lp, fmt.Errorf("content store: read partial %s: %w", f.Name(), err)
+	}
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != l.Digest {
 		os.Remove(f.Name())
-		return lp, fmt.Errorf("the %d parts of layer %s from %s make %d bytes hashing to %s: %w",
-			len(l.Parts), l.Digest, t.Ref, off, got, ErrDigestMismatch)
+		return lp, fmt.Errorf("the %d parts of layer %s from %s hash to %s: %w", len(l.Parts), l.Digest, t.Ref, got, ErrDigestMismatch)
 	}
 	return lp, s.adoptPartial(f, l.Digest)
 }
 
-// keptParts hashes the whole parts at the start of the layer's partial
-// file f, in order, into h while each matches its digest, and returns the
-// index of the first part not kept and the bytes kept. h then holds
-// exactly the kept bytes.
-func keptParts(f *os.File, parts []Part, h hash.Hash) (int, int64, error) {
+// partsPresent reports, for each part, whether the layer's partial file
+// f already holds it: its range is within the file and hashes to the
+// part's digest.
+func partsPresent(f *os.File, parts []Part) ([]bool, error) {
+	have := make([]bool, len(parts))
 	fi, err := f.Stat()
-	if err != nil {
-		return 0, 0, fmt.Errorf("content store: %w", err)
+	if err != nil || fi.Size() == 0 {
+		return have, err
 	}
-	var off int64
 	buf := make([]byte, 256<<10)
+	var off int64
 	for i, part := range parts {
 		if off+part.Size > fi.Size() {
-			return i, off, nil
+			break
 		}
-		ok, err := copyPart(io.Discard, h, io.NewSectionReader(f, off, part.Size), part, buf)
-		if err != nil {
-			return 0, 0, fmt.Errorf("content store: read partial %s: %w", f.Name(), err)
+		h := sha256.New()
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, part.Size), buf); err != nil {
+			return nil, fmt.Errorf("content store: read partial %s: %w", f.Name(), err)
 		}
-		if !ok {
-			return i, off, nil
-		}
+		have[i] = fmt.Sprintf("sha256:%x", h.Sum(nil)) == part.Digest
 		off += part.Size
 	}
-	return len(parts), off, nil
+	return have, nil
 }
 
-// copyPart copies part's bytes from r to w, adding them to h, and
-// reports whether they were part.Size bytes hashing to part.Digest; when
-// not, h is as it was before.
-func copyPart(w io.Writer, h hash.Hash, r io.Reader, part Part, buf []byte) (bool, error) {
-	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
-		return false, err
-	}
-	ph := sha256.New()
-	n, err := io.CopyBuffer(io.MultiWriter(w, h, ph), io.LimitReader(r, part.Size), buf)
-	if err != nil {
-		return false, err
-	}
-	if n == part.Size && fmt.Sprintf("sha256:%x", ph.Sum(nil)) == part.Digest {
-		return true, nil
-	}
-	return false, h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state)
-}
-
-// fetchPart makes the partial file of part hold the whole part, checked
-// against its digest (fetchBlob without the adoption): it is left in
-// partial/ for appendPart. A part that is a blob of the store is left
-// there.
-func (s *Store) fetchPart(ctx context.Context, t *Target, part Part, p Progress) (lp LayerPull, err error) {
+// fetchPartAt downloads part from t into f at offset off, checking its
+// size and digest, and returns the bytes received. A part that fails its
+// check is an error wrapping ErrDigestMismatch (its range is fetched
+// again by the next pull).
+func fetchPartAt(ctx context.Context, t *Target, part Part, f *os.File, off int64, p Progress) (n int64, err error) {
 	d := ocispec.Descriptor{MediaType: PartMediaType, Digest: digest.Digest(part.Digest), Size: part.Size}
-	lp = LayerPull{Digest: part.Digest, Size: part.Size}
-	f, err := s.openPartial(ctx, part.Digest)
-	if err != nil || f == nil {
-		return lp, err
-	}
-	defer f.Close()
 	name := shortName(part.Digest)
-	for attempt := 0; ; attempt++ {
-		if p != nil {
-			p.Start(name, d.Size)
-		}
-		resumed, fetched, err := download(ctx, t, d, f, p, name)
-		if p != nil {
-			p.Done(name, err)
-		}
-		lp.Fetched += fetched
-		if attempt == 0 {
-			lp.Resumed = resumed
-		}
-		if err == nil {
-			if err := f.Sync(); err != nil {
-				return lp, fmt.Errorf("content store: fsync: %w", err)
-			}
-			return lp, nil
-		}
-		if !errors.Is(err, ErrDigestMismatch) { // cut by the network
-			f.Sync()
-			return lp, err
-		}
-		if resumed == 0 || attempt > 0 {
-			os.Remove(f.Name())
-			return lp, err
-		}
-		if err := f.Truncate(0); err != nil {
-			return lp, fmt.Errorf("content store: %w", err)
-		}
-		lp.Resumed = 0
+	if p != nil {
+		p.Start(name, part.Size)
+		defer func() { p.Done(name, err) }()
 	}
+	rc, from, err := openBlobAt(ctx, t, d, 0)
+	if err != nil {
+		return 0, fmt.Errorf("fetch part %s from %s: %w", part.Digest, t.Ref, err)
+	}
+	defer rc.Close()
+	if from != 0 {
+		return 0, fmt.Errorf("fetch part %s from %s: the stream starts at %d", part.Digest, t.Ref, from)
+	}
+	h := sha256.New()
+	var moved atomic.Int64
+	cr := &countingReader{r: io.LimitReader(rc, part.Size+1), n: &moved, name: name, p: p}
+	w := io.NewOffsetWriter(f, off)
+	_, err = io.CopyBuffer(io.MultiWriter(&limitWriter{w, part.Size}, h), cr, make([]byte, 256<<10))
+	n = moved.Load()
+	if err != nil && !errors.Is(err, errPartTooLong) {
+		return n, fmt.Errorf("fetch part %s from %s: %w", part.Digest, t.Ref, err)
+	}
+	if n != part.Size {
+		return n, fmt.Errorf("part %s from %s has %d bytes or more, the config says %d: %w", part.Digest, t.Ref, n, part.Size, ErrDigestMismatch)
+	}
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != part.Digest {
+		return n, fmt.Errorf("part from %s hashes to %s, want %s: %w", t.Ref, got, part.Digest, ErrDigestMismatch)
+	}
+	return n, nil
 }
 
-// appendPart appends part (its partial file, or its store blob) to the
-// layer's file f at off, adding it to h. A part file that does not hold
-// the part (removed by gc, damaged) is fetched again once. It returns the
-// bytes fetched.
-func (s *Store) appendPart(ctx context.Context, t *Target, f *os.File, h hash.Hash, off int64, part Part, p Progress) (int64, error) {
-	buf := make([]byte, 256<<10)
-	var fetched int64
-	for attempt := 0; ; attempt++ {
-		src, err := s.openPartial(ctx, part.Digest)
-		if err == nil && src == nil {
-			src, err = s.Open(part.Digest)
+var errPartTooLong = errors.New("part longer than its size")
+
+// limitWriter writes at most n bytes (a part never spills into the
+// next one's range); more is errPartTooLong.
+type limitWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitWriter) Write(b []byte) (int, error) {
+	if int64(len(b)) > l.n {
+		n, err := l.w.Write(b[:l.n])
+		l.n -= int64(n)
+		if err == nil {
+			err = errPartTooLong
 		}
-		if err != nil {
-			return fetched, err
-		}
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			src.Close()
-			return fetched, err
-		}
-		ok, err := copyPart(f, h, io.NewSectionReader(src, 0, part.Size), part, buf)
-		src.Close()
-		if err != nil {
-			return fetched, fmt.Errorf("content store: part %s: %w", part.Digest, err)
-		}
-		if ok {
-			return fetched, nil
-		}
-		if err := f.Truncate(off); err != nil {
-			return fetched, fmt.Errorf("content store: %w", err)
-		}
-		if attempt > 0 {
-			return fetched, fmt.Errorf("part %s does not match its digest after a second fetch: %w", part.Digest, ErrDigestMismatch)
-		}
-		if path, err := s.partialPath(part.Digest); err == nil {
-			os.Remove(path)
-		}
-		lp, err := s.fetchPart(ctx, t, part, p)
-		fetched += lp.Fetched
-		if err != nil {
-			return fetched, err
-		}
+		return n, err
 	}
+	n, err := l.w.Write(b)
+	l.n -= int64(n)
+	return n, err
 }
 
 // LayerRanges returns the RangeFetcher that reads ranges of layer dg (of
