@@ -128,7 +128,7 @@ func TestPartsResume(t *testing.T) {
 	}
 	t.Logf("push cancelled after %d of %d parts; again: moved %d blobs (%d bytes), skipped %d; %d bytes received",
 		done, len(res.Split[cfg.Layers[0].Digest]), res.BlobsMoved, res.BytesMoved, res.BlobsSkipped, fp.Stats().BytesIn)
-	if res.BlobsSkipped < int(done) || res.BytesSkipped < int64(done)*testPart || fp.Stats().BytesIn > size-int64(done)*testPart+64<<10 {
+	if res.BlobsSkipped < int(done) || res.BytesSkipped < int64(done)*testPart || fp.Stats().BytesIn > size-int64(done-1)*testPart {
 		t.Fatalf("resumed push after %d parts: %+v, %d bytes received by the registry", done, res, fp.Stats().BytesIn)
 	}
 
@@ -140,13 +140,15 @@ func TestPartsResume(t *testing.T) {
 	if lp, _ := b.partialPath(cfg.Layers[0].Digest); b.Has(cfg.Layers[0].Digest) || !fileExists(lp) {
 		t.Fatalf("after a cancelled pull: in the store %v, partial files %v", b.Has(cfg.Layers[0].Digest), partials(t, b))
 	}
+	// The registry side, with slack for the cancelled pull's responses
+	// the proxy was still sending when the counters were reset.
 	fp.ResetStats()
 	p, err := Pull(context.Background(), b, target(t, fp.Addr+"/golden:v1", nil), PullOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sameBlobs(t, a, b, cfg)
-	if l := p.Layers[0]; l.Resumed < 4*testPart || l.Fetched > size-4*testPart || fp.Stats().BytesOut > size-4*testPart+64<<10 {
+	if l := p.Layers[0]; l.Resumed < 4*testPart || l.Fetched > size-4*testPart || fp.Stats().BytesOut > size-3*testPart {
 		t.Fatalf("resumed pull: %+v, %d bytes sent by the registry", l, fp.Stats().BytesOut)
 	}
 }
