@@ -400,3 +400,57 @@ func TestPullPartsKeepsPresentParts(t *testing.T) {
 		t.Fatalf("pull over parts present, missing and torn: %+v", l)
 	}
 }
+
+// partsFetcher serves parts from memory by digest.
+type partsFetcher map[string][]byte
+
+func (f partsFetcher) FetchRange(ctx context.Context, dg string, off, n int64) ([]byte, error) {
+	b := f[dg]
+	if off < 0 || n <= 0 || off+n > int64(len(b)) {
+		return nil, errors.New("range outside the part")
+	}
+	return append([]byte(nil), b[off:off+n]...), nil
+}
+
+// FuzzPartRanges: any range of a layer read through its parts is the
+// layer's bytes, whatever the part sizes.
+func FuzzPartRanges(f *testing.F) {
+	f.Add([]byte{3, 5, 1}, uint16(2), uint16(5))
+	f.Add([]byte{1, 1}, uint16(0), uint16(2))
+	f.Fuzz(func(t *testing.T, sizes []byte, off, n uint16) {
+		var layer []byte
+		var parts []Part
+		pf := partsFetcher{}
+		for i, sz := range sizes {
+			if sz == 0 || len(parts) == 64 {
+				continue
+			}
+			b := make([]byte, sz)
+			for j := range b {
+				b[j] = byte(i*7 + j)
+			}
+			d := digest.FromBytes(append(b, byte(i))).String() // distinct per part
+			pf[d] = b
+			parts = append(parts, Part{Digest: d, Size: int64(sz)})
+			layer = append(layer, b...)
+		}
+		if len(parts) < 2 {
+			return
+		}
+		dg := digest.FromBytes(layer).String()
+		pr, err := NewPartRanges(dg, int64(len(layer)), parts, pf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := pr.FetchRange(context.Background(), dg, int64(off), int64(n))
+		if int(off)+int(n) > len(layer) || n == 0 {
+			if err == nil {
+				t.Fatalf("range [%d,+%d) of %d bytes accepted", off, n, len(layer))
+			}
+			return
+		}
+		if err != nil || !bytes.Equal(b, layer[off:int(off)+int(n)]) {
+			t.Fatalf("range [%d,+%d): %v", off, n, err)
+		}
+	})
+}
