@@ -26,14 +26,18 @@ import (
 //     file hashed against the part's digest (an interrupted pull's; a
 //     range torn by a crash or never written fails and is fetched again).
 //  3. Fetch the others, concurrency at a time, each written at its
-//     offset in the file as it arrives and checked against its digest.
-//  4. Hash the whole file: the layer's size and sha256 must match; then
-//     adopt it into the store (fsync, rename, fsync the directory).
+//     offset in the file as it arrives (its size checked).
+//  4. Meanwhile, hash the file in order, each part once it is there
+//     (read back from the page cache): the layer's sha256 must match,
+//     else each part is checked against its digest, the good ones kept
+//     for the next pull; then adopt the file into the store (fsync,
+//     rename, fsync the directory).
 //
-// The layer is written once, with no copy of its parts on disk, and a
-// pull cut anywhere resumes part by part. Parts that check out one by
-// one but do not make the layer (a config that lies) give an error
-// wrapping ErrDigestMismatch, and the file is removed.
+// The layer is written once and hashed once, with no copy of its parts
+// on disk, and a pull cut anywhere resumes part by part. A bad part, or
+// parts that check out one by one but do not make the layer (a config
+// that lies), give an error wrapping ErrDigestMismatch; in the second
+// case the file is removed.
 func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurrency int, p Progress) (lp LayerPull, err error) {
 	lp = LayerPull{Digest: l.Digest, Size: l.Size}
 	if err := ValidateParts(l.Digest, l.Size, l.Parts); err != nil {
@@ -52,6 +56,17 @@ func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurre
 	if err != nil {
 		return lp, err
 	}
+	// The layer's sha256 is taken in order as the parts land, while the
+	// later ones are still downloading.
+	ready := make([]chan struct{}, len(l.Parts))
+	for i := range ready {
+		ready[i] = make(chan struct{})
+	}
+	hctx, stopHash := context.WithCancel(ctx)
+	defer stopHash()
+	h := sha256.New()
+	hashed := make(chan error, 1)
+	go func() { hashed <- hashInOrder(hctx, h, f, l.Parts, ready) }()
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, concurrency))
@@ -61,6 +76,7 @@ func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurre
 		off += part.Size
 		if have[i] {
 			lp.Resumed += part.Size
+			close(ready[i])
 			continue
 		}
 		g.Go(func() error {
@@ -71,24 +87,57 @@ func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurre
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", l.Digest, err)
 			}
+			close(ready[i])
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
+		stopHash()
+		<-hashed
 		return lp, err // the parts written stay for the next pull
+	}
+	if err := <-hashed; err != nil {
+		return lp, fmt.Errorf("content store: read partial %s: %w", f.Name(), err)
+	}
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != l.Digest {
+		// Which parts are bad? Those that are not are kept for the
+		// next pull; when none is, the parts do not make the layer.
+		have, err := partsPresent(f, l.Parts)
+		var bad []string
+		for i, ok := range have {
+			if !ok {
+				bad = append(bad, l.Parts[i].Digest)
+			}
+		}
+		if err != nil || len(bad) == 0 {
+			os.Remove(f.Name())
+			return lp, fmt.Errorf("the %d parts of layer %s from %s hash to %s: %w", len(l.Parts), l.Digest, t.Ref, got, ErrDigestMismatch)
+		}
+		return lp, fmt.Errorf("layer %s from %s: parts %v do not match their digests: %w", l.Digest, t.Ref, bad, ErrDigestMismatch)
 	}
 	if err := f.Truncate(l.Size); err != nil { // a longer file from elsewhere
 		return lp, fmt.Errorf("content store: %w", err)
 	}
-	h := sha256.New()
-	if _, err := io.CopyBuffer(h, io.NewSectionReader(f, 0, l.Size), make([]byte, 256<<10)); err != nil {
-		return lp, fmt.Errorf("content store: read partial %s: %w", f.Name(), err)
-	}
-	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != l.Digest {
-		os.Remove(f.Name())
-		return lp, fmt.Errorf("the %d parts of layer %s from %s hash to %s: %w", len(l.Parts), l.Digest, t.Ref, got, ErrDigestMismatch)
-	}
 	return lp, s.adoptPartial(f, l.Digest)
+}
+
+// hashInOrder adds the parts' ranges of f to h in order, each once its
+// ready channel is closed, until ctx ends.
+func hashInOrder(ctx context.Context, h io.Writer, f *os.File, parts []Part, ready []chan struct{}) error {
+	buf := make([]byte, 256<<10)
+	var off int64
+	for i, part := range parts {
+		select {
+		case <-ready[i]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, part.Size), buf); err != nil {
+			return err
+		}
+		off += part.Size
+	}
+	return nil
 }
 
 // partsPresent reports, for each part, whether the layer's partial file
@@ -117,9 +166,10 @@ func partsPresent(f *os.File, parts []Part) ([]bool, error) {
 }
 
 // fetchPartAt downloads part from t into f at offset off, checking its
-// size and digest, and returns the bytes received. A part that fails its
-// check is an error wrapping ErrDigestMismatch (its range is fetched
-// again by the next pull).
+// size, and returns the bytes received. Its digest is not checked here:
+// the layer's is (fetchParts), and only when that fails are the parts
+// checked one by one, so a pull hashes the layer's bytes once, as a pull
+// of a whole blob does.
 func fetchPartAt(ctx context.Context, t *Target, part Part, f *os.File, off int64, p Progress) (n int64, err error) {
 	d := ocispec.Descriptor{MediaType: PartMediaType, Digest: digest.Digest(part.Digest), Size: part.Size}
 	name := shortName(part.Digest)
@@ -135,20 +185,15 @@ func fetchPartAt(ctx context.Context, t *Target, part Part, f *os.File, off int6
 	if from != 0 {
 		return 0, fmt.Errorf("fetch part %s from %s: the stream starts at %d", part.Digest, t.Ref, from)
 	}
-	h := sha256.New()
 	var moved atomic.Int64
 	cr := &countingReader{r: io.LimitReader(rc, part.Size+1), n: &moved, name: name, p: p}
-	w := io.NewOffsetWriter(f, off)
-	_, err = io.CopyBuffer(io.MultiWriter(&limitWriter{w, part.Size}, h), cr, make([]byte, 256<<10))
+	_, err = io.CopyBuffer(&limitWriter{io.NewOffsetWriter(f, off), part.Size}, cr, make([]byte, 256<<10))
 	n = moved.Load()
 	if err != nil && !errors.Is(err, errPartTooLong) {
 		return n, fmt.Errorf("fetch part %s from %s: %w", part.Digest, t.Ref, err)
 	}
 	if n != part.Size {
 		return n, fmt.Errorf("part %s from %s has %d bytes or more, the config says %d: %w", part.Digest, t.Ref, n, part.Size, ErrDigestMismatch)
-	}
-	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != part.Digest {
-		return n, fmt.Errorf("part from %s hashes to %s, want %s: %w", t.Ref, got, part.Digest, ErrDigestMismatch)
 	}
 	return n, nil
 }

@@ -454,3 +454,33 @@ func FuzzPartRanges(f *testing.F) {
 		}
 	})
 }
+
+// A part corrupted in the registry fails the layer's check; the other
+// parts stay in the layer's partial file for the next pull, and nothing
+// enters the store.
+func TestPullCorruptPart(t *testing.T) {
+	ctx := context.Background()
+	a, b := newStore(t), newStore(t)
+	cfg := chainOf(t, a, 28, 1<<20)
+	dir := t.TempDir()
+	res, err := Push(ctx, a, target(t, "oci:"+dir+":v1", nil), cfg, PushOptions{MaxBlob: testPart})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := res.Split[cfg.Layers[0].Digest][2]
+	path := dir + "/blobs/sha256/" + strings.TrimPrefix(bad.Digest, "sha256:")
+	raw, _ := os.ReadFile(path)
+	raw[7] ^= 1
+	os.WriteFile(path, raw, 0o644)
+	_, err = Pull(ctx, b, target(t, "oci:"+dir+":v1", nil), PullOptions{})
+	if !errors.Is(err, ErrDigestMismatch) || !strings.Contains(err.Error(), bad.Digest) || b.Has(cfg.Layers[0].Digest) {
+		t.Fatalf("pull over a corrupt part: %v", err)
+	}
+	raw[7] ^= 1
+	os.WriteFile(path, raw, 0o644)
+	p, err := Pull(ctx, b, target(t, "oci:"+dir+":v1", nil), PullOptions{})
+	if err != nil || p.Layers[0].Fetched != bad.Size {
+		t.Fatalf("pull once the part is repaired: %+v, %v", p, err)
+	}
+	sameBlobs(t, a, b, cfg)
+}
