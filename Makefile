@@ -5,7 +5,7 @@ BIN       := bin/obdvol
 PKGS      := ./...
 FUZZTIME  ?= 10s
 
-.PHONY: all build deps test vet lint unit fuzz demo bench bench-vm clean torture torture-short powercut
+.PHONY: all build deps test vet lint unit fuzz demo bench bench-vm clean torture torture-short powercut parts-large
 .PHONY: bench-lazy
 
 all: build
@@ -61,6 +61,18 @@ torture-short: build
 POWERCUT_MIN ?= 200
 powercut: deps
 	OBDVOL_POWERCUT_LONG=1 OBDVOL_POWERCUT_MIN=$(POWERCUT_MIN) $(GO) test -count=1 -timeout 120m -v -run '^TestPowerCut$$' ./tests/vm/
+
+# The issue's large-layer run (not part of make test, which runs the same test at
+# 6 MiB): a PARTS_SIZE sparse-but-incompressible disk pushed with --max-blob
+# PARTS_MAX_BLOB through a proxy refusing requests over PARTS_LIMIT, pulled eagerly
+# and lazily on other roots, compared by sha256. Parts over the limit need the
+# chunked-upload fallback; needs about 4x PARTS_SIZE of free disk under TMPDIR.
+PARTS_SIZE     ?= 4G
+PARTS_MAX_BLOB ?= 64M
+PARTS_LIMIT    ?= 100M
+parts-large:
+	OBDVOL_PARTS_SIZE=$(PARTS_SIZE) OBDVOL_PARTS_MAX_BLOB=$(PARTS_MAX_BLOB) OBDVOL_PARTS_LIMIT=$(PARTS_LIMIT) \
+	  $(GO) test -count=1 -timeout 60m -v -run '^TestPushPullParts$$' ./cmd/obdvol/
 
 # Every comparison runs in interleaved rounds: BENCH_ROUNDS=N (default 5)
 # sets how many; BENCH_FLAGS passes other flags (go run ./tests/bench -h),

@@ -37,7 +37,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, lazy, lazylat, nbd, clones or ranges")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, parts, lazy, lazylat, nbd, clones or ranges")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -84,6 +84,9 @@ func main() {
 	}
 	if *only == "" || *only == "upload" {
 		uploadBench(work, uint64(*uploadMiB)<<20) // tests/bench/upload.go
+	}
+	if *only == "" || *only == "parts" {
+		partsBench(work, uint64(*partsMiB)<<20) // tests/bench/parts.go
 	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
