@@ -8,8 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ringPoller waits for a queue ring's completions in Go's netpoller
-// instead of in io_uring_enter.
+// ringPoller waits for a ring's completions (a queue's own ring, or a
+// ring thread's) in Go's netpoller instead of in io_uring_enter.
 //
 // Why: a queue goroutine is locked to its OS thread (the kernel takes a
 // queue's commands only from the thread that fetched them). Blocked in
