@@ -343,14 +343,16 @@ func (q *queue) dispatch(tag int) {
 	} else {
 		q.spawned++
 		q.wg.Add(1)
-		go q.worker()
+		go q.worker(q.work)
 	}
 	q.work <- uint16(tag)
 }
 
-func (q *queue) worker() {
+// worker serves tags from work (passed in: the queue's field is cleared
+// when the queue ends, maybe before a new worker first looks).
+func (q *queue) worker(work <-chan uint16) {
 	defer q.wg.Done()
-	for tag := range q.work {
+	for tag := range work {
 		res := q.handle(int(tag), &q.reqs[tag])
 		q.idle.Add(1)
 		if err := q.done.push(q.slot, tag, res); err != nil {
