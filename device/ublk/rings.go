@@ -220,7 +220,10 @@ func (t *ringThread) serve() error {
 				wake = true
 				continue
 			}
-			q := t.slots[slot]
+			q := t.queueAt(slot)
+			if q == nil {
+				continue // cannot happen: a queue leaves with no command out
+			}
 			if c.Res < 0 { // ioResAbort: the device stopped; or an error
 				if q.live--; q.live == 0 {
 					t.detach(q)
@@ -242,7 +245,11 @@ func (t *ringThread) serve() error {
 			// A queue leaves only once all its tags are aborted, and
 			// a tag with a worker has no command to abort: every
 			// completion's queue is still in its slot.
-			if err := t.slots[c.slot].submit(ioCommitAndFetchReq, int(c.tag), c.res); err != nil {
+			q := t.queueAt(c.slot)
+			if q == nil {
+				continue // cannot happen, see above
+			}
+			if err := q.submit(ioCommitAndFetchReq, int(c.tag), c.res); err != nil {
 				return err
 			}
 		}
@@ -260,6 +267,14 @@ func (t *ringThread) serve() error {
 		}
 	}
 	return nil
+}
+
+// queueAt is the queue in slot, or nil.
+func (t *ringThread) queueAt(slot uint32) *queue {
+	if int64(slot) >= int64(len(t.slots)) {
+		return nil
+	}
+	return t.slots[slot]
 }
 
 // attach takes queue m.q into a slot and submits its FETCH_REQs. Only a
