@@ -27,8 +27,9 @@ import (
 // results in one submission, like one device's queue does, and the
 // process has about one ring thread per CPU whatever the number of
 // devices: the same bench through the daemon's group ran at 1.51x
-// [0.28-1.99] (3 rounds, TCG, host heavily loaded), 15 daemon threads
-// with 64 devices (docs/design.md, Sharing).
+// [0.28-1.99] (3 rounds, TCG, host heavily loaded) and 0.89x [0.35-1.12]
+// (5 rounds, quieter), 15 daemon threads with 64 devices (docs/design.md,
+// Sharing).
 //
 // A ring thread keeps the queue design: it only moves descriptors; each
 // queue has its own workers (at most its depth), which push results onto
