@@ -131,7 +131,10 @@ func TestPartsResume(t *testing.T) {
 	}
 	t.Logf("push cancelled after %d of %d parts; again: moved %d blobs (%d bytes), skipped %d; %d bytes received",
 		done, len(res.Split[cfg.Layers[0].Digest]), res.BlobsMoved, res.BytesMoved, res.BlobsSkipped, fp.Stats().BytesIn)
-	if res.BlobsSkipped < int(done) || res.BytesSkipped < int64(done)*testPart || fp.Stats().BytesIn > size-int64(done-1)*testPart {
+	// The registry receives what was not skipped, and at most one part
+	// more: the retrying transport may send a request again once (a lost
+	// answer or a 5xx, seen under heavy load).
+	if res.BlobsSkipped < int(done) || res.BytesSkipped < int64(done)*testPart || fp.Stats().BytesIn > size-int64(done-2)*testPart {
 		t.Fatalf("resumed push after %d parts: %+v, %d bytes received by the registry", done, res, fp.Stats().BytesIn)
 	}
 
