@@ -88,7 +88,7 @@ func (h *Host) startUblk(name string, readOnly bool, queues, depth, recoverID, p
 	if depth <= 0 {
 		depth = h.cfg.Depth
 	}
-	opts := ublk.Options{Queues: queues, Depth: depth, ReadOnly: readOnly, Tag: ublkTag(h.id, name)}
+	opts := ublk.Options{Queues: queues, Depth: depth, ReadOnly: readOnly, Tag: ublkTag(h.id, name), Rings: h.rings}
 	var v *volume.Volume
 	var err error
 	if recoverID >= 0 {

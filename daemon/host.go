@@ -81,6 +81,11 @@ type Host struct {
 	boot string
 	id   string // the root's identity (rootID): ublk device tags
 	ctl  *controlServer
+	// rings serve the queues of every ublk device of this host: about
+	// one ring thread per CPU whatever the number of devices (see
+	// ublk.RingGroup). Its threads start with the first device and end
+	// with the process (Stop leaves the devices served until then).
+	rings *ublk.RingGroup
 
 	// groupMu serializes starting and stopping NBD listeners (it is
 	// held across their I/O: a listener's drain, a new listen).
@@ -172,7 +177,7 @@ func Open(cfg Config) (*Host, error) {
 		lock.Close()
 		return nil, fmt.Errorf("root identity: %w", err)
 	}
-	return &Host{cfg: cfg, lock: lock, boot: BootID(), id: id, vols: map[string]*active{},
+	return &Host{cfg: cfg, lock: lock, boot: BootID(), id: id, rings: ublk.NewRings(cfg.Queues), vols: map[string]*active{},
 		groups: map[string]*nbdGroup{}, names: map[string]*nameLock{}}, nil
 }
 

@@ -12,6 +12,8 @@
 //     Volume.Writable. Bumping Writable switches to a fresh, empty one.
 //   - Layer: an immutable sealed layer, named by the sha256 digest of its
 //     blob ("sha256:<64 hex>"). Shared by every chain that names it.
+//     Its Parts say, per origin, the blobs an origin holds it in when it
+//     was pushed in parts (they add up to the layer's bytes).
 //   - Chain: a list of layer digests, base first; later layers win.
 //   - Snapshot: a named, frozen chain of a volume, addressed vol@snap.
 //   - Clone: a volume made from a snapshot, sharing its layers; its Origin

@@ -12,6 +12,8 @@ func FuzzDecodeRecords(f *testing.F) {
 	f.Add([]byte("db@s"), []byte(`{"volume":"db","name":"s","layers":[],"size":4096,"labels":{"a":"b"}}`))
 	f.Add([]byte("sha256:0000000000000000000000000000000000000000000000000000000000000001"),
 		[]byte(`{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","state":"full","created":"2025-01-01T00:00:00Z"}`))
+	f.Add([]byte("sha256:0000000000000000000000000000000000000000000000000000000000000001"),
+		[]byte(`{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","stored_bytes":3,"state":"remote","origins":["r/a"],"parts":{"r/a":[{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000002","size":2},{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000003","size":1}]}}`))
 	f.Add([]byte("\x00\x00\x00\x00\x00\x00\x00\x01"), []byte(`{"id":1,"op":"create","volume":"db","args":{"k":"v"}}`))
 	f.Add([]byte("0123456789abcdef0123456789abcdef"), []byte(`{"id":"0123456789abcdef0123456789abcdef","op":"pull","digests":["sha256:0000000000000000000000000000000000000000000000000000000000000001"]}`))
 	f.Add([]byte{}, []byte{})
@@ -38,6 +40,17 @@ func FuzzDecodeRecords(f *testing.F) {
 		}
 		l, err := decodeLayer(key, val)
 		check("layer", l, err)
+		if err == nil {
+			for o, parts := range l.Parts {
+				var sum uint64
+				for _, p := range parts {
+					sum += p.Size
+				}
+				if o == "" || len(parts) < 2 || sum != l.StoredBytes {
+					t.Errorf("decodeLayer accepted parts %v at %q of a layer of %d bytes", parts, o, l.StoredBytes)
+				}
+			}
+		}
 		in, err := decodeIntent(key, val)
 		check("intent", in, err)
 		le, err := decodeLease(key, val)

@@ -127,6 +127,45 @@ type Layer struct {
 	State       string    `json:"state"`             // LayerFull, LayerPartial or LayerRemote
 	Origins     []string  `json:"origins,omitempty"` // registry refs it can be fetched from
 	Created     time.Time `json:"created"`
+	// Parts, by origin (a string of Origins), are the parts an origin
+	// holds the layer in when it was pushed in parts (repo.Part): lazy
+	// reads from that origin fetch ranges of the parts. An origin not
+	// named here holds the layer as one blob.
+	Parts map[string][]Part `json:"parts,omitempty"`
+}
+
+// Part is one part of a layer pushed in parts: a blob holding the
+// layer's bytes from the sum of the sizes of the parts before it.
+type Part struct {
+	Digest string `json:"digest"`
+	Size   uint64 `json:"size"`
+}
+
+// MaxParts bounds the parts of one layer at one origin.
+const MaxParts = 8192
+
+// validateParts checks parts as the parts of the layer: at least two,
+// at most MaxParts, valid digests other than the layer's, positive sizes
+// adding up to the layer's StoredBytes.
+func (l *Layer) validateParts(origin string, parts []Part) error {
+	if origin == "" || len(parts) < 2 || len(parts) > MaxParts {
+		return fmt.Errorf("layer %s: %d parts at origin %q (2 to %d at a named origin): %w", l.Digest, len(parts), origin, MaxParts, ErrInvalid)
+	}
+	var sum uint64
+	for i, p := range parts {
+		if err := ValidateDigest(p.Digest); err != nil {
+			return fmt.Errorf("layer %s: part %d: %w", l.Digest, i, err)
+		}
+		if p.Digest == l.Digest || p.Size == 0 || p.Size > l.StoredBytes-sum {
+			return fmt.Errorf("layer %s of %d bytes: part %d (%s, %d bytes) at offset %d: %w",
+				l.Digest, l.StoredBytes, i, p.Digest, p.Size, sum, ErrInvalid)
+		}
+		sum += p.Size
+	}
+	if sum != l.StoredBytes {
+		return fmt.Errorf("layer %s of %d bytes: its parts at %s add up to %d: %w", l.Digest, l.StoredBytes, origin, sum, ErrInvalid)
+	}
+	return nil
 }
 
 // Intent records an operation before its side effects on files, so that
@@ -185,6 +224,11 @@ func (s *Snapshot) validate() error {
 func (l *Layer) validate() error {
 	if err := ValidateDigest(l.Digest); err != nil {
 		return err
+	}
+	for o, parts := range l.Parts {
+		if err := l.validateParts(o, parts); err != nil {
+			return err
+		}
 	}
 	switch l.State {
 	case LayerFull, LayerPartial, LayerRemote:

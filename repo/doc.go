@@ -26,6 +26,11 @@
 //     by the Location of each answer; a whole upload closes it with one
 //     PUT of the blob, a chunked upload (upload*.go) sends PATCHes of at
 //     most the chunk size in order, then a PUT with the digest.
+//   - part: a byte range of a layer larger than PushOptions.MaxBlob,
+//     pushed as a blob of its own (parts.go); parts exist only in
+//     registries: a pull writes them at their offsets in the layer's
+//     partial file. The store, the catalogue and lazy blobs know only the
+//     layer.
 //
 // Push and Pull report through TransferResult and the Progress hooks and
 // never print. Pull stores blobs only after checking them; recording a

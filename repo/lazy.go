@@ -31,8 +31,18 @@ type rangeTotaler interface {
 
 // LazyOptions bound what a lazy blob does on its own.
 type LazyOptions struct {
-	// ReadAhead is how far past a sequential read's end to fetch (bytes).
+	// ReadAhead is the largest read-ahead window (bytes): how far past a
+	// sequential read's end to fetch. The window starts at twice the
+	// read and doubles as sequential reads go on. Default 32 MiB (1 MiB
+	// with Concurrency 1).
 	ReadAhead int64
+	// Concurrency is how many range requests one LazyBlob has in flight
+	// at most: reads, read-ahead, prefetch and fill together. A read
+	// needing several missing runs fetches them at once, a large span in
+	// pieces, and the read-ahead runs in the background. Default 16. 1 is
+	// one request at a time with the read-ahead fetched inside the read
+	// that starts it (the behaviour before pipelining: a baseline).
+	Concurrency int
 	// RetryFor is how long a read that needs remote data keeps retrying
 	// with backoff before failing with an error wrapping ErrUnavailable.
 	// The read's context ends the retries sooner.
@@ -44,8 +54,14 @@ type LazyOptions struct {
 }
 
 func (o *LazyOptions) defaults() {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 16
+	}
 	if o.ReadAhead == 0 {
-		o.ReadAhead = 1 << 20
+		o.ReadAhead = 32 << 20
+		if o.Concurrency == 1 {
+			o.ReadAhead = 1 << 20
+		}
 	}
 	if o.RetryFor == 0 {
 		o.RetryFor = 30 * time.Second
@@ -78,9 +94,10 @@ const maxEvictedRereads = 16
 //     (lazy_lock.go).
 //
 // ReadAt serves present pages from the file and fetches missing ones
-// (rounded out to pages, plus read-ahead for sequential reads). One fetch
-// per page is in flight in a LazyBlob at a time: concurrent misses of a
-// page wait for it. A fetch runs without any lock; then, under the blob's
+// (rounded out to pages, several requests at once, with a background
+// read-ahead for sequential reads: lazy_pipe.go). One fetch per page is
+// in flight in a LazyBlob at a time: concurrent misses of a page wait for
+// it. A fetch runs without any lock; then, under the blob's
 // lock, the pages still missing on disk are written, fdatasynced, and
 // merged into the on-disk map (read, add, write temp, rename), so that
 // the map never names a page that was not written and no process undoes
@@ -108,20 +125,37 @@ type LazyBlob struct {
 	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
 	whole       wholeStream  // a whole-blob answer being streamed in (lazy_whole.go)
 
+	// Pipelining (lazy_pipe.go): slots bounds the range requests in
+	// flight; every fetch and background read-ahead goroutine is counted
+	// in wg and running and ends when closing does (Close cancels it).
+	slots   chan struct{}
+	closing context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	running atomic.Int64
+
+	// Group fdatasync (syncData): syncs started and finished, and the
+	// first failure, which every later commit returns.
+	syncMu                    sync.Mutex
+	syncCond                  *sync.Cond
+	syncing                   bool
+	syncStarted, syncFinished uint64
+	syncErr                   error
+
 	mu       sync.Mutex
 	present  pageSet // the on-disk map as last read or written
 	seen     uint64  // removal counter present was read at
 	complete bool    // f is the adopted blob: every byte is local for good
+	closed   bool    // Close began: no new fetch starts
 	inflight map[int64]*fetchCall
 	lastEnd  int64 // end of the previous read, to detect sequential reads
 	raSize   int64 // current read-ahead window
+	raStart  int64 // start of the last read-ahead window (background)
+	raIssued int64 // its end
+	raLive   int   // background read-aheads running
+	raWaited bool  // a read waited for the read-ahead since the last window
+	raRun    int64 // bytes read in this sequential run
 	fetched  int64 // bytes fetched remotely
-}
-
-// fetchCall is one range fetch in flight; its pages wait on done.
-type fetchCall struct {
-	done chan struct{}
-	err  error
 }
 
 // OpenLazy opens (creating if needed) the lazy blob digest of size bytes.
@@ -155,7 +189,10 @@ func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts Laz
 	}
 	blobPath, _ := s.Path(digest)
 	b := &LazyBlob{digest: digest, size: size, page: opts.Page, path: base + ".lazy", mapPath: base + ".map",
-		blobPath: blobPath, fetch: fetch, opts: opts, lastEnd: -1, inflight: map[int64]*fetchCall{}}
+		blobPath: blobPath, fetch: fetch, opts: opts, lastEnd: -1, inflight: map[int64]*fetchCall{},
+		slots: make(chan struct{}, opts.Concurrency)}
+	b.closing, b.cancel = context.WithCancel(context.Background())
+	b.syncCond = sync.NewCond(&b.syncMu)
 	var err error
 	for tries := 0; ; tries++ {
 		if b.lk, err = openBlobLock(base+".lock", true); err != nil {
@@ -176,6 +213,7 @@ func (s *Store) openLazy(digest string, size int64, fetch RangeFetcher, opts Laz
 	}
 	b.lk.unlock()
 	if err != nil || b.f == nil {
+		b.cancel()
 		b.lk.close()
 		return nil, err
 	}
@@ -303,7 +341,7 @@ func (b *LazyBlob) ReadAtContext(ctx context.Context, p []byte, off int64) (int,
 		e0 := b.refresh()
 		complete := b.isComplete()
 		if !complete {
-			if err := b.ensure(ctx, off, fetchEnd, end); err != nil {
+			if err := b.ensure(ctx, off, fetchEnd, end, b.readPiece(fetchEnd-off)); err != nil {
 				if noSpace(err) {
 					return b.readThrough(ctx, p[:n], off, len(p), err)
 				}
@@ -350,89 +388,6 @@ func (b *LazyBlob) readThrough(ctx context.Context, p []byte, off int64, want in
 	return m, nil
 }
 
-// readAhead returns where the fetch for a read of [off, end) ends. As the
-// kernel does it: a random read fetches what it needs; a sequential read
-// that misses fetches a window past its end, twice as large each time it
-// misses again, up to ReadAhead. Reads inside an earlier window fetch
-// nothing.
-func (b *LazyBlob) readAhead(off, end int64) int64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	seq := off == b.lastEnd
-	b.lastEnd = end
-	if !seq {
-		b.raSize = 0
-		return end
-	}
-	if _, miss := b.present.firstMissing(off/b.page, (end-1)/b.page); !miss || b.complete {
-		return end
-	}
-	b.raSize = min(b.opts.ReadAhead, max(2*(end-off), 2*b.raSize))
-	return min(b.size, end+b.raSize)
-}
-
-// ensure makes [off, need) present, and fetches up to fetchEnd if that
-// part is missing too (read-ahead failures are not errors). A page that
-// another goroutine is fetching is waited for, not fetched again.
-func (b *LazyBlob) ensure(ctx context.Context, off, fetchEnd, need int64) error {
-	pg := b.page
-	first, last := off/pg, (fetchEnd-1)/pg
-	for {
-		b.mu.Lock()
-		if b.complete {
-			b.mu.Unlock()
-			return nil
-		}
-		p, miss := b.present.firstMissing(first, last)
-		if !miss {
-			b.mu.Unlock()
-			return nil
-		}
-		if c := b.inflight[p]; c != nil {
-			b.mu.Unlock()
-			if p*pg >= need {
-				return nil // read-ahead another read is fetching already
-			}
-			select {
-			case <-c.done:
-			case <-ctx.Done():
-				return fmt.Errorf("lazy blob %s: %w", b.digest, ctx.Err())
-			}
-			// The fetcher's own context may have ended; ours has not:
-			// look again (and fetch it ourselves if it is still missing).
-			if c.err != nil && !errors.Is(c.err, context.Canceled) && !errors.Is(c.err, context.DeadlineExceeded) {
-				if p*pg >= need {
-					return nil
-				}
-				return c.err
-			}
-			continue
-		}
-		q := p
-		for q+1 <= last && (q+2-p)*pg <= maxFetchSpan && !b.present.has(q+1) && b.inflight[q+1] == nil {
-			q++
-		}
-		c := &fetchCall{done: make(chan struct{})}
-		for i := p; i <= q; i++ {
-			b.inflight[i] = c
-		}
-		b.mu.Unlock()
-		c.err = b.fetchPages(ctx, p, q)
-		b.mu.Lock()
-		for i := p; i <= q; i++ {
-			delete(b.inflight, i)
-		}
-		b.mu.Unlock()
-		close(c.done)
-		if c.err != nil {
-			if p*pg >= need {
-				return nil // only read-ahead failed
-			}
-			return c.err
-		}
-	}
-}
-
 // ErrUnavailable is wrapped when remote data could not be fetched in time.
 var ErrUnavailable = errors.New("remote data unavailable")
 
@@ -453,8 +408,15 @@ func (b *LazyBlob) Sync() error {
 	return unix.Fdatasync(int(f.Fd()))
 }
 
-// Close closes the file and the lock.
+// Close cancels the fetches in flight (reads waiting for them fail),
+// waits for them and the background read-ahead to end, then closes the
+// file and the lock.
 func (b *LazyBlob) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	b.wg.Wait()
 	b.endWhole() // lazy_whole.go
 	err := b.f.Close()
 	b.lk.mu.Lock()

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 )
 
 // fetchPages fetches pages [p, q] (at most maxFetchSpan bytes) with
@@ -98,7 +97,8 @@ func (b *LazyBlob) fetchOnce(ctx context.Context, start, n int64) ([]byte, error
 //     it is complete and left alone), write the pages the on-disk map
 //     lacks (pages in the map are never rewritten: their bytes may be
 //     read at any moment, and a full map freezes the file for adoption);
-//  2. without the lock, fdatasync them;
+//  2. without the lock, fdatasync them (syncData: one fdatasync that
+//     starts after the write, shared by the commits waiting for one);
 //  3. under the lock, merge [p, q] into the on-disk map, unless pages were
 //     removed since step 1 (another process may have merged and evicted
 //     the same pages in between: they are fetched again).
@@ -134,7 +134,7 @@ func (b *LazyBlob) commit(p, q int64, data []byte) error {
 		return fmt.Errorf("lazy blob %s: %w", b.digest, err)
 	}
 	if wrote {
-		if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
+		if err := b.syncData(); err != nil {
 			return fmt.Errorf("lazy blob %s: fdatasync: %w", b.digest, err)
 		}
 	}
@@ -293,7 +293,7 @@ func (b *LazyBlob) fillPages(ctx context.Context, opts FillOptions) error {
 		g.Go(func() error {
 			lo, hi := first*pg, min((first+per)*pg, b.size)
 			before := b.Fetched()
-			if err := b.ensure(gctx, lo, hi, hi); err != nil {
+			if err := b.ensure(gctx, lo, hi, hi, opts.Span); err != nil {
 				return err
 			}
 			moved.Add(b.Fetched() - before)

@@ -63,6 +63,9 @@ func (b *LazyBlob) fetchSpan(ctx context.Context, p, q, start, n int64) ([]byte,
 	if !ok {
 		return b.fetchOnce(ctx, start, n)
 	}
+	if b.noMirrors.Load() { // as fetchOnce: bytes failed a check, the origin only
+		ctx = withoutMirrors(ctx)
+	}
 	for tries := 0; tries < 4; tries++ {
 		if landed, err := b.waitWhole(ctx, p, q); err != nil || landed {
 			return nil, err

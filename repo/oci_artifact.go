@@ -38,6 +38,9 @@ type LayerInfo struct {
 	VirtualSize uint64 `json:"virtual_size"`
 	DataBytes   uint64 `json:"data_bytes"`
 	Extents     uint64 `json:"extents"`
+	// Parts, for a layer pushed in parts, are its parts in order (see
+	// Part; none for a layer pushed whole).
+	Parts []Part `json:"parts,omitempty"`
 }
 
 // ChainConfig is the artifact's config blob: what a pull needs to
@@ -67,8 +70,8 @@ type PrefetchRange struct {
 // Validate checks the config's own limits.
 func (c *ChainConfig) Validate() error {
 	switch {
-	case c.Version != 1:
-		return fmt.Errorf("%w: config version %d (this obdvol reads 1)", ErrArtifact, c.Version)
+	case c.Version != 1 && c.Version != ConfigVersionParts:
+		return fmt.Errorf("%w: config version %d (this obdvol reads 1 and %d)", ErrArtifact, c.Version, ConfigVersionParts)
 	case c.BlockSize < 512 || c.BlockSize > 65536 || c.BlockSize&(c.BlockSize-1) != 0:
 		return fmt.Errorf("%w: block size %d", ErrArtifact, c.BlockSize)
 	case c.VirtualSize == 0 || c.VirtualSize%uint64(c.BlockSize) != 0 || c.VirtualSize > 1<<60:
@@ -108,6 +111,9 @@ func (c *ChainConfig) Validate() error {
 				ErrArtifact, l.Digest, l.VirtualSize, l.DataBytes, l.Extents, c.BlockSize)
 		}
 	}
+	if err := c.validateSplit(); err != nil {
+		return err
+	}
 	// The chain's size is the config's: the top layer's trailer keeps the
 	// size the volume had when it was sealed, which a shrink without
 	// writes since leaves larger, and a grow always records a zero extent,
@@ -144,16 +150,21 @@ func ParseConfig(b []byte) (*ChainConfig, error) {
 	return &c, nil
 }
 
-// layerDescriptors are the manifest's layers for c, base first.
+// layerDescriptors are the manifest's layers for c, base first: one
+// descriptor per layer, or its parts' for a layer in parts.
 func layerDescriptors(c *ChainConfig) []ocispec.Descriptor {
-	out := make([]ocispec.Descriptor, len(c.Layers))
-	for i, l := range c.Layers {
-		out[i] = ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(l.Digest), Size: l.Size,
+	out := make([]ocispec.Descriptor, 0, len(c.Layers))
+	for _, l := range c.Layers {
+		if len(l.Parts) > 0 {
+			out = append(out, partDescriptors(l)...)
+			continue
+		}
+		out = append(out, ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(l.Digest), Size: l.Size,
 			Annotations: map[string]string{
 				AnnotationVirtualSize: strconv.FormatUint(l.VirtualSize, 10),
 				AnnotationDataBytes:   strconv.FormatUint(l.DataBytes, 10),
 				AnnotationExtents:     strconv.FormatUint(l.Extents, 10),
-			}}
+			}})
 	}
 	return out
 }
@@ -172,7 +183,7 @@ func ParseManifest(b []byte) (*ocispec.Manifest, error) {
 	if m.Config.Size <= 0 || m.Config.Size > maxConfigBytes || m.Config.Digest.Validate() != nil {
 		return nil, fmt.Errorf("%w: config descriptor", ErrArtifact)
 	}
-	if len(m.Layers) > maxLayers {
+	if len(m.Layers) > maxBlobs {
 		return nil, fmt.Errorf("%w: %d layers", ErrArtifact, len(m.Layers))
 	}
 	if len(m.Layers) == 1 && isEmptyLayer(m.Layers[0]) {
@@ -190,13 +201,26 @@ func isEmptyLayer(d ocispec.Descriptor) bool {
 	return d.MediaType == e.MediaType && d.Digest == e.Digest && d.Size == e.Size
 }
 
-// matchLayers checks that the manifest's layers are exactly the config's.
+// matchLayers checks that the manifest's layers are exactly the config's
+// (layerDescriptors: a layer in parts is its parts, in order).
 func matchLayers(m *ocispec.Manifest, c *ChainConfig) error {
-	if len(m.Layers) != len(c.Layers) {
-		return fmt.Errorf("%w: manifest has %d layers, config %d", ErrArtifact, len(m.Layers), len(c.Layers))
+	want := layerDescriptors(c)
+	if len(m.Layers) != len(want) {
+		return fmt.Errorf("%w: manifest has %d layer blobs, config %d", ErrArtifact, len(m.Layers), len(want))
 	}
+	li, pi := 0, 0 // config layer and part of want[i]
 	for i, d := range m.Layers {
-		l := c.Layers[i]
+		l := c.Layers[li]
+		if len(l.Parts) > 0 {
+			if err := matchPart(i, d, want[i]); err != nil {
+				return err
+			}
+			if pi++; pi == len(l.Parts) {
+				li, pi = li+1, 0
+			}
+			continue
+		}
+		li++
 		if d.MediaType != LayerMediaType || d.Digest.String() != l.Digest || d.Size != l.Size {
 			return fmt.Errorf("%w: layer %d: manifest says %s (%d bytes), config %s (%d bytes)",
 				ErrArtifact, i, d.Digest, d.Size, l.Digest, l.Size)

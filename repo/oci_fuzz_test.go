@@ -50,9 +50,11 @@ func TestPullLyingManifest(t *testing.T) {
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"version":1,"virtual_size":4096,"block_size":4096,"layers":[{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1}]}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"version":2,"virtual_size":4096,"block_size":4096,"layers":[{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":3,"virtual_size":4096,` +
+		`"parts":[{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000001","size":2},{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000002","size":1}]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseConfig(b)
-		if err == nil && (c.Version != 1 || len(c.Layers) > maxLayers) {
+		if err == nil && (c.Version != 1 && c.Version != ConfigVersionParts || len(c.Layers) > maxLayers) {
 			t.Fatalf("accepted invalid config %+v", c)
 		}
 	})
@@ -63,8 +65,12 @@ func FuzzParseManifest(f *testing.F) {
 		Digest: digest.FromString("x"), Size: 1}}
 	b, _ := json.Marshal(m)
 	f.Add(b)
+	m.Layers = partDescriptors(LayerInfo{Digest: digest.FromString("l").String(), Size: 3,
+		Parts: []Part{{digest.FromString("a").String(), 2}, {digest.FromString("b").String(), 1}}})
+	b, _ = json.Marshal(m)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if m, err := ParseManifest(b); err == nil && len(m.Layers) > maxLayers {
+		if m, err := ParseManifest(b); err == nil && len(m.Layers) > maxBlobs {
 			t.Fatal("accepted too many layers")
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/obdvol/obdvol/snapshot"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 )
@@ -89,29 +90,33 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 		return nil, err
 	}
 	if opts.Lease != nil {
-		digests := make([]string, len(m.Layers))
-		for i, d := range m.Layers {
-			digests[i] = d.Digest.String()
+		digests := make([]string, len(cfg.Layers))
+		for i, l := range cfg.Layers {
+			digests[i] = l.Digest
 		}
 		if err := opts.Lease(digests); err != nil {
 			return nil, fmt.Errorf("pull %s: %w", t.Ref, err)
 		}
 	}
-	res := &Pulled{Config: cfg, Layers: make([]LayerPull, len(m.Layers))}
+	res := &Pulled{Config: cfg, Layers: make([]LayerPull, len(cfg.Layers))}
 	res.Manifest = mdesc.Digest.String()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
 	first := make(map[string]bool) // a chain may hold one blob twice: fetch it once
-	for i, d := range m.Layers {
-		dg := d.Digest.String()
-		res.Layers[i] = LayerPull{Digest: dg, Size: d.Size, Present: s.Has(dg) || first[dg]}
+	for i, l := range cfg.Layers {
+		dg := l.Digest
+		res.Layers[i] = LayerPull{Digest: dg, Size: l.Size, Present: s.Has(dg) || first[dg]}
 		if res.Layers[i].Present || opts.ManifestOnly {
 			continue
 		}
 		first[dg] = true
-		g.Go(func() error {
-			lp, err := s.fetchBlob(gctx, t, d, rangeOptions{conc: opts.RangeConcurrency, min: opts.RangeMin}, opts.Progress)
-			res.Layers[i] = lp
+		g.Go(func() (err error) {
+			if len(l.Parts) > 0 { // parts.go: its parts, in parallel too
+				res.Layers[i], err = s.fetchParts(gctx, t, l, opts.Concurrency, opts.Progress)
+				return err
+			}
+			d := ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(dg), Size: l.Size}
+			res.Layers[i], err = s.fetchBlob(gctx, t, d, rangeOptions{conc: opts.RangeConcurrency, min: opts.RangeMin}, opts.Progress)
 			return err
 		})
 	}
@@ -181,7 +186,11 @@ func readTrailer(ctx context.Context, s *Store, t *Target, l LayerInfo) ([]byte,
 	if t.Repo == nil {
 		return nil, fmt.Errorf("not in the store and %s serves no ranges", t.Ref)
 	}
-	b, err := RegistryRanges{Repo: t.Repo}.FetchRange(ctx, l.Digest, off, snapshot.TrailerSize)
+	fetch, err := LayerRanges(t.Repo, l.Digest, l.Size, l.Parts)
+	if err != nil {
+		return nil, err
+	}
+	b, err := fetch.FetchRange(ctx, l.Digest, off, snapshot.TrailerSize)
 	if err == nil && len(b) != snapshot.TrailerSize {
 		err = fmt.Errorf("range request returned %d bytes, want %d", len(b), snapshot.TrailerSize)
 	}

@@ -46,6 +46,10 @@ type PushOptions struct {
 	// ChunkSize > 0 uploads every blob in chunks of this size; 0 uploads
 	// monolithically, in chunks after a 413 (upload.go).
 	ChunkSize int64
+	// MaxBlob, when > 0, is the largest blob a layer is pushed as: a
+	// larger layer goes in parts of at most MaxBlob bytes (parts.go).
+	// Open's streams must then also be io.ReaderAt.
+	MaxBlob int64
 }
 
 // TransferResult summarizes a push or pull.
@@ -58,6 +62,9 @@ type TransferResult struct {
 	BlobsMounted int           `json:"blobs_mounted"`
 	BlobsChunked int           `json:"blobs_chunked"` // of BlobsMoved, uploaded in chunks
 	Duration     time.Duration `json:"duration_ns"`
+	LayersSplit  int           `json:"layers_split,omitempty"` // layers pushed in parts
+	// Split are the parts of the layers pushed in parts, by layer digest.
+	Split map[string][]Part `json:"-"`
 }
 
 // Push uploads snapshot chain cfg from the store to t: the config, the
@@ -69,12 +76,15 @@ type TransferResult struct {
 // blob against its digest as it receives it.
 func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushOptions) (*TransferResult, error) {
 	start := time.Now()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
 	}
+	// The config validated, with the layers in parts (parts.go).
+	cfg, parts, closeParts, err := splitLayers(ctx, s, t, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer closeParts()
 	cfgBytes, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, err
@@ -99,9 +109,11 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	}
 	ps := &pusher{t: t, opts: opts, open: func(d ocispec.Descriptor) (io.ReadCloser, error) {
 		dg := d.Digest.String()
-		switch {
+		switch pr, ok := parts[d.Digest]; {
 		case d.Digest == cfgDesc.Digest:
 			return io.NopCloser(bytes.NewReader(cfgBytes)), nil
+		case ok && d.MediaType == PartMediaType:
+			return io.NopCloser(io.NewSectionReader(pr.r, pr.off, pr.n)), nil
 		case !s.Has(dg):
 			if ok, _ := packed.Exists(ctx, d); ok {
 				return packed.Fetch(ctx, d) // made by the packer
@@ -131,6 +143,15 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 		BytesMoved: ps.moved.Load(), BytesSkipped: ps.skipped.Load(),
 		BlobsMoved: int(ps.nMoved.Load()), BlobsSkipped: int(ps.nSkipped.Load()), BlobsMounted: int(ps.nMounted.Load()),
 		BlobsChunked: int(ps.up.chunked.Load())}
+	for _, l := range cfg.Layers {
+		if len(l.Parts) > 0 && res.Split[l.Digest] == nil {
+			if res.Split == nil {
+				res.Split = make(map[string][]Part)
+			}
+			res.Split[l.Digest] = l.Parts
+			res.LayersSplit++
+		}
+	}
 	return &res, nil
 }
 
@@ -206,7 +227,7 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 		opened = rc
 		return rc, nil
 	}
-	if d.MediaType == LayerMediaType {
+	if d.MediaType == LayerMediaType || d.MediaType == PartMediaType {
 		mounted, err := mount(ctx, p.t, d, p.opts.MountFrom, content)
 		if mounted && opened == nil {
 			p.skipped.Add(d.Size)

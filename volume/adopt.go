@@ -114,6 +114,12 @@ func (m *Manager) AdoptChain(name string, spec ChainSpec) (*Adopted, error) {
 				if l.State == metadata.LayerFull {
 					old.State = metadata.LayerFull
 				}
+				for o, parts := range l.Parts { // where an origin holds it in parts
+					if old.Parts == nil {
+						old.Parts = make(map[string][]metadata.Part)
+					}
+					old.Parts[o] = parts
+				}
 				l = *old
 			}
 			if l.Created.IsZero() {

@@ -118,11 +118,19 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		state := metadata.LayerFull
 		if !e.store.Has(l.Digest) {
 			state = metadata.LayerRemote
-			e.pending[l.Digest] = pendingLayer{fetch: repo.RegistryRanges{Repo: t.Repo}, size: l.Size}
+			fetch, err := repo.LayerRanges(t.Repo, l.Digest, l.Size, l.Parts)
+			if err != nil {
+				return err
+			}
+			e.pending[l.Digest] = pendingLayer{fetch: fetch, size: l.Size}
 			remote++
 		}
-		spec.Layers = append(spec.Layers, metadata.Layer{Digest: l.Digest, StoredBytes: uint64(l.Size),
-			VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents, State: state, Origins: []string{org}})
+		ml := metadata.Layer{Digest: l.Digest, StoredBytes: uint64(l.Size),
+			VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, Extents: l.Extents, State: state, Origins: []string{org}}
+		if len(l.Parts) > 0 { // lazy reads from org fetch the parts (remoteResolver)
+			ml.Parts = map[string][]metadata.Part{org: metaParts(l.Parts)}
+		}
+		spec.Layers = append(spec.Layers, ml)
 	}
 	start := time.Now()
 	if testHookBeforeAdopt != nil {

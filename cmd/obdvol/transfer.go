@@ -140,9 +140,9 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 			return nil, 0, fmt.Errorf("layer %s is not in the store and has no record: %w", digest, repo.ErrNotFound)
 		}
 		var openErr error
-		for _, o := range l.Origins {
-			plain := strings.HasPrefix(o, "http://")
-			o = strings.TrimPrefix(o, "http://")
+		for _, org := range l.Origins {
+			plain := strings.HasPrefix(org, "http://")
+			o := strings.TrimPrefix(org, "http://")
 			if strings.HasPrefix(o, "oci:") {
 				continue
 			}
@@ -151,7 +151,11 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 				openErr = err
 				continue
 			}
-			return repo.RegistryRanges{Repo: t.Repo}, int64(l.StoredBytes), nil
+			fetch, err := repo.LayerRanges(t.Repo, digest, int64(l.StoredBytes), repoParts(l.Parts[org]))
+			if err != nil {
+				return nil, 0, fmt.Errorf("layer %s at %s: %w", digest, o, err)
+			}
+			return fetch, int64(l.StoredBytes), nil
 		}
 		if openErr != nil {
 			return nil, 0, fmt.Errorf("layer %s is not in the store and its registry cannot be reached: %w (%w)", digest, openErr, repo.ErrNotFound)
@@ -180,4 +184,22 @@ func printHosts(out io.Writer, t *repo.Target) {
 		}
 		fmt.Fprintf(out, "  %s %s: %s in %d answer(s), %d fell through\n", kind, h, formatSize(uint64(s.Bytes)), s.Requests, s.Failures)
 	}
+}
+
+// repoParts and metaParts convert a layer's parts between the artifact's
+// form (repo.Part) and the catalogue's (metadata.Part, by origin).
+func repoParts(ps []metadata.Part) []repo.Part {
+	var out []repo.Part
+	for _, p := range ps {
+		out = append(out, repo.Part{Digest: p.Digest, Size: int64(p.Size)})
+	}
+	return out
+}
+
+func metaParts(ps []repo.Part) []metadata.Part {
+	var out []metadata.Part
+	for _, p := range ps {
+		out = append(out, metadata.Part{Digest: p.Digest, Size: uint64(p.Size)})
+	}
+	return out
 }

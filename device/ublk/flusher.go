@@ -16,7 +16,7 @@ const prSetIOFlusher = 57
 // its own device. It needs CAP_SYS_RESOURCE.
 //
 // The flag belongs to one thread and is inherited by threads it creates.
-// Each ublk queue thread sets it on itself (best effort). A daemon calls
+// Each ublk queue thread and ring thread sets it on itself (best effort). A daemon calls
 // SetIOFlusher first thing in main, on the main thread (runtime.LockOSThread
 // in an init function keeps main there), so that the threads the Go runtime
 // clones from it later inherit it; threads that existed before are not

@@ -8,8 +8,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ringPoller waits for a queue ring's completions in Go's netpoller
-// instead of in io_uring_enter.
+// ringPoller waits for a ring's completions (a queue's own ring, or a
+// ring thread's) in Go's netpoller instead of in io_uring_enter.
 //
 // Why: a queue goroutine is locked to its OS thread (the kernel takes a
 // queue's commands only from the thread that fetched them). Blocked in
@@ -24,15 +24,16 @@ import (
 // (readable while its completion queue is not empty), and the kernel's
 // task work that posts ublk completions interrupts the sleeping thread.
 type ringPoller struct {
-	f  *os.File
-	rc syscall.RawConn
+	f     *os.File
+	rc    syscall.RawConn
+	ready func(uintptr) bool // made once: a wait allocates nothing
 }
 
-// newRingPoller registers a duplicate of the ring's fd with the
-// netpoller. It fails where the fd cannot be polled; the queue then waits
-// in io_uring_enter as before.
-func newRingPoller(ringFD int) (*ringPoller, error) {
-	fd, err := unix.FcntlInt(uintptr(ringFD), unix.F_DUPFD_CLOEXEC, 0)
+// newRingPoller registers a duplicate of r's fd with the netpoller; wait
+// returns once r's completion queue is not empty. It fails where the fd
+// cannot be polled; the ring's thread then waits in io_uring_enter.
+func newRingPoller(r *ring) (*ringPoller, error) {
+	fd, err := unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -53,15 +54,13 @@ func newRingPoller(ringFD int) (*ringPoller, error) {
 		f.Close()
 		return nil, err
 	}
-	return &ringPoller{f: f, rc: rc}, nil
+	return &ringPoller{f: f, rc: rc, ready: func(uintptr) bool { return r.cqNotEmpty() }}, nil
 }
 
-// wait returns once ready reports true, parking the goroutine (and
-// handing its thread's P on) while the ring has nothing to reap. ready is
-// checked after the poller's state is reset, so a completion posted at
-// any point is never missed.
-func (p *ringPoller) wait(ready func() bool) error {
-	return p.rc.Read(func(uintptr) bool { return ready() })
-}
+// wait returns once the ring's completion queue is not empty, parking the
+// goroutine (and handing its thread's P on) while it has nothing to reap.
+// The queue is checked after the poller's state is reset, so a completion
+// posted at any point is never missed.
+func (p *ringPoller) wait() error { return p.rc.Read(p.ready) }
 
 func (p *ringPoller) close() error { return p.f.Close() }

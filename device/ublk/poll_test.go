@@ -23,7 +23,7 @@ func TestRingPollerWakesOnCompletion(t *testing.T) {
 	q := testQueue(t, b, 4)
 	q.r = r
 	defer q.close()
-	p, err := newRingPoller(r.fd)
+	p, err := newRingPoller(r)
 	if err != nil {
 		t.Fatalf("the ring's fd cannot be polled: %v", err)
 	}
@@ -46,8 +46,8 @@ func TestRingPollerWakesOnCompletion(t *testing.T) {
 			}
 			// The pusher can only run on the one P once this
 			// goroutine's thread gave it up.
-			go func() { pushed.Store(true); q.done.push(1, 1) }()
-			done <- p.wait(func() bool { h, tl := r.cqReady(); return h != tl })
+			go func() { pushed.Store(true); q.done.push(0, 1, 1) }()
+			done <- p.wait()
 		}()
 		select {
 		case err := <-done:

@@ -11,40 +11,63 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udEventfd is the user_data of a queue's eventfd read; I/O commands
-// carry their tag (below maxQueueDepth).
-const udEventfd = 1 << 32
+// user_data of a ring's submissions. An I/O command carries the queue's
+// slot in the ring (0 in a device's own ring; see RingGroup) and its tag;
+// the eventfd read carries udEventfd, a bit no slot and tag can set.
+const (
+	udEventfd  = 1 << 63
+	udSlotBits = 16        // tags are below maxQueueDepth (4096) < 1<<16
+	maxSlots   = 1<<31 - 1 // queues one ring thread can serve at once
+)
 
-// queue is one hardware queue. Its goroutine is locked to an OS thread
-// (the queue's "daemon" for the kernel) that owns the ring and makes every
-// submission. In the default (async) mode that thread only moves
-// descriptors: a fetched request goes to a worker goroutine, the worker
-// serves it from the backend and pushes the result onto done, and the
-// queue thread, woken through the eventfd read armed in its ring, commits
-// it with COMMIT_AND_FETCH_REQ. A slow backend call holds one worker and
-// one tag, never the queue. In Serial mode the queue thread serves each
-// request itself (the benchmark baseline).
+// udIO is the user_data of an I/O command of tag in the queue at slot.
+func udIO(slot uint32, tag uint16) uint64 { return uint64(slot)<<udSlotBits | uint64(tag) }
+
+// udSplit decodes a completion's user_data.
+func udSplit(ud uint64) (slot uint32, tag uint16, eventfd bool) {
+	if ud&udEventfd != 0 {
+		return 0, 0, true
+	}
+	return uint32(ud >> udSlotBits), uint16(ud), false
+}
+
+// queue is one hardware queue of a device. Its commands are submitted by
+// one OS thread, the queue's "daemon" for the kernel, which owns the ring
+// they go through: either the queue's own thread (a goroutine locked to
+// it, Device.queue), or a ring thread of a RingGroup that serves queues
+// of many devices through one ring (rings.go). In the default (async)
+// mode that thread only moves descriptors: a fetched request goes to a
+// worker goroutine of the queue, the worker serves it from the backend
+// and pushes the result onto the ring's done list, and the thread, woken
+// through the eventfd read armed in its ring, commits it with
+// COMMIT_AND_FETCH_REQ. A slow backend call holds one worker and one tag,
+// never the queue nor the ring. In Serial mode the queue thread serves
+// each request itself (the benchmark baseline).
 type queue struct {
 	d       *Device
 	id      int
 	depth   int
 	r       *ring
+	slot    uint32 // in r: the high bits of its commands' user_data
 	descs   []byte // the kernel's descriptors, read-only shared memory
 	bufs    []byte // depth buffers of bufSize, then one page: the eventfd counter
 	bufSize int
 	efdBuf  uintptr // where the eventfd read lands (in bufs, outside the Go heap)
 
 	// async mode
-	reqs    []ioDesc    // per tag: the descriptor copy its worker serves
-	work    chan uint16 // tags for the workers; capacity depth: never blocks
-	done    *doneList
+	reqs    []ioDesc     // per tag: the descriptor copy its worker serves
+	work    chan uint16  // tags for the workers; capacity depth: never blocks
+	done    *doneList    // the ring's: shared with every queue of a ring thread
 	idle    atomic.Int32 // workers that will take the next tag without a new one
-	spawned int          // workers started (queue thread only): at most depth
+	spawned int          // workers started (ring thread only): at most depth
 	wg      sync.WaitGroup
-	err     atomic.Pointer[error] // first worker-side failure (eventfd write)
-	poll    *ringPoller           // waits for completions in the netpoller; nil: in io_uring_enter
+	poll    *ringPoller // waits for completions in the netpoller; nil: in io_uring_enter
+	live    int         // tags not yet aborted (ring thread only, shared rings)
 }
 
+// newQueue maps queue q's descriptors and buffers. A queue of a device's
+// own thread then gets its ring (and, async, its done list and poller)
+// from ownRing; a queue of a ring thread gets the thread's.
 func (d *Device) newQueue(q int) (*queue, error) {
 	depth := int(d.info.QueueDepth)
 	page := os.Getpagesize()
@@ -62,7 +85,7 @@ func (d *Device) newQueue(q int) (*queue, error) {
 	}
 	qs.bufs, err = unix.Mmap(-1, 0, depth*qs.bufSize+page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		qs.close()
+		qs.release()
 		return nil, fmt.Errorf("queue %d buffers: %w", q, err)
 	}
 	// No transparent huge pages: a request touches only the pages it
@@ -70,35 +93,41 @@ func (d *Device) newQueue(q int) (*queue, error) {
 	// 2 MiB, the daemon's RSS growing by megabytes a device.
 	unix.Madvise(qs.bufs, unix.MADV_NOHUGEPAGE) // best effort
 	qs.efdBuf = uintptr(unsafe.Pointer(&qs.bufs[depth*qs.bufSize]))
-	// depth commands and the eventfd read are outstanding at most.
-	if qs.r, err = newRing(uint32(depth+1), 0); err != nil {
-		qs.close()
-		return nil, err
-	}
 	if !d.opts.Serial {
-		if qs.done, err = newDoneList(depth); err != nil {
-			qs.close()
-			return nil, err
-		}
 		qs.reqs = make([]ioDesc, depth)
 		qs.work = make(chan uint16, depth)
-		// Best effort: without it the queue waits in io_uring_enter,
-		// holding its thread's P (see ringPoller).
-		qs.poll, _ = newRingPoller(qs.r.fd)
 	}
 	return qs, nil
 }
 
-// close ends the workers (after the queue thread stopped: no tag is
-// handed out any more), waits for them, then releases the eventfd, the
-// ring and the memory they used. Results of requests still being served
-// are dropped: the kernel fails them, or with user recovery requeues them
-// for the next server.
+// ownRing gives the queue a ring of its own (and, async, a done list and
+// a poller): the path of a device started without a RingGroup.
+func (q *queue) ownRing() error {
+	var err error
+	// depth commands and the eventfd read are outstanding at most.
+	if q.r, err = newRing(uint32(q.depth+1), 0); err != nil {
+		return err
+	}
+	if !q.d.opts.Serial {
+		if q.done, err = newDoneList(q.depth); err != nil {
+			return err
+		}
+		// Best effort: without it the queue waits in io_uring_enter,
+		// holding its thread's P (see ringPoller).
+		q.poll, _ = newRingPoller(q.r)
+	}
+	return nil
+}
+
+// close ends the workers of a queue with its own ring (after the queue
+// thread stopped: no tag is handed out any more), waits for them, then
+// releases the eventfd, the ring and the memory they used. Results of
+// requests still being served are dropped: the kernel fails them, or with
+// user recovery requeues them for the next server.
 func (q *queue) close() {
 	if q.done != nil {
 		q.done.close()
-		close(q.work)
-		q.wg.Wait()
+		q.stopWorkers()
 		q.done.closeFD()
 	}
 	if q.poll != nil {
@@ -107,11 +136,27 @@ func (q *queue) close() {
 	if q.r != nil {
 		q.r.close()
 	}
+	q.release()
+}
+
+// stopWorkers ends the queue's workers and waits for them.
+func (q *queue) stopWorkers() {
+	if q.work != nil {
+		close(q.work)
+		q.work = nil
+	}
+	q.wg.Wait()
+}
+
+// release unmaps the queue's descriptors and buffers.
+func (q *queue) release() {
 	if q.bufs != nil {
 		unix.Munmap(q.bufs)
+		q.bufs = nil
 	}
 	if q.descs != nil {
 		unix.Munmap(q.descs)
+		q.descs = nil
 	}
 }
 
@@ -119,50 +164,58 @@ func (q *queue) buf(tag int) []byte { return q.bufs[tag*q.bufSize : (tag+1)*q.bu
 
 func (q *queue) desc(tag int) *ioDesc { return (*ioDesc)(unsafe.Pointer(&q.descs[tag*descSize])) }
 
-// sqe returns a free submission entry, submitting what is queued if the
-// ring is full (it is sized so that this does not happen).
-func (q *queue) sqe() ([]byte, error) {
-	if b := q.r.sqe(); b != nil {
+// sqe returns a free submission entry of r, submitting what is queued if
+// the ring is full.
+func sqeOf(r *ring) ([]byte, error) {
+	if b := r.sqe(); b != nil {
 		return b, nil
 	}
-	if err := q.r.enter(0); err != nil {
+	if err := r.enter(0); err != nil {
 		return nil, err
 	}
-	if b := q.r.sqe(); b != nil {
+	if b := r.sqe(); b != nil {
 		return b, nil
 	}
-	return nil, fmt.Errorf("queue %d: %w", q.id, errRing)
+	return nil, errRing
 }
 
 // submit queues an I/O command (FETCH or COMMIT_AND_FETCH) for tag.
 func (q *queue) submit(op uint32, tag int, result int32) error {
-	b, err := q.sqe()
+	b, err := sqeOf(q.r)
 	if err != nil {
-		return err
+		return fmt.Errorf("queue %d: %w", q.id, err)
 	}
 	c := ioCmd{QID: uint16(q.id), Tag: uint16(tag), Result: result}
 	if q.bufSize > 0 {
 		c.Addr = uint64(uintptr(unsafe.Pointer(&q.buf(tag)[0])))
 	}
-	uringCmd(b, q.d.charFd, q.d.op(op), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 16), uint64(tag))
+	uringCmd(b, q.d.charFd, q.d.op(op), unsafe.Slice((*byte)(unsafe.Pointer(&c)), 16), udIO(q.slot, uint16(tag)))
 	return nil
 }
 
-// armEventfd queues the read of the completion eventfd.
-func (q *queue) armEventfd() error {
-	b, err := q.sqe()
+// armEventfd queues the read of the completion eventfd efd into buf (8
+// bytes outside the Go heap).
+func armEventfd(r *ring, efd int, buf uintptr) error {
+	b, err := sqeOf(r)
 	if err != nil {
 		return err
 	}
-	s := sqe{Opcode: opReadIO, FD: int32(q.done.efd), Addr: uint64(q.efdBuf), Len: 8, UserData: udEventfd}
+	s := sqe{Opcode: opReadIO, FD: int32(efd), Addr: uint64(buf), Len: 8, UserData: udEventfd}
 	putSQE(b, &s)
 	return nil
 }
 
-// queue serves queue q on its own locked OS thread until every tag is
-// aborted (the device stopped). The thread is never unlocked: it exits
-// with the goroutine.
+func (q *queue) armEventfd() error { return armEventfd(q.r, q.done.efd, q.efdBuf) }
+
+// queue serves queue q: through the device's RingGroup when it has one
+// (and is not Serial), else on its own locked OS thread until every tag
+// is aborted (the device stopped). That thread is never unlocked: it
+// exits with the goroutine.
 func (d *Device) queue(q int, ready chan<- error) {
+	if d.opts.Rings != nil && !d.opts.Serial {
+		d.attachQueue(q, ready)
+		return
+	}
 	defer d.wg.Done()
 	runtime.LockOSThread()
 	// Best effort: a block server's thread must not wait on its own
@@ -174,6 +227,10 @@ func (d *Device) queue(q int, ready chan<- error) {
 		return
 	}
 	defer qs.close()
+	if err := qs.ownRing(); err != nil {
+		ready <- err
+		return
+	}
 	for t := 0; t < qs.depth; t++ {
 		if err := qs.submit(ioFetchReq, t, 0); err != nil {
 			ready <- err
@@ -199,7 +256,7 @@ func (d *Device) queue(q int, ready chan<- error) {
 	}
 }
 
-// serve is the queue thread's loop.
+// serve is the loop of a queue's own thread.
 func (q *queue) serve() error {
 	live := q.depth
 	for live > 0 {
@@ -210,33 +267,33 @@ func (q *queue) serve() error {
 		head, tail := q.r.cqReady()
 		for ; head != tail; head++ {
 			c := q.r.cqeAt(head)
-			if c.UserData == udEventfd {
-				if c.Res < 0 && c.Res != -int32(unix.EINTR) && c.Res != -int32(unix.EAGAIN) {
+			_, tag, efd := udSplit(c.UserData)
+			if efd {
+				if err := eventfdResult(c.Res); err != nil {
 					q.r.cqDone(head + 1)
-					return fmt.Errorf("eventfd read: %w", unix.Errno(-c.Res))
+					return err
 				}
 				wake = true
 				continue
 			}
-			tag := int(c.UserData)
 			if c.Res < 0 { // ioResAbort: the device stopped; or an error
 				live--
 				continue
 			}
 			if q.done == nil {
-				if err := q.submit(ioCommitAndFetchReq, tag, q.handle(tag, q.desc(tag))); err != nil {
+				if err := q.submit(ioCommitAndFetchReq, int(tag), q.handle(int(tag), q.desc(int(tag)))); err != nil {
 					return err
 				}
 				continue
 			}
-			q.dispatch(tag)
+			q.dispatch(int(tag))
 		}
 		q.r.cqDone(head)
 		if q.done == nil {
 			continue
 		}
-		if p := q.err.Load(); p != nil {
-			return *p
+		if err := q.done.failed(); err != nil {
+			return err
 		}
 		if wake {
 			if err := q.armEventfd(); err != nil {
@@ -252,20 +309,27 @@ func (q *queue) serve() error {
 	return nil
 }
 
-// waitCQ submits what is queued and waits until the completion queue is
-// not empty: in the netpoller when the queue has one, so that this
-// thread's P runs the workers meanwhile, else in io_uring_enter.
-func (q *queue) waitCQ() error {
-	if q.poll == nil {
-		return q.r.enter(1)
+// eventfdResult is the error of an eventfd read's completion, if any.
+func eventfdResult(res int32) error {
+	if res < 0 && res != -int32(unix.EINTR) && res != -int32(unix.EAGAIN) {
+		return fmt.Errorf("eventfd read: %w", unix.Errno(-res))
 	}
-	if err := q.r.enter(0); err != nil {
+	return nil
+}
+
+func (q *queue) waitCQ() error { return waitCQ(q.r, q.poll) }
+
+// waitCQ submits what is queued in r and waits until its completion queue
+// is not empty: in the netpoller when there is a poller, so that this
+// thread's P runs the workers meanwhile, else in io_uring_enter.
+func waitCQ(r *ring, p *ringPoller) error {
+	if p == nil {
+		return r.enter(1)
+	}
+	if err := r.enter(0); err != nil {
 		return err
 	}
-	return q.poll.wait(func() bool {
-		head, tail := q.r.cqReady()
-		return head != tail
-	})
+	return p.wait()
 }
 
 // dispatch hands tag's request to a worker, starting one if none is idle.
@@ -279,18 +343,20 @@ func (q *queue) dispatch(tag int) {
 	} else {
 		q.spawned++
 		q.wg.Add(1)
-		go q.worker()
+		go q.worker(q.work)
 	}
 	q.work <- uint16(tag)
 }
 
-func (q *queue) worker() {
+// worker serves tags from work (passed in: the queue's field is cleared
+// when the queue ends, maybe before a new worker first looks).
+func (q *queue) worker(work <-chan uint16) {
 	defer q.wg.Done()
-	for tag := range q.work {
+	for tag := range work {
 		res := q.handle(int(tag), &q.reqs[tag])
 		q.idle.Add(1)
-		if err := q.done.push(tag, res); err != nil {
-			q.err.CompareAndSwap(nil, &err)
+		if err := q.done.push(q.slot, tag, res); err != nil {
+			q.done.fail(err)
 		}
 	}
 }

@@ -28,23 +28,23 @@ func TestDoneListEventfd(t *testing.T) {
 	if n := eventfdCount(t, l.efd); n != 0 {
 		t.Fatalf("fresh eventfd counter %d", n)
 	}
-	if err := l.push(3, 4096); err != nil {
+	if err := l.push(0, 3, 4096); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.push(1, -5); err != nil {
+	if err := l.push(0, 1, -5); err != nil {
 		t.Fatal(err)
 	}
 	if n := eventfdCount(t, l.efd); n != 1 {
 		t.Fatalf("two pushes into an empty list wrote the eventfd %d times, want 1", n)
 	}
 	got := l.take()
-	if len(got) != 2 || got[0] != (completion{3, 4096}) || got[1] != (completion{1, -5}) {
+	if len(got) != 2 || got[0] != (completion{tag: 3, res: 4096}) || got[1] != (completion{tag: 1, res: -5}) {
 		t.Fatalf("take = %v", got)
 	}
 	if len(l.take()) != 0 {
 		t.Fatal("second take not empty")
 	}
-	if err := l.push(2, 0); err != nil {
+	if err := l.push(0, 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	if n := eventfdCount(t, l.efd); n != 1 {
@@ -52,7 +52,7 @@ func TestDoneListEventfd(t *testing.T) {
 	}
 	l.take()
 	l.close()
-	if err := l.push(0, 1); err != nil {
+	if err := l.push(0, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	if got := l.take(); len(got) != 0 {
@@ -86,7 +86,7 @@ func TestDoneListNoAlloc(t *testing.T) {
 	var counter [8]byte
 	allocs := testing.AllocsPerRun(100, func() {
 		for i := 0; i < 64; i++ {
-			l.push(uint16(i), 4096)
+			l.push(7, uint16(i), 4096)
 		}
 		l.take()
 		unix.Read(l.efd, counter[:])
@@ -105,9 +105,11 @@ type memBackend struct {
 	slowDone atomic.Bool
 	inflight atomic.Int32
 	maxIn    atomic.Int32
+	reads    atomic.Int64
 }
 
 func (m *memBackend) ReadAt(p []byte, off int64) (int, error) {
+	m.reads.Add(1)
 	n := m.inflight.Add(1)
 	defer m.inflight.Add(-1)
 	for {
@@ -207,7 +209,7 @@ func TestQueueSlowRequestStallsOnlyItself(t *testing.T) {
 	// The slow read completes once released.
 	close(b.release)
 	c := q.waitTake(t)
-	if len(c) != 1 || c[0] != (completion{0, 4096}) || q.buf(0)[0] != 5 {
+	if len(c) != 1 || c[0] != (completion{tag: 0, res: 4096}) || q.buf(0)[0] != 5 {
 		t.Fatalf("slow completion %v", c)
 	}
 	// Abort while a request is being served: close waits for it and
@@ -270,7 +272,7 @@ func TestEventfdReadInRing(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := 0; i < 3; i++ {
 			wg.Add(1)
-			go func() { defer wg.Done(); q.done.push(uint16(i), int32(i)) }()
+			go func() { defer wg.Done(); q.done.push(0, uint16(i), int32(i)) }()
 		}
 		wg.Wait()
 		if err := r.enter(1); err != nil {

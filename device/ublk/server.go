@@ -26,6 +26,10 @@ type Options struct {
 	// backend call stalls its whole queue. It exists only as the
 	// baseline of the queue benchmark (tests/vm, make bench-vm).
 	Serial bool
+	// Rings, when not nil, serves the device's queues on the group's
+	// shared ring threads (queue q on thread q mod its size) instead of
+	// a thread and a ring per queue; see RingGroup. Ignored with Serial.
+	Rings *RingGroup
 	// Tag, when not zero, marks the device as its server's: Start stores
 	// it in the device's ublksrv_flags (a field the kernel keeps for
 	// userspace and returns in GET_DEV_INFO), and Recover refuses a

@@ -10,7 +10,13 @@
 //   - control device: /dev/ublk-control, where devices are added, started,
 //     stopped and deleted with URING_CMDs.
 //   - char device: /dev/ublkcN, where the server fetches requests and
-//     commits results, one io_uring per queue.
+//     commits results through io_uring: one ring per queue, or a ring
+//     thread's ring shared by queues of many devices (RingGroup).
+//   - queue daemon: the task that fetched a queue's tags; the kernel takes
+//     that queue's commands only from it (per queue, not per device).
+//   - ring thread: a locked OS thread of a RingGroup owning one io_uring,
+//     the queue daemon of queue q of every device started with the group.
+//   - slot: a queue's index in its ring thread; user_data is slot<<16|tag.
 //   - block device: /dev/ublkbN, what users mkfs and mount.
 //   - tag: a request slot of a queue (0..depth-1), with its descriptor
 //     and its I/O buffer.

@@ -24,9 +24,17 @@ type ring struct {
 	toSubmit                        uint32
 }
 
-func newRing(entries, flags uint32) (*ring, error) {
+func newRing(entries, flags uint32) (*ring, error) { return newRingCQ(entries, 0, flags) }
+
+// newRingCQ sets up a ring whose completion queue has cqEntries (0: the
+// kernel's default, twice the submission queue).
+func newRingCQ(entries, cqEntries, flags uint32) (*ring, error) {
 	var p uringParams
 	p.Flags = flags
+	if cqEntries > 0 {
+		p.Flags |= setupCQSize
+		p.CQEntries = cqEntries
+	}
 	fd, _, errno := unix.Syscall(sysIOURingSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
@@ -137,6 +145,11 @@ func (r *ring) reap(fn func(userData uint64, res int32)) int {
 // uses these instead of reap so that no closure is allocated per batch.
 func (r *ring) cqReady() (head, tail uint32) {
 	return atomic.LoadUint32((*uint32)(r.cqHead)), atomic.LoadUint32((*uint32)(r.cqTail))
+}
+
+func (r *ring) cqNotEmpty() bool {
+	head, tail := r.cqReady()
+	return head != tail
 }
 
 func (r *ring) cqeAt(i uint32) *cqe {

@@ -8,6 +8,7 @@
 //	NBD read path: obdvol serve --foreground vs qemu-nbd and nbdkit (fio)
 //	N clones of one golden served by one obdvol daemon: IOPS and RSS per N
 //	push whole vs in chunks (--chunk-size, the 413 fallback)
+//	cold lazy reads at 100 ms RTT: pipelined vs one request at a time
 //
 // Compared configurations are measured in interleaved rounds (rounds.go):
 // every figure is a median with its min-max over -rounds rounds.
@@ -36,7 +37,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, lazy, nbd, clones or ranges (or fleet, bigxfer: make bench-fleet, not in the default run)")
+	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, parts, lazy, lazylat, nbd, clones or ranges (or fleet, bigxfer: make bench-fleet, not in the default run)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -91,8 +92,14 @@ func main() {
 	if *only == "" || *only == "upload" {
 		uploadBench(work, uint64(*uploadMiB)<<20) // tests/bench/upload.go
 	}
+	if *only == "" || *only == "parts" {
+		partsBench(work, uint64(*partsMiB)<<20) // tests/bench/parts.go
+	}
 	if *only == "" || *only == "lazy" {
 		lazyBench(work, uint64(*lazyMiB)<<20)
+	}
+	if *only == "" || *only == "lazylat" {
+		lazyLatencyBench(work) // tests/bench/lazylat.go
 	}
 	if *only == "" || *only == "nbd" {
 		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)

@@ -269,7 +269,9 @@ func lazyOpen(root, ref string, cfg *repo.ChainConfig, size uint64) *lazyVolume 
 	check(err)
 	spec := volume.ChainSpec{Size: cfg.VirtualSize, BlockSize: bs, ChunkSize: cfg.ChunkSize, Codec: "zstd", Snapshot: "v1"}
 	for _, l := range p.Config.Layers {
-		c.pending[l.Digest] = pendingLayer{repo.RegistryRanges{Repo: t.Repo}, l.Size}
+		fetch, err := repo.LayerRanges(t.Repo, l.Digest, l.Size, l.Parts)
+		check(err)
+		c.pending[l.Digest] = pendingLayer{fetch, l.Size}
 		spec.Layers = append(spec.Layers, metadata.Layer{Digest: l.Digest, StoredBytes: uint64(l.Size), State: "remote"})
 	}
 	_, err = c.mgr.AdoptChain("g", spec)

@@ -76,6 +76,9 @@ type Stats struct {
 	BytesIn       int64 // request body bytes received from clients
 	TooLarge      int64 // requests answered 413
 	OutOfOrder    int64 // upload PATCHes answered 416 (CheckUploadRange)
+	// MaxInFlight is the most requests the proxy held at once (from
+	// arrival, latency included, to the end of the answer).
+	MaxInFlight int64
 }
 
 // Proxy is a running fault proxy.
@@ -88,6 +91,8 @@ type Proxy struct {
 
 	requests, blobGets, rangeRequests, bytesOut, bytesIn, tooLarge, outOfOrder atomic.Int64
 	upstream                                                                   string
+
+	inFlight, maxInFlight atomic.Int64
 
 	bearer bearerState // bearer.go
 
@@ -155,15 +160,33 @@ func (p *Proxy) Stats() Stats {
 	return Stats{
 		Requests: p.requests.Load(), BlobGets: p.blobGets.Load(), RangeRequests: p.rangeRequests.Load(),
 		BytesOut: p.bytesOut.Load(), BytesIn: p.bytesIn.Load(), TooLarge: p.tooLarge.Load(),
-		OutOfOrder: p.outOfOrder.Load(),
+		OutOfOrder:  p.outOfOrder.Load(),
+		MaxInFlight: p.maxInFlight.Load(),
 	}
 }
 
-// ResetStats sets every counter to zero.
+// ResetStats sets every counter to zero (MaxInFlight to the requests
+// in flight now).
 func (p *Proxy) ResetStats() {
 	for _, c := range []*atomic.Int64{&p.requests, &p.blobGets, &p.rangeRequests, &p.bytesOut, &p.bytesIn, &p.tooLarge, &p.outOfOrder} {
 		c.Store(0)
 	}
+	p.maxInFlight.Store(p.inFlight.Load())
+}
+
+// InFlight is how many requests the proxy holds now.
+func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
+
+// enter counts a request in flight until the returned func runs.
+func (p *Proxy) enter() func() {
+	n := p.inFlight.Add(1)
+	for {
+		m := p.maxInFlight.Load()
+		if n <= m || p.maxInFlight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return func() { p.inFlight.Add(-1) }
 }
 
 func (p *Proxy) snapshot() (Faults, *bucket) {
@@ -192,6 +215,7 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f, limit := p.snapshot()
 		p.requests.Add(1)
+		defer p.enter()()
 		if p.gate(w, r) { // bearer.go
 			return
 		}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/obdvol/obdvol/tests/faultproxy"
 	"github.com/obdvol/obdvol/tests/regtest"
@@ -112,5 +114,41 @@ func TestFaults(t *testing.T) {
 	resp, body = get(t, url, "")
 	if resp.StatusCode != http.StatusOK || len(body) != len(blob) || body[0] != blob[0]^0xff || !bytes.Equal(body[1:], blob[1:]) {
 		t.Fatalf("corrupt whole body: %s, %d bytes", resp.Status, len(body))
+	}
+}
+
+// MaxInFlight counts requests held at once: one at a time reads 1;
+// requests overlapping in the latency read more.
+func TestMaxInFlight(t *testing.T) {
+	reg := regtest.Start(t)
+	p := faultproxy.Start(t, reg.Addr)
+	for i := 0; i < 3; i++ {
+		get(t, "http://"+p.Addr+"/v2/", "")
+	}
+	if s := p.Stats(); s.MaxInFlight != 1 || s.Requests != 3 {
+		t.Fatalf("three requests one after another: %+v", s)
+	}
+	p.ResetStats()
+	p.Set(faultproxy.Faults{Latency: 500 * time.Millisecond})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get("http://" + p.Addr + "/v2/")
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if s := p.Stats(); s.MaxInFlight < 2 || s.MaxInFlight > 4 {
+		t.Fatalf("four requests at once: %+v", s)
+	}
+	// The handler ends just after the client has its answer.
+	for end := time.Now().Add(10 * time.Second); p.InFlight() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d requests still in flight", p.InFlight())
+		}
 	}
 }

@@ -60,9 +60,10 @@ func TestFleetEgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The working set is counted in disk bytes; the origin sends them
-	// compressed (about half, for this golden).
-	if lazy.Egress < n*f.WorkingBytes/4 || lazy.Egress > n*f.WorkingBytes*12/10 {
-		t.Errorf("lazy, no fill: origin sent %d bytes, want about the working sets (%d x %d, compressed)", lazy.Egress, n, f.WorkingBytes)
+	// compressed (about half, for this golden), plus what read-ahead
+	// fetched around them (make bench-fleet prints the ratio at scale).
+	if lazy.Egress < n*f.WorkingBytes/4 || lazy.Egress > eager.Egress/2 {
+		t.Errorf("lazy, no fill: origin sent %d bytes, want about the working sets (%d x %d, compressed) and well under eager (%d)", lazy.Egress, n, f.WorkingBytes, eager.Egress)
 	}
 	for i, h := range lazy.Hosts {
 		if h.Ready <= 0 || h.FirstRead < h.Ready || h.WorkingSet < h.FirstRead {
@@ -73,8 +74,8 @@ func TestFleetEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if def.Egress > n*f.WorkingBytes*12/10 {
-		t.Errorf("lazy, default fill policy: origin sent %d bytes, more than the working sets (%d x %d)", def.Egress, n, f.WorkingBytes)
+	if def.Egress > lazy.Egress*11/10 {
+		t.Errorf("lazy, default fill policy: origin sent %d bytes, more than with no fill (%d)", def.Egress, lazy.Egress)
 	}
 	for _, r := range []Result{eager, mirror, lazy, def} {
 		t.Logf("%-8s origin egress %9d bytes, %d blob GETs", r.Mode.Name, r.Egress, r.BlobGets)

@@ -10,9 +10,12 @@ import (
 
 // TestUblkQueues checks the non-blocking ublk queues on the VM's kernel
 // (guest/ublkq.go): the volume model check (guest io) through the async
-// queues; on one queue, a backend read held in the backend does not hold
-// back 128 reads of other blocks (an ordering check: every one of them
-// returns while the slow read is still in the backend); the same with
+// queues; on one queue, served by a shared ring thread (ublk.RingGroup,
+// as in the daemon) that also serves a second device, a backend read held
+// in the backend does not hold back 128 reads of other blocks of either
+// device (an ordering check: every one of them returns while the slow
+// read is still in the backend), and the ring thread exits once both
+// devices stopped; the same with
 // Serial, printed for comparison; and what the kernel offers for online
 // grow (Debian's 6.12 has no UPDATE_SIZE: Resize must refuse with
 // errors.ErrUnsupported; a kernel with it, OBDVOL_VM_KERNEL_DIR=an unpacked

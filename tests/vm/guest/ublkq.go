@@ -2,7 +2,9 @@ package main
 
 // The non-blocking ublk queues, checked and measured on the VM's kernel.
 //
-//	guest slowread          one queue; a backend read of one block sleeps
+//	guest slowread          one queue, on a shared ring thread (RingGroup)
+//	                        that also serves a second device, read too;
+//	                        a backend read of one block sleeps
 //	                        100 ms (and then holds until the other reads are
 //	                        done, at most 3 s, so the check does not depend
 //	                        on the emulator's speed); 128 O_DIRECT reads of
@@ -161,7 +163,29 @@ func slowReadTest(serial bool) error {
 	m := newMemDisk(size)
 	m.slowOff, m.slowMin, m.slowMax = slowBlock*4096, 100*time.Millisecond, 3*time.Second
 	m.slowStarted, m.release = make(chan struct{}), make(chan struct{})
-	d, err := ublk.Start(m, ublk.Options{Queues: 1, Depth: 64, Serial: serial})
+	opts := ublk.Options{Queues: 1, Depth: 64, Serial: serial}
+	var (
+		rings *ublk.RingGroup
+		d2    *ublk.Device
+		f2    *os.File
+	)
+	if !serial {
+		// The async queues run on a shared ring (as in the daemon),
+		// served by the same thread as a second device's queue: the
+		// slow read must hold back neither.
+		rings = ublk.NewRings(1)
+		opts.Rings = rings
+		var err error
+		if d2, err = ublk.Start(newMemDisk(size), opts); err != nil {
+			return err
+		}
+		defer d2.Stop()
+		if f2, err = openDirect(d2.Path); err != nil {
+			return err
+		}
+		defer f2.Close()
+	}
+	d, err := ublk.Start(m, opts)
 	if err != nil {
 		return err
 	}
@@ -198,10 +222,14 @@ func slowReadTest(serial bool) error {
 		go func() {
 			defer wg.Done()
 			buf := aligned(4096)
+			dev := f
+			if f2 != nil && g%4 == 3 {
+				dev = f2 // the other device on the slow one's ring
+			}
 			for i := 0; i < each; i++ {
 				b := int64(2000 + 3*(g*each+i)) // away from the slow block, never adjacent
 				t0 := time.Now()
-				err := readBlock(f, buf, b)
+				err := readBlock(dev, buf, b)
 				lat := time.Since(t0)
 				if !m.slowReturned.Load() {
 					whilePend.Add(1)
@@ -242,7 +270,29 @@ func slowReadTest(serial bool) error {
 			whilePend.Load(), readers*each)
 	}
 	f.Close() // the kernel deletes the device once it is closed
-	return d.Stop()
+	if err := d.Stop(); err != nil {
+		return err
+	}
+	if rings == nil {
+		return nil
+	}
+	f2.Close()
+	if err := d2.Stop(); err != nil {
+		return err
+	}
+	// Both queues left the ring thread (their tags aborted): it exits.
+	closed := make(chan error, 1)
+	go func() { closed <- rings.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			return err
+		}
+	case <-time.After(20 * time.Second):
+		return fmt.Errorf("the ring thread did not exit after both devices stopped")
+	}
+	fmt.Printf("ublkq: slowread %s: two devices on one shared ring thread; it exited after both stopped\n", mode)
+	return nil
 }
 
 // resizeTest reports whether this kernel can grow a live ublk device and
