@@ -171,15 +171,7 @@ func openBlobAt(ctx context.Context, t *Target, d ocispec.Descriptor, off int64)
 // 0. A length other than the descriptor's is an error wrapping
 // ErrDigestMismatch.
 func blobGet(ctx context.Context, repo *remote.Repository, d ocispec.Descriptor, off int64) (io.ReadCloser, int64, error) {
-	ref := repo.Reference
-	ref.Reference = d.Digest.String()
-	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
-	scheme := "https"
-	if repo.PlainHTTP {
-		scheme = "http"
-	}
-	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, ref.Reference)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := blobRequest(ctx, repo, d.Digest.String())
 	if err != nil {
 		return nil, 0, err
 	}
@@ -216,4 +208,19 @@ func blobGet(ctx context.Context, repo *remote.Repository, d ocispec.Descriptor,
 			resp.ContentLength, from, d.Size, ErrDigestMismatch)
 	}
 	return resp.Body, from, nil
+}
+
+// blobRequest is a GET of blob dg of repo (GET /v2/<name>/blobs/<dg>)
+// with the repository's pull scope in its context, for the repository's
+// authenticating client.
+func blobRequest(ctx context.Context, repo *remote.Repository, dg string) (*http.Request, error) {
+	ref := repo.Reference
+	ref.Reference = dg
+	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
+	scheme := "https"
+	if repo.PlainHTTP {
+		scheme = "http"
+	}
+	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, dg)
+	return http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 }

@@ -220,15 +220,7 @@ func downloadRanges(ctx context.Context, t *Target, d ocispec.Descriptor, f *os.
 // and then the answer is errWholeLanded or whole's error.
 func fetchSegment(ctx context.Context, repo *remote.Repository, d ocispec.Descriptor, f *os.File, off, m int64,
 	moved *atomic.Int64, p Progress, name string, headers func(), whole func(body io.Reader) error) error {
-	ref := repo.Reference
-	ref.Reference = d.Digest.String()
-	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
-	scheme := "https"
-	if repo.PlainHTTP {
-		scheme = "http"
-	}
-	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, ref.Reference)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := blobRequest(ctx, repo, d.Digest.String())
 	if err != nil {
 		return err
 	}
@@ -255,7 +247,7 @@ func fetchSegment(ctx context.Context, repo *remote.Repository, d ocispec.Descri
 				"(it or a proxy in front of it serves other bytes than asked): %w", off, off+m-1, cr, resp.ContentLength, ErrBadRange)
 		}
 	case http.StatusOK:
-		rangeIgnoredHosts.Store(ref.Host(), time.Now())
+		rangeIgnoredHosts.Store(repo.Reference.Host(), time.Now())
 		if resp.ContentLength >= 0 && resp.ContentLength != d.Size {
 			return fmt.Errorf("whole-blob answer of %d bytes, the manifest says %d: %w", resp.ContentLength, d.Size, ErrDigestMismatch)
 		}

@@ -105,14 +105,7 @@ func (r RegistryRanges) rangeIgnored() bool {
 // answer goes to it (see fetchRangeOrWhole).
 func (r RegistryRanges) requestRange(ctx context.Context, digest string, off, n int64, sink wholeSink) ([]byte, int64, error) {
 	ref := r.Repo.Reference
-	ref.Reference = digest
-	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
-	scheme := "https"
-	if r.Repo.PlainHTTP {
-		scheme = "http"
-	}
-	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, digest)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := blobRequest(ctx, r.Repo, digest)
 	if err != nil {
 		return nil, -1, err
 	}

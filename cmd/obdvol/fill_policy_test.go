@@ -13,7 +13,6 @@ import (
 
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/tests/faultproxy"
-	"github.com/obdvol/obdvol/tests/fleet"
 	"github.com/obdvol/obdvol/tests/regtest"
 )
 
@@ -190,11 +189,7 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	// A link slower than loopback, so that a request the fill hangs up on
 	// stops its stream instead of finding it already sent.
 	upstream.Set(faultproxy.Faults{Bandwidth: 2e6})
-	mir, err := fleet.StartMirror(t.TempDir(), "http://"+upstream.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mir.Stop()
+	mir := regtest.StartMirror(t, upstream.Addr)
 	h := newCLI(t)
 	env := []string{"OBDVOL_MIRRORS=http://" + mir.Addr}
 	m := h.runEnv(env, "pull", "--lazy", "--plain-http", px.Addr+"/g:v1", "g") // the default policy

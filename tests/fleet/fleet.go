@@ -183,7 +183,7 @@ func (f *Fleet) Run(ctx context.Context, m Mode) (Result, error) {
 	ref := f.Ref
 	var env []string
 	if m.ViaMirror || m.MirrorFill {
-		mir, err := StartMirror(filepath.Join(dir, "mirror"), "http://"+f.Proxy.Addr)
+		mir, err := regtest.StartMirrorIn(mkdir(dir, "mirror"), f.Proxy.Addr)
 		if err != nil {
 			return Result{}, err
 		}
