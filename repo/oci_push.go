@@ -244,8 +244,7 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 }
 
 // upload sends d's bytes, monolithically or in chunks (upload.go); a
-// monolithic upload answered 401 is sent once more, reopened (see
-// pushAgainOn401).
+// monolithic upload answered 401 is sent once more, reopened (send).
 func (p *pusher) upload(ctx context.Context, d ocispec.Descriptor, content func() (io.ReadCloser, error)) error {
 	return p.send(ctx, d, content)
 }

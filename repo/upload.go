@@ -100,7 +100,7 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 		if IsUnauthorized(err) {
 			// oras-go gives the PUT the POST's token and does not
 			// authenticate it again: a token that expired between them
-			// fails the upload. Once more, reopened (oci_auth.go).
+			// fails the upload. Once more, reopened.
 			p.moved.Add(-body.detach()) // sent again
 			rc.Close()
 			restart(err)
