@@ -68,7 +68,7 @@ powercut: deps
 # and lazily on other roots, compared by sha256. Parts over the limit need the
 # chunked-upload fallback; needs about 4x PARTS_SIZE of free disk under TMPDIR.
 PARTS_SIZE     ?= 4G
-PARTS_MAX_BLOB ?= 64M
+PARTS_MAX_BLOB ?= 256M
 PARTS_LIMIT    ?= 100M
 parts-large:
 	OBDVOL_PARTS_SIZE=$(PARTS_SIZE) OBDVOL_PARTS_MAX_BLOB=$(PARTS_MAX_BLOB) OBDVOL_PARTS_LIMIT=$(PARTS_LIMIT) \
