@@ -698,7 +698,7 @@ func TestMirrorBreaksRange(t *testing.T) {
 // that the pulls' misses overlap its fetch.
 func TestMirrorWarmConcurrentEagerPulls(t *testing.T) {
 	ctx := context.Background()
-	w := newMirrorWorld(t, 3<<20, 1<<20)
+	w := newMirrorWorld(t, 8<<20, 1<<20)
 	w.egress.Set(faultproxy.Faults{Bandwidth: 2e6})
 	const hosts = 4
 	stores := make([]*Store, hosts)
