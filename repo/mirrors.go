@@ -379,9 +379,7 @@ func (t *mirrorTransport) tryMirror(m *mirror, req *http.Request, rest string) (
 	mreq := req.Clone(ctx)
 	mreq.Header.Del("Authorization") // the origin's token is not the mirror's
 	mreq.Host = ""
-	u := m.ep.URL
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/" + rest
-	u.RawQuery = url.Values{"ns": {t.registry}}.Encode()
+	u := t.mirrorURL(m, rest)
 	mreq.URL = &u
 	for k, v := range m.ep.Header {
 		mreq.Header[k] = v

@@ -688,3 +688,47 @@ func TestMirrorBreaksRange(t *testing.T) {
 		}
 	}
 }
+
+// Four hosts pulling eagerly at once through a cold pull-through mirror
+// cost the origin about one copy of the layers: each pull first warms the
+// mirror (a one-byte request it hangs up on starts the mirror's own fetch)
+// and waits until the mirror serves the blob from its storage. Without the
+// warm-up docker-registry fetches a missed blob once per concurrent miss
+// and once more to store it. The mirror's way to the origin is slow, so
+// that the pulls' misses overlap its fetch.
+func TestMirrorWarmConcurrentEagerPulls(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 8<<20, 1<<20)
+	w.egress.Set(faultproxy.Faults{Bandwidth: 2e6})
+	const hosts = 4
+	stores := make([]*Store, hosts)
+	errs := make(chan error, hosts)
+	var wg sync.WaitGroup
+	for i := range stores {
+		stores[i] = newStore(t)
+		tg := mirrorTarget(t, w.ref, "http://"+w.mirror.Addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := Pull(ctx, stores[i], tg, PullOptions{MirrorWait: time.Minute})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range stores {
+		sameBlobs(t, w.src, s, w.cfg)
+	}
+	w.waitMirrored(t)
+	st := w.egress.Stats()
+	if st.BytesOut < w.stored || st.BytesOut > w.stored*3/2 {
+		t.Fatalf("%d concurrent eager pulls through a cold mirror: origin egress %d bytes for %d stored (want about one copy, at most 1.5x)", hosts, st.BytesOut, w.stored)
+	}
+	t.Logf("%d concurrent eager pulls through a cold mirror: origin egress %d bytes for %d stored (%.2fx), %d blob GETs",
+		hosts, st.BytesOut, w.stored, float64(st.BytesOut)/float64(w.stored), st.BlobGets)
+}

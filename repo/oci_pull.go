@@ -29,7 +29,16 @@ type PullOptions struct {
 	// default 4, 1 for one stream (oci_fetch_ranges.go).
 	RangeConcurrency int
 	RangeMin         int64
+	// MirrorWait bounds, per layer blob (or part), how long a pull with
+	// mirrors waits for the first pull-through mirror to store the blob
+	// before fetching it (mirror_warm.go): a cold mirror asked by many
+	// hosts at once costs the origin a copy per host. 0 means
+	// DefaultMirrorWait; negative, no wait.
+	MirrorWait time.Duration
 }
+
+// DefaultMirrorWait is PullOptions.MirrorWait's default.
+const DefaultMirrorWait = 15 * time.Minute
 
 // Pulled is what a pull brought.
 type Pulled struct {
@@ -62,6 +71,9 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 	start := time.Now()
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 4
+	}
+	if opts.MirrorWait == 0 {
+		opts.MirrorWait = DefaultMirrorWait
 	}
 	mdesc, err := t.Resolve(ctx, t.Ref.Reference)
 	if err != nil {
@@ -112,7 +124,10 @@ func Pull(ctx context.Context, s *Store, t *Target, opts PullOptions) (*Pulled, 
 		first[dg] = true
 		g.Go(func() (err error) {
 			if len(l.Parts) > 0 { // parts.go: its parts, in parallel too
-				res.Layers[i], err = s.fetchParts(gctx, t, l, opts.Concurrency, opts.Progress)
+				res.Layers[i], err = s.fetchParts(gctx, t, l, opts.Concurrency, opts.MirrorWait, opts.Progress)
+				return err
+			}
+			if err := t.warmMirror(gctx, dg, opts.MirrorWait); err != nil {
 				return err
 			}
 			d := ocispec.Descriptor{MediaType: LayerMediaType, Digest: digest.Digest(dg), Size: l.Size}

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -38,7 +39,7 @@ import (
 // parts that check out one by one but do not make the layer (a config
 // that lies), give an error wrapping ErrDigestMismatch; in the second
 // case the file is removed.
-func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurrency int, p Progress) (lp LayerPull, err error) {
+func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurrency int, mirrorWait time.Duration, p Progress) (lp LayerPull, err error) {
 	lp = LayerPull{Digest: l.Digest, Size: l.Size}
 	if err := ValidateParts(l.Digest, l.Size, l.Parts); err != nil {
 		return lp, err
@@ -80,6 +81,9 @@ func (s *Store) fetchParts(ctx context.Context, t *Target, l LayerInfo, concurre
 			continue
 		}
 		g.Go(func() error {
+			if err := t.warmMirror(gctx, part.Digest, mirrorWait); err != nil {
+				return err
+			}
 			n, err := fetchPartAt(gctx, t, part, f, at, p)
 			mu.Lock()
 			lp.Fetched += n

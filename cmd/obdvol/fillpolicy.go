@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"oras.land/oras-go/v2/registry/remote"
-	"oras.land/oras-go/v2/registry/remote/auth"
 
 	"github.com/obdvol/obdvol/metadata"
 	"github.com/obdvol/obdvol/repo"
@@ -214,15 +212,10 @@ func useMirrorsOnly(e *env, vol string, mirrors []string) ([]mirrorLayer, error)
 }
 
 // warmMirrors waits, for each layer, until its first mirror serves it from
-// its own storage, at most wait in all. A pull-through mirror (distribution
-// in proxy mode) answers a range request for a blob it lacks with the whole
-// blob, fetched from the origin for that request, and fetches it once more
-// into its storage; a fill's many range requests to a cold mirror so cost
-// the origin many times the blob (make bench-fleet: 46x for 32 hosts). A
-// one-byte request that hangs up at once starts the mirror's own fetch,
-// which goes on without us (costing the origin the blob once); the fill
-// then waits, asking again with backoff, until the mirror answers 206.
-// A mirror that never does is used anyway once wait is over.
+// its own storage, at most wait in all (repo.WaitMirrorCached: a fill's many
+// range requests to a cold pull-through mirror would cost the origin many
+// times the blob; make bench-fleet: 46x for 32 hosts). A mirror that never
+// does is used anyway once wait is over.
 func warmMirrors(ctx context.Context, out io.Writer, g *globalOptions, vol string, layers []mirrorLayer, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for _, l := range layers {
@@ -230,64 +223,21 @@ func warmMirrors(ctx context.Context, out io.Writer, g *globalOptions, vol strin
 			continue
 		}
 		r := l.repos[0]
-		for pause, asked := time.Second, 0; ; asked++ {
-			cached, err := mirrorCached(ctx, r, l.digest)
-			if err == nil && cached {
-				if asked > 0 {
-					logf(out, g, "fill %s: mirror %s has layer %s now", vol, r.Reference.Host(), l.digest)
-				}
-				break
-			}
-			if time.Now().After(deadline) {
+		err := repo.WaitMirrorCached(ctx, r, l.digest, deadline, func(s repo.WarmState, err error) {
+			switch s {
+			case repo.WarmCached:
+				logf(out, g, "fill %s: mirror %s has layer %s now", vol, r.Reference.Host(), l.digest)
+			case repo.WarmGaveUp:
 				logf(out, g, "fill %s: mirror %s still does not serve layer %s from its storage (%v); filling anyway", vol, r.Reference.Host(), l.digest, err)
-				break
-			}
-			if asked == 0 {
+			case repo.WarmFetching:
 				logf(out, g, "fill %s: mirror %s is fetching layer %s from its upstream (%v); waiting for it", vol, r.Reference.Host(), l.digest, err)
 			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(pause/2 + rand.N(pause)):
-			}
-			pause = min(2*pause, 30*time.Second)
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-// mirrorCached asks a mirror for the first byte of a blob and hangs up: true
-// when it answered from its storage (206), false when it streamed the whole
-// blob (200: fetching it from its upstream).
-func mirrorCached(ctx context.Context, r *remote.Repository, digest string) (bool, error) {
-	ref := r.Reference
-	ref.Reference = digest
-	ctx = auth.AppendRepositoryScope(ctx, ref, auth.ActionPull)
-	scheme := "https"
-	if r.PlainHTTP {
-		scheme = "http"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, ref.Host(), ref.Repository, digest), nil)
-	if err != nil {
-		return false, err
-	}
-	req.Header.Set("Range", "bytes=0-0")
-	var client remote.Client = auth.DefaultClient
-	if r.Client != nil {
-		client = r.Client
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false, err
-	}
-	resp.Body.Close() // unread: the connection is dropped, not drained
-	switch resp.StatusCode {
-	case http.StatusPartialContent:
-		return true, nil
-	case http.StatusOK:
-		return false, nil
-	}
-	return false, fmt.Errorf("mirror answered %s", resp.Status)
 }
 
 // fillArgs are the arguments of the detached `obdvol fill` a plan starts.

@@ -26,6 +26,8 @@ type pullOptions struct {
 	Fill                  string
 	FillDelay, FillJitter time.Duration
 	fillTimesSet          bool // --fill-delay or --fill-jitter given
+	// Eager pulls through mirrors (repo/mirror_warm.go).
+	MirrorWait time.Duration
 }
 
 func newPullCommand(g *globalOptions) *cobra.Command {
@@ -67,6 +69,7 @@ its egress by the fleet's size (docs/fleet.md).`,
 	f.StringVar(&o.FillRate, "fill-rate", "100M", "with --lazy: bytes per second the background fill may use (0: unlimited)")
 	f.DurationVar(&o.FillDelay, "fill-delay", 10*time.Minute, "with --fill=delayed (or mirror-only, when given): wait this long before filling")
 	f.DurationVar(&o.FillJitter, "fill-jitter", 10*time.Minute, "with --fill=delayed (or mirror-only, when given): and a random part of this (spreads a fleet's fills)")
+	f.DurationVar(&o.MirrorWait, "mirror-wait", repo.DefaultMirrorWait, "with mirrors: wait at most this long, per layer, for the first pull-through mirror to store it before fetching it (0: do not wait)")
 	return cmd
 }
 
@@ -104,7 +107,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 		return err
 	}
 	res, err := repo.Pull(ctx, e.store, t, repo.PullOptions{Concurrency: o.Concurrency, Progress: p, ManifestOnly: lazy, Lease: takeLease,
-		RangeConcurrency: o.RangeConcurrency})
+		RangeConcurrency: o.RangeConcurrency, MirrorWait: pullMirrorWait(o.MirrorWait)})
 	finishBar(p)
 	if err != nil {
 		return err
@@ -239,4 +242,13 @@ func replayPrefetch(e *env, vol string, ranges []repo.PrefetchRange) (int64, err
 		rs[i] = volume.Range{Off: r.Off, Len: r.Len}
 	}
 	return v.Prefetch(rs)
+}
+
+// pullMirrorWait is --mirror-wait as repo.PullOptions.MirrorWait: 0 (do
+// not wait) is negative there.
+func pullMirrorWait(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

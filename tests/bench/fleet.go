@@ -71,7 +71,7 @@ func fleetModeList() []fleet.Mode {
 
 var fleetNotes = map[string]string{
 	"eager":              "(a) eager pull from the origin",
-	"mirror":             "(b) eager pull through a cold pull-through mirror, every host at once",
+	"mirror":             "(b) eager pull of the origin's reference with a cold pull-through mirror configured (OBDVOL_MIRRORS), every host at once",
 	"mirror-warm":        "(b') the same, one host first (warming the mirror), then the rest",
 	"lazy":               "(c) lazy pull with the recorded prefetch list, the default --fill (mirror-only) and no mirror: no fill",
 	"fill-now":           "lazy + --fill=now: every host fills from the origin at once",

@@ -44,7 +44,7 @@ type Config struct {
 type Mode struct {
 	Name       string
 	Lazy       bool     // pull --lazy (the origin tag has a prefetch list)
-	ViaMirror  bool     // hosts pull from a cold pull-through mirror instead of the origin
+	ViaMirror  bool     // hosts pull the origin's reference with a cold pull-through mirror configured (OBDVOL_MIRRORS): an eager pull warms it first
 	Fill       string   // with Lazy: --fill policy ("": the default)
 	FillArgs   []string // more pull flags (--fill-delay, --fill-rate...)
 	MirrorFill bool     // a cold mirror is started and given to the hosts as OBDVOL_MIRRORS
@@ -188,11 +188,7 @@ func (f *Fleet) Run(ctx context.Context, m Mode) (Result, error) {
 			return Result{}, err
 		}
 		defer mir.Stop()
-		if m.ViaMirror {
-			ref = mir.Addr + "/golden:v1"
-		} else {
-			env = append(env, "OBDVOL_MIRRORS=http://"+mir.Addr)
-		}
+		env = append(env, "OBDVOL_MIRRORS=http://"+mir.Addr)
 	}
 	args := []string{"--json", "pull", "--plain-http"}
 	if m.Lazy {
