@@ -70,9 +70,11 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 //     more past its end than before);
 //   - then the next window starts when the reader is half way through
 //     the last, four times larger (twice from a sixteenth of ReadAhead
-//     on, as the kernel grows its own; eight times when a read had to
-//     wait for the read-ahead: the window is short of the round trip), up
-//     to ReadAhead: one growth step a round trip while the reader waits.
+//     on, as the kernel grows its own; ReadAhead at once when a read had
+//     to wait for the read-ahead: the window is short of the round trip),
+//     up to ReadAhead, in pieces of 2 x window / Concurrency (a streaming
+//     window in half as many requests as slots: a registry's cost is per
+//     request as much as per byte, and two windows still fill the slots).
 func (b *LazyBlob) readAhead(off, end int64) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -111,8 +113,8 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		if b.raSize < b.opts.ReadAhead/16 {
 			size = 4 * b.raSize
 		}
-		if b.raWaited { // the window is short of the round trip
-			size = 8 * b.raSize
+		if b.raWaited { // the window is short of the round trip: fill the pipe
+			size = b.opts.ReadAhead
 		}
 		size = min(b.opts.ReadAhead, size)
 	default:
@@ -129,7 +131,13 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		return end
 	}
 	from = max(from, p*b.page)
+	// A streaming window goes in fewer, larger requests (a registry's
+	// cost is per request as much as per byte), two windows still
+	// filling the slots; earlier ones in one request per slot.
 	piece := min(maxFetchSpan, max(minPiece, size/int64(b.opts.Concurrency)))
+	if b.raRun >= streamRun {
+		piece = min(maxFetchSpan, max(minPiece, 2*size/int64(b.opts.Concurrency)))
+	}
 	b.raLive++
 	b.wg.Add(1)
 	b.running.Add(1)
