@@ -248,7 +248,22 @@ func (h *harness) boot(t *testing.T, script string, o BootOptions) (string, erro
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A boot with a persistent disk changes it: a boot again must start
+	// from the disk as it was (a sparse copy taken first).
+	saved := ""
+	if o.Disk != "" {
+		saved = filepath.Join(dir, "disk-before.img")
+		if b, err := exec.Command("cp", "--sparse=always", o.Disk, saved).CombinedOutput(); err != nil {
+			t.Fatalf("save %s: %v: %s", o.Disk, err, b)
+		}
+		defer os.Remove(saved)
+	}
 	for attempt := 1; ; attempt++ {
+		if attempt > 1 && saved != "" {
+			if b, err := exec.Command("cp", "--sparse=always", saved, o.Disk).CombinedOutput(); err != nil {
+				t.Fatalf("restore %s: %v: %s", o.Disk, err, b)
+			}
+		}
 		start := time.Now()
 		out, err := Boot(context.Background(), h.k, initrd, o)
 		t.Logf("the VM ran %v", time.Since(start).Round(time.Second))
