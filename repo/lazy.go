@@ -155,7 +155,10 @@ type LazyBlob struct {
 	raLive   int   // background read-aheads running
 	raWaited bool  // a read waited for the read-ahead since the last window
 	raRun    int64 // bytes read in this sequential run
-	fetched  int64 // bytes fetched remotely
+	raStream bool  // the run is a stream: its read-ahead is topped up (stream)
+	// hintStart, hintEnd: the span last announced by WillRead.
+	hintStart, hintEnd int64
+	fetched            int64 // bytes fetched remotely
 }
 
 // OpenLazy opens (creating if needed) the lazy blob digest of size bytes.

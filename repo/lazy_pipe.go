@@ -49,7 +49,7 @@ var errClosed = errors.New("lazy blob closed")
 
 // minPiece is the smallest piece a span is cut into for concurrency: a
 // request smaller than this costs a round trip for too little.
-const minPiece = 128 << 10
+const minPiece = 1 << 20
 
 // readPiece is the piece size for a read's own span of n bytes: the span
 // shared out over the slots, at least minPiece, at most maxFetchSpan.
@@ -68,20 +68,22 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 //     pipelining: the next window, four times the last, when the reader
 //     gets past the last (so a short run, a file read whole, fetches no
 //     more past its end than before);
-//   - then the next window starts when the reader is half way through
-//     the last, four times larger (twice from a sixteenth of ReadAhead
-//     on, as the kernel grows its own; ReadAhead at once when a read had
-//     to wait for the read-ahead: the window is short of the round trip),
-//     up to ReadAhead, in pieces of 2 x window / Concurrency (a streaming
-//     window in half as many requests as slots: a registry's cost is per
-//     request as much as per byte, and two windows still fill the slots).
+//   - then the run is a stream (see stream): ReadAhead is kept issued
+//     past the reader, so that the pipe does not empty while the reader
+//     drains what landed.
+//
+// Reads inside a span announced by WillRead count as nothing: the span
+// was noted as one read.
 func (b *LazyBlob) readAhead(off, end int64) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if off >= b.hintStart && end <= b.hintEnd {
+		return end
+	}
 	seq := off == b.lastEnd
 	b.lastEnd = end
 	if !seq {
-		b.raSize, b.raRun = 0, end-off
+		b.raSize, b.raRun, b.raStream = 0, end-off, false
 		return end
 	}
 	b.raRun += end - off
@@ -95,48 +97,77 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		b.raSize = min(b.opts.ReadAhead, max(2*(end-off), 2*b.raSize))
 		return min(b.size, end+b.raSize)
 	}
-	var size int64
 	switch {
 	case b.raSize == 0:
 		if _, miss := b.present.firstMissing(off/b.page, (end-1)/b.page); !miss {
 			return end // a sequential read of local data (prefetched, say) starts none
 		}
-		size = min(b.opts.ReadAhead, 2*(end-off))
 		b.raIssued = end
+		b.window(end, min(b.opts.ReadAhead, 2*(end-off)))
+		b.raStream = b.raRun >= streamRun // a run of large reads: a stream already
 	case b.raRun < streamRun:
-		if off < b.raIssued {
-			return end
+		if off >= b.raIssued {
+			b.window(b.raIssued, min(b.opts.ReadAhead, 4*b.raSize))
 		}
-		size = min(b.opts.ReadAhead, 4*b.raSize)
-	case off >= b.raStart+b.raSize/2:
-		size = 2 * b.raSize
-		if b.raSize < b.opts.ReadAhead/16 {
-			size = 4 * b.raSize
-		}
-		if b.raWaited { // the window is short of the round trip: fill the pipe
-			size = b.opts.ReadAhead
-		}
-		size = min(b.opts.ReadAhead, size)
 	default:
-		return end // inside the window, before its middle
+		b.raStream = true
 	}
-	from := max(b.raIssued, end)
-	if from >= b.size || b.closed || b.raLive >= 4 {
-		return end // nothing left, or enough read-ahead running: not yet
+	b.stream()
+	return end
+}
+
+// stream tops up the read-ahead of a stream (a sequential run past
+// streamRun). Its target is eight times the run so far, at most
+// ReadAhead (ReadAhead at once when a read had to wait for the
+// read-ahead: the pipe is short of the round trip); whenever no more
+// than half the target is issued past the reader's last read, it starts
+// windows of half the target until the target is, at most maxWindows
+// running. It runs on every read and whenever a window lands, so that
+// what is in flight does not wait for the reader to drain what landed:
+// latency, not the reader, bounds the stream, and at most ReadAhead is
+// fetched past where the reader stops. A stream's window goes in pieces
+// of ReadAhead/Concurrency, at least minPiece: a full read-ahead fills
+// the slots, in requests as large as that allows (a registry's cost is
+// per request as much as per byte). b.mu is held.
+func (b *LazyBlob) stream() {
+	target := min(b.opts.ReadAhead, 8*b.raRun)
+	if b.raWaited {
+		target = b.opts.ReadAhead
+	}
+	half := max(target/2, b.page)
+	for b.raStream && !b.closed && b.raLive < maxWindows {
+		from := max(b.raIssued, b.lastEnd)
+		if from >= b.size || from-b.lastEnd > target-half {
+			return
+		}
+		b.window(from, half)
+	}
+}
+
+// maxWindows is how many read-ahead windows of one blob run at once.
+const maxWindows = 4
+
+// window starts fetching the read-ahead window [from, from+size) in the
+// background (the pages missing from it), and notes it as the last
+// window. b.mu is held.
+func (b *LazyBlob) window(from, size int64) {
+	from = max(from, b.lastEnd)
+	if from >= b.size || b.closed || b.raLive >= maxWindows {
+		return // nothing left, or enough read-ahead running: not yet
 	}
 	to := min(b.size, (from+size+b.page-1)/b.page*b.page) // the pages fetched
 	b.raStart, b.raSize, b.raIssued, b.raWaited = from, size, to, false
 	p, miss := b.present.firstMissing(from/b.page, (to-1)/b.page)
 	if !miss {
-		return end
+		return
 	}
 	from = max(from, p*b.page)
-	// A streaming window goes in fewer, larger requests (a registry's
+	// A stream's window goes in fewer, larger requests (a registry's
 	// cost is per request as much as per byte), two windows still
 	// filling the slots; earlier ones in one request per slot.
 	piece := min(maxFetchSpan, max(minPiece, size/int64(b.opts.Concurrency)))
-	if b.raRun >= streamRun {
-		piece = min(maxFetchSpan, max(minPiece, 2*size/int64(b.opts.Concurrency)))
+	if b.raStream {
+		piece = min(maxFetchSpan, max(minPiece, b.opts.ReadAhead/int64(b.opts.Concurrency)))
 	}
 	b.raLive++
 	b.wg.Add(1)
@@ -147,9 +178,40 @@ func (b *LazyBlob) readAhead(off, end int64) int64 {
 		b.ensure(b.closing, from, to, from, piece) // read-ahead failures are not errors
 		b.mu.Lock()
 		b.raLive--
+		b.stream()
 		b.mu.Unlock()
 	}()
-	return end
+}
+
+// WillRead implements snapshot.SpanHinter: reads of [off, end) follow,
+// in order (a layer loading several chunks). The span counts as one read
+// for the read-ahead, the reads inside it as nothing, and its missing
+// pages are fetched now, in pieces over the slots (with ctx: a reader's
+// fetch), each read then waiting for its own. With Concurrency 1 it does
+// nothing: one request at a time fetches what each read needs, as before
+// pipelining.
+func (b *LazyBlob) WillRead(ctx context.Context, off, end int64) {
+	if b.opts.Concurrency == 1 || off < 0 || off >= end || end > b.size {
+		return
+	}
+	b.readAhead(off, end)
+	b.mu.Lock()
+	b.hintStart, b.hintEnd = off, end
+	_, miss := b.present.firstMissing(off/b.page, (end-1)/b.page)
+	if !miss || b.complete || b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.wg.Add(1)
+	b.running.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		defer b.running.Add(-1)
+		// Its failures are the reads': each finds its pages' fetch ended
+		// with an error, and fails with it or (cancelled) fetches again.
+		b.launch(ctx, off/b.page, (end-1)/b.page, b.readPiece(end-off), end, false)
+	}()
 }
 
 // ensure makes [off, need) present, and fetches up to fetchEnd if that

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 
@@ -31,6 +32,17 @@ type Invalidator interface {
 // context does.
 type ContextReaderAt interface {
 	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// SpanHinter is implemented by blob sources whose reads may wait on the
+// network (repo.LazyBlob): before a read of several chunks loads the
+// first one, the layer tells it the stored span [off, end) that its
+// chunk reads will cover, in order, so that the source fetches the span
+// at once rather than chunk by chunk, one round trip each. A hint is
+// advice: it returns at once, and the reads that follow still say what
+// they need.
+type SpanHinter interface {
+	WillRead(ctx context.Context, off, end int64)
 }
 
 // Layer is an opened sealed layer. It is safe for concurrent use.
@@ -118,6 +130,7 @@ func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache
 		return fmt.Errorf("%w: read [%d,+%d) beyond %d data bytes", ErrFormat, off, len(p), l.t.DataBytes)
 	}
 	cs := uint64(l.t.ChunkSize)
+	hinted := false
 	for len(p) > 0 {
 		ci := int(off / cs)
 		in := int(off % cs)
@@ -136,6 +149,10 @@ func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache
 					return ctx.Err()
 				}
 			}
+		}
+		if !hinted {
+			hinted = true
+			l.hint(ctx, ci, int((off+uint64(len(p))-1)/cs))
 		}
 		buf := cache.getBuf(int(cs))
 		raw, err := l.loadChunk(ctx, ci, buf)
@@ -157,6 +174,24 @@ func (l *Layer) ReadDataContext(ctx context.Context, p []byte, off uint64, cache
 		}
 	}
 	return nil
+}
+
+// hint tells a SpanHinter source the stored span of chunks first..last
+// (a read about to load them in order), when that is more than one chunk
+// and the chunks lie together.
+func (l *Layer) hint(ctx context.Context, first, last int) {
+	h, ok := l.src.(SpanHinter)
+	if !ok || last <= first {
+		return
+	}
+	lo, hi, sum := uint64(math.MaxUint64), uint64(0), uint64(0)
+	for _, c := range l.chunks[first : last+1] {
+		lo, hi, sum = min(lo, c.Off), max(hi, c.Off+uint64(c.Len)), sum+uint64(c.Len)
+	}
+	if hi-lo > 2*sum { // scattered chunks: each read fetches its own
+		return
+	}
+	h.WillRead(ctx, int64(lo), int64(hi))
 }
 
 // loadChunk reads, verifies and decompresses chunk i into dst (capacity

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -186,4 +187,57 @@ func TestParseMaxBlob(t *testing.T) {
 			t.Errorf("parseMaxBlob(%q) accepted", in)
 		}
 	}
+}
+
+// A push killed (SIGKILL, no cleanup) while its parts are in flight
+// resumes in a new process: the parts the registry finished are skipped,
+// the rest sent, and the artifact pulls byte-exact. The registry's own
+// storage says which blobs it finished when the kill came.
+func TestPushKilledMidPartsResumes(t *testing.T) {
+	reg := regtest.Start(t)
+	fp := faultproxy.Start(t, reg.Addr)
+	h := newCLI(t)
+	h.ok("create", "g", "--size", "8M", "--codec", "none")
+	h.ok("import", "g", writeImage(t, 8<<20, 31))
+	h.ok("snapshot", "g@v1")
+	want := h.exportFile("g@v1")
+	// 100 ms a request: a part costs a few (start the upload, send it,
+	// check it), so the kill comes with parts done and parts in flight.
+	fp.Set(faultproxy.Faults{Latency: 100 * time.Millisecond})
+	ref := fp.Addr + "/disks/g:v1"
+	args := []string{"push", "--plain-http", "--max-blob", "256K", "--concurrency", "2", "g@v1", ref}
+	cmd := h.command(context.Background(), args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	finished := func() int {
+		m, _ := filepath.Glob(filepath.Join(reg.Dir, "storage", "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data"))
+		return len(m)
+	}
+	for deadline := time.Now().Add(time.Minute); finished() < 4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the push finished no 4 blobs in a minute (%d)", finished())
+		}
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	done := finished()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Success() {
+		t.Fatalf("the push was not killed: %v (it sent everything before the kill? %d blobs)", err, done)
+	}
+	fp.Set(faultproxy.Faults{})
+	res := h.json(args...)
+	moved, skipped := jint(t, res, "result", "blobs_moved"), jint(t, res, "result", "blobs_skipped")
+	// About 6 MiB stored, in parts of 256K: some 25 blobs with the
+	// config, of which the kill left done.
+	if skipped < int64(done) || jint(t, res, "result", "layers_split") != 1 || moved+skipped < 16 || moved == 0 {
+		t.Fatalf("push after a kill with %d blobs in the registry: %v", done, res)
+	}
+	t.Logf("killed with %d blobs finished; the second push skipped %d, sent %d", done, skipped, moved)
+	b := newCLI(t)
+	b.ok("pull", "--plain-http", ref, "g")
+	b.wantDisk("g", want)
 }
