@@ -117,7 +117,24 @@ func waitCached(ctx context.Context, probe func(context.Context) (bool, error), 
 // the warm-up, and the fetch goes on through the routing transport, which
 // falls back to the next mirror or the origin.
 func (t *Target) warmMirror(ctx context.Context, dg string, wait time.Duration) error {
-	if t.mirrors == nil || wait <= 0 || originOnly(ctx) {
+	if wait <= 0 {
+		return nil
+	}
+	return t.waitMirror(ctx, dg, time.Now().Add(wait), true, nil)
+}
+
+// WarmMirror waits until the first mirror of t that may serve blob dg
+// (pull capability, not left out) serves it from its storage, or until
+// deadline, asking again with backoff (a failed probe too): a mirror-only
+// fill's warm-up (TargetOptions.MirrorsOnly). log, when set, is told each
+// change of state with the mirror's host and the last probe's error.
+// Nothing is done without mirrors. Only ctx's end is an error.
+func (t *Target) WarmMirror(ctx context.Context, dg string, deadline time.Time, log func(host string, s WarmState, err error)) error {
+	return t.waitMirror(ctx, dg, deadline, false, log)
+}
+
+func (t *Target) waitMirror(ctx context.Context, dg string, deadline time.Time, stopOnErr bool, log func(string, WarmState, error)) error {
+	if t.mirrors == nil || originOnly(ctx) {
 		return nil
 	}
 	mt := t.mirrors
@@ -145,7 +162,11 @@ func (t *Target) warmMirror(ctx context.Context, dg string, wait time.Duration) 
 			}
 			return probeCached(m.client, req)
 		}
-		return waitCached(ctx, probe, time.Now().Add(wait), true, nil)
+		var logState func(WarmState, error)
+		if log != nil {
+			logState = func(s WarmState, err error) { log(m.ep.URL.Host, s, err) }
+		}
+		return waitCached(ctx, probe, deadline, stopOnErr, logState)
 	}
 	return nil
 }

@@ -126,14 +126,7 @@ func resolveMirrors(host string, opts TargetOptions) (*mirrorConfig, error) {
 		}
 		cfg.mirrors = append(cfg.mirrors, Endpoint{URL: *u, Capabilities: CapPull})
 	}
-	dir := opts.HostsDir
-	if dir == "" {
-		dir = os.Getenv(EnvHostsDir)
-	}
-	if dir == "" {
-		dir = DefaultHostsDir
-	}
-	hc, err := LoadHosts(dir, host)
+	hc, err := LoadHosts(hostsDirOf(opts), host)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +151,18 @@ func resolveMirrors(host string, opts TargetOptions) (*mirrorConfig, error) {
 	return cfg, nil
 }
 
+// hostsDirOf is where opts's hosts.toml files are: opts.HostsDir, else
+// OBDVOL_HOSTS_DIR, else DefaultHostsDir.
+func hostsDirOf(opts TargetOptions) string {
+	if opts.HostsDir != "" {
+		return opts.HostsDir
+	}
+	if dir := os.Getenv(EnvHostsDir); dir != "" {
+		return dir
+	}
+	return DefaultHostsDir
+}
+
 // mirrorTransport routes one registry's requests (see the package notes
 // above): mirrors first for what they may serve, then the origin.
 type mirrorTransport struct {
@@ -166,6 +171,9 @@ type mirrorTransport struct {
 	server   *Endpoint // where the origin's requests go; nil: unchanged
 	mirrors  []*mirror
 	base     http.RoundTripper // to the origin (with retries)
+	// mirrorsOnly: what mirrors may serve never goes to the origin
+	// (TargetOptions.MirrorsOnly).
+	mirrorsOnly bool
 
 	mu    sync.Mutex
 	stats map[string]*hostCounters
@@ -333,6 +341,9 @@ func (t *mirrorTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return resp, nil
 			}
 		}
+	}
+	if t.mirrorsOnly && kind != kindOrigin {
+		return nil, fmt.Errorf("%s /v2/%s: no mirror of %s served it, and it is to come from mirrors only: %w", req.Method, rest, t.registry, ErrUnavailable)
 	}
 	oreq := req
 	if t.server != nil {

@@ -732,3 +732,67 @@ func TestMirrorWarmConcurrentEagerPulls(t *testing.T) {
 	t.Logf("%d concurrent eager pulls through a cold mirror: origin egress %d bytes for %d stored (%.2fx), %d blob GETs",
 		hosts, st.BytesOut, w.stored, float64(st.BytesOut)/float64(w.stored), st.BlobGets)
 }
+
+// A target opened with MirrorsOnly takes blobs from its mirrors and
+// never from the origin: through a warm mirror a lazy read is
+// byte-exact with no origin blob GET; with the mirror dead it fails
+// (ErrUnavailable) instead of falling back; without a mirror it does not
+// open (ErrNoMirror). WarmMirror waits for the cold mirror to store a
+// blob before it is read.
+func TestMirrorsOnlyNeverAsksOrigin(t *testing.T) {
+	ctx := context.Background()
+	w := newMirrorWorld(t, 1<<20)
+	r, err := ParseRef(w.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(mirrors ...string) (*Target, error) {
+		return OpenTarget(r, TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(), Mirrors: mirrors,
+			HostsDir: t.TempDir(), MirrorsOnly: true})
+	}
+	if _, err := open(); !errors.Is(err, ErrNoMirror) {
+		t.Fatalf("mirrors only with no mirror: %v", err)
+	}
+	tg, err := open("http://" + w.mirror.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := w.cfg.Layers[0]
+	var states []WarmState
+	if err := tg.WarmMirror(ctx, l.Digest, time.Now().Add(time.Minute), func(host string, s WarmState, err error) {
+		if host != w.mirror.Addr {
+			t.Errorf("warm-up names %s, not the mirror", host)
+		}
+		states = append(states, s)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(states) != 2 || states[0] != WarmFetching || states[1] != WarmCached {
+		t.Fatalf("cold mirror warm-up went %v, want fetching then cached", states)
+	}
+	w.waitMirrored(t)
+	w.egress.ResetStats()
+	if got := lazyRead(t, tg, w, 0); !bytes.Equal(got, w.blob(t, 0)) {
+		t.Fatal("lazy read through the mirror differs")
+	}
+	if st := w.egress.Stats(); st.BlobGets != 0 {
+		t.Fatalf("mirrors only: the origin served %d blob GETs", st.BlobGets)
+	}
+
+	dead, err := open("http://" + freeAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(t)
+	lb, err := s.OpenLazy(l.Digest, l.Size, RegistryRanges{Repo: dead.Repo}, LazyOptions{Page: 64 << 10, RetryFor: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	if _, err := lb.ReadAt(make([]byte, 4096), 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("mirrors only, mirror dead: %v", err)
+	}
+	if st := w.egress.Stats(); st.BlobGets != 0 {
+		t.Fatalf("mirrors only, mirror dead: the origin served %d blob GETs", st.BlobGets)
+	}
+}

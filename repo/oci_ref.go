@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -137,7 +138,17 @@ type TargetOptions struct {
 	// HostsDir holds per-registry <host>/hosts.toml files (containerd's
 	// format); "" means OBDVOL_HOSTS_DIR, else DefaultHostsDir.
 	HostsDir string
+	// MirrorsOnly: what mirrors may serve (blobs and manifests by
+	// digest) comes from the mirrors only; a request that no mirror
+	// serves fails with ErrUnavailable and the origin is never asked (a
+	// mirror-only fill). OpenTarget fails with ErrNoMirror when the
+	// registry has no mirror.
+	MirrorsOnly bool
 }
+
+// ErrNoMirror is returned by OpenTarget with MirrorsOnly for a registry
+// that has no mirror configured.
+var ErrNoMirror = errors.New("no mirror configured")
 
 // Target is where an artifact is pushed to or pulled from.
 type Target struct {
@@ -175,11 +186,16 @@ func OpenTarget(ref Ref, opts TargetOptions) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mirrors of %s: %w", ref.Remote.Registry, err)
 	}
+	if opts.MirrorsOnly && (mc == nil || len(mc.mirrors) == 0) {
+		return nil, fmt.Errorf("registry %s (--mirror, %s, %s/%s/hosts.toml): %w", ref.Remote.Registry, EnvMirrors,
+			hostsDirOf(opts), ref.Remote.Registry, ErrNoMirror)
+	}
 	var mt *mirrorTransport
 	if mc != nil {
 		if mt, err = newMirrorTransport(ref.Remote, mc, tr, opts.Transport, store); err != nil {
 			return nil, fmt.Errorf("mirrors of %s: %w", ref.Remote.Registry, err)
 		}
+		mt.mirrorsOnly = opts.MirrorsOnly
 		tr = mt
 	}
 	repo.Client = newAuthClient(tr, store)

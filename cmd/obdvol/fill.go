@@ -19,6 +19,7 @@ type fillOptions struct {
 	Concurrency int
 	Delay       time.Duration // wait before opening anything (a delayed fill)
 	OnlyFrom    []string      // mirrors: fetch from these only, never the origin (a mirror-only fill)
+	MirrorsOnly bool          // fetch from the registries' configured mirrors only, never the origin
 	MirrorWait  time.Duration // at most this long for a mirror to have the layers
 	Mirror      mirrorFlags
 }
@@ -48,6 +49,9 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 			if o.Delay < 0 {
 				return usagef("--delay must not be negative")
 			}
+			if o.MirrorsOnly && len(o.OnlyFrom) > 0 {
+				return usagef("--mirrors-only and --only-from: give one")
+			}
 			if err := fillWait(cmd.Context(), cmd.OutOrStdout(), g, args[0], o.Delay); err != nil {
 				return err
 			}
@@ -67,6 +71,13 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 					return err
 				}
 			}
+			if o.MirrorsOnly {
+				e.mirrorsOnly = true
+				logf(cmd.OutOrStdout(), g, "fill %s: from the registries' configured mirrors only", args[0])
+				if err := warmConfiguredMirrors(cmd.Context(), cmd.OutOrStdout(), g, e, args[0], o.MirrorWait); err != nil {
+					return err
+				}
+			}
 			fillRate, fillConcurrency = int64(rateLimit), o.Concurrency
 			n, err := fillVolume(cmd.Context(), e, g, args[0])
 			if err != nil {
@@ -79,7 +90,8 @@ func newFillCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().IntVar(&o.Concurrency, "concurrency", 2, "range requests in flight")
 	cmd.Flags().DurationVar(&o.Delay, "delay", 0, "wait this long before starting (pull --fill=delayed passes it)")
 	cmd.Flags().StringSliceVar(&o.OnlyFrom, "only-from", nil, "fetch from these mirrors (http(s)://host[:port]) only, never from the layers' origin (pull --fill=mirror-only passes them)")
-	cmd.Flags().DurationVar(&o.MirrorWait, "mirror-wait", 15*time.Minute, "with --only-from: wait at most this long for a pull-through mirror to store the layers before ranges are asked of it")
+	cmd.Flags().BoolVar(&o.MirrorsOnly, "mirrors-only", false, "fetch only from the mirrors configured for the layers' registries (--mirror, $"+repo.EnvMirrors+", hosts.toml), never from the origin (pull --fill=mirror-only passes it when the mirrors come from hosts.toml)")
+	cmd.Flags().DurationVar(&o.MirrorWait, "mirror-wait", 15*time.Minute, "with --only-from or --mirrors-only: wait at most this long for a pull-through mirror to store the layers before ranges are asked of it")
 	o.Mirror.register(cmd.Flags())
 	return cmd
 }

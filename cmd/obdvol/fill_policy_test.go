@@ -180,8 +180,17 @@ func TestFillPolicyDelayed(t *testing.T) {
 // the mirror (a real pull-through docker-registry) through another. The
 // fill first waits for the cold mirror to store the layer (one fetch from
 // the origin) instead of asking it for ranges, each of which a cold mirror
-// would answer by streaming the blob from the origin.
+// would answer by streaming the blob from the origin. The mirror is
+// configured by OBDVOL_MIRRORS (the fill gets --only-from) or by the
+// registry's hosts.toml only (the fill gets --mirrors-only and routes
+// through the registry's configured mirrors, the origin refused).
 func TestFillPolicyMirrorOnly(t *testing.T) {
+	for _, how := range []string{"env", "hosts.toml"} {
+		t.Run(how, func(t *testing.T) { testFillMirrorOnly(t, how) })
+	}
+}
+
+func testFillMirrorOnly(t *testing.T, how string) {
 	reg := regtest.Start(t)
 	want := fillGolden(t, reg)
 	px := faultproxy.Start(t, reg.Addr)
@@ -191,18 +200,27 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	upstream.Set(faultproxy.Faults{Bandwidth: 2e6})
 	mir := regtest.StartMirror(t, upstream.Addr)
 	h := newCLI(t)
-	env := []string{"OBDVOL_MIRRORS=http://" + mir.Addr}
+	env, logged := []string{"OBDVOL_MIRRORS=http://" + mir.Addr}, "from mirrors only: http://"+mir.Addr
+	if how == "hosts.toml" {
+		dir := t.TempDir()
+		os.MkdirAll(filepath.Join(dir, px.Addr), 0o755)
+		doc := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\"]\n", px.Addr, mir.Addr)
+		if err := os.WriteFile(filepath.Join(dir, px.Addr, "hosts.toml"), []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		env, logged = []string{"OBDVOL_HOSTS_DIR=" + dir}, "from the registries' configured mirrors only"
+	}
 	m := h.runEnv(env, "pull", "--lazy", "--plain-http", px.Addr+"/g:v1", "g") // the default policy
 	if p := jstr(t, m, "fill_policy"); p != fillMirrorOnly {
 		t.Fatalf("policy %q", p)
 	}
 	before := px.Stats()
-	if before.BlobGets == 0 {
-		t.Fatal("the lazy pull fetched nothing through the proxy: the origin is not where it pulled from")
+	if before.Requests == 0 {
+		t.Fatal("the lazy pull sent nothing through the proxy: the origin is not where it pulled from")
 	}
 	s := waitFillLog(t, jstr(t, m, "fill_log"))
-	if !strings.Contains(s, "from mirrors only: http://"+mir.Addr) || !strings.Contains(s, "is fetching layer") {
-		t.Fatalf("fill log does not name the mirror, or the wait for the cold mirror:\n%s", s)
+	if !strings.Contains(s, logged) || !strings.Contains(s, "is fetching layer") {
+		t.Fatalf("fill log does not say where it fills from (%q), or the wait for the cold mirror:\n%s", logged, s)
 	}
 	stored := jint(t, h.json("info", "g"), "volume", "chain", 0, "stored_bytes")
 	if up := upstream.Stats(); up.BytesOut < stored || up.BytesOut > stored*3/2 {
@@ -220,8 +238,10 @@ func TestFillPolicyMirrorOnly(t *testing.T) {
 	if got := h.ok("export", "g", "-").stdout; got != string(want) {
 		t.Fatal("volume filled from the mirror differs from the pushed snapshot")
 	}
-	// The fill itself refuses a mirror that is not an http(s) URL.
+	// The fill itself refuses a mirror that is not an http(s) URL, and
+	// both ways of naming mirrors at once.
 	h.fails(2, []string{"want http(s)://host[:port]"}, "fill", "g", "--only-from", "ftp://x")
+	h.fails(2, []string{"give one"}, "fill", "g", "--only-from", "http://x", "--mirrors-only")
 }
 
 func TestParseFillPolicyAndMirror(t *testing.T) {

@@ -54,15 +54,20 @@ type fillPlan struct {
 	Policy  string
 	Delay   time.Duration // before the first byte is fetched
 	Mirrors []string      // mirror-only: the only places fetched from
-	Skipped string        // why no fill starts, when none does
+	// MirrorsOnly: mirror-only with the mirrors of the registry's
+	// hosts.toml (no --mirror, no OBDVOL_MIRRORS): fill --mirrors-only.
+	MirrorsOnly bool
+	Skipped     string // why no fill starts, when none does
 }
 
 // planFill turns the pull's fill flags into a plan. A delayed fill waits
 // delay plus a uniformly random part of jitter, so that a fleet pulled at
 // once does not fill at once; a mirror-only fill does too when the flags
 // are given (their defaults are for delayed), so that the first hosts warm
-// the mirror before the rest ask it.
-func planFill(o *pullOptions) (fillPlan, error) {
+// the mirror before the rest ask it. mirrors are those configured for the
+// pulled registry (repo.Target.MirrorHosts: flags, environment and
+// hosts.toml).
+func planFill(o *pullOptions, mirrors []string) (fillPlan, error) {
 	policy, err := parseFillPolicy(o.Fill)
 	if err != nil {
 		return fillPlan{}, err
@@ -93,16 +98,19 @@ func planFill(o *pullOptions) (fillPlan, error) {
 			return p, err
 		}
 		if len(p.Mirrors) == 0 {
-			p.Skipped = "fill policy mirror-only and no mirror configured"
+			if len(mirrors) > 0 {
+				p.MirrorsOnly = true // the mirrors of hosts.toml
+			} else {
+				p.Skipped = "fill policy mirror-only and no mirror configured"
+			}
 		}
 	}
 	return p, nil
 }
 
 // fillMirrors is the mirror list a mirror-only fill may fetch from: the
-// pull's --mirror flags, else OBDVOL_MIRRORS (the mirrors of a hosts.toml
-// are not used: a fill from them falls back to the origin, see
-// docs/fleet.md).
+// pull's --mirror flags, else OBDVOL_MIRRORS (without either, the fill
+// uses the registry's hosts.toml mirrors: fill --mirrors-only).
 func fillMirrors(m mirrorFlags) ([]string, error) {
 	list := m.Mirrors
 	if list == nil {
@@ -223,17 +231,61 @@ func warmMirrors(ctx context.Context, out io.Writer, g *globalOptions, vol strin
 			continue
 		}
 		r := l.repos[0]
-		err := repo.WaitMirrorCached(ctx, r, l.digest, deadline, func(s repo.WarmState, err error) {
-			switch s {
-			case repo.WarmCached:
-				logf(out, g, "fill %s: mirror %s has layer %s now", vol, r.Reference.Host(), l.digest)
-			case repo.WarmGaveUp:
-				logf(out, g, "fill %s: mirror %s still does not serve layer %s from its storage (%v); filling anyway", vol, r.Reference.Host(), l.digest, err)
-			case repo.WarmFetching:
-				logf(out, g, "fill %s: mirror %s is fetching layer %s from its upstream (%v); waiting for it", vol, r.Reference.Host(), l.digest, err)
-			}
-		})
+		log := warmLog(out, g, vol, l.digest)
+		err := repo.WaitMirrorCached(ctx, r, l.digest, deadline, func(s repo.WarmState, err error) { log(r.Reference.Host(), s, err) })
 		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warmLog says in the fill log how the warm-up of layer d goes.
+func warmLog(out io.Writer, g *globalOptions, vol, d string) func(host string, s repo.WarmState, err error) {
+	return func(host string, s repo.WarmState, err error) {
+		switch s {
+		case repo.WarmCached:
+			logf(out, g, "fill %s: mirror %s has layer %s now", vol, host, d)
+		case repo.WarmGaveUp:
+			logf(out, g, "fill %s: mirror %s still does not serve layer %s from its storage (%v); filling anyway", vol, host, d, err)
+		case repo.WarmFetching:
+			logf(out, g, "fill %s: mirror %s is fetching layer %s from its upstream (%v); waiting for it", vol, host, d, err)
+		}
+	}
+}
+
+// warmConfiguredMirrors waits, for each lazy layer of vol's chain, until
+// the first configured mirror of its registry serves it from its storage
+// (repo.Target.WarmMirror), at most wait in all: a fill --mirrors-only's
+// warm-up (see warmMirrors). A layer with no registry origin, or whose
+// registry has no mirror, is an error: nothing would fill it.
+func warmConfiguredMirrors(ctx context.Context, out io.Writer, g *globalOptions, e *env, vol string, wait time.Duration) error {
+	rec, err := volumeRecord(e, vol)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(wait)
+	for _, d := range rec.Layers {
+		if e.store.Has(d) {
+			continue
+		}
+		var l *metadata.Layer
+		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(d); return }); err != nil {
+			return err
+		}
+		var t *repo.Target
+		for _, org := range l.Origins {
+			if o := strings.TrimPrefix(org, "http://"); !strings.HasPrefix(o, "oci:") {
+				if t, err = openTarget(o+"@"+d, &transferFlags{PlainHTTP: o != org, Mirror: e.mirror, MirrorsOnly: true}); err != nil {
+					return fmt.Errorf("layer %s: %w", d, err)
+				}
+				break
+			}
+		}
+		if t == nil {
+			return fmt.Errorf("layer %s has no registry origin to look up on a mirror", d)
+		}
+		if err := t.WarmMirror(ctx, d, deadline, warmLog(out, g, vol, d)); err != nil {
 			return err
 		}
 	}
@@ -248,6 +300,9 @@ func (p fillPlan) fillArgs(vol, rate string) []string {
 	}
 	for _, m := range p.Mirrors {
 		args = append(args, "--only-from", m)
+	}
+	if p.MirrorsOnly {
+		args = append(args, "--mirrors-only")
 	}
 	return args
 }

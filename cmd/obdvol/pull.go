@@ -93,7 +93,7 @@ func runPull(ctx context.Context, out io.Writer, g *globalOptions, o *pullOption
 	lazy := o.Lazy && t.Repo != nil // a layout is local: pull it whole
 	var plan fillPlan
 	if lazy {
-		if plan, err = planFill(o); err != nil {
+		if plan, err = planFill(o, t.MirrorHosts()); err != nil {
 			return err
 		}
 	}

@@ -129,6 +129,9 @@ type env struct {
 	pending map[string]pendingLayer
 	opts    *globalOptions
 	mirror  mirrorFlags // the command's --mirror, --hosts-dir: lazy layers use them too
+	// mirrorsOnly: lazy layers fetch from their registries' mirrors only
+	// (fill --mirrors-only).
+	mirrorsOnly bool
 }
 
 type pendingLayer struct {

@@ -23,6 +23,9 @@ type transferFlags struct {
 	Mirror      mirrorFlags // registered by pull (and fill); zero: the environment's
 
 	RangeConcurrency int // pull: range requests at once for one large blob (rangeauth)
+	// MirrorsOnly (no flag: fill --mirrors-only): content comes from the
+	// registry's configured mirrors only (repo.TargetOptions.MirrorsOnly).
+	MirrorsOnly bool
 }
 
 func (t *transferFlags) register(f *pflag.FlagSet) {
@@ -69,7 +72,8 @@ func openTarget(ref string, f *transferFlags) (*repo.Target, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	return repo.OpenTarget(r, repo.TargetOptions{PlainHTTP: f.PlainHTTP, Mirrors: f.Mirror.Mirrors, HostsDir: f.Mirror.HostsDir})
+	return repo.OpenTarget(r, repo.TargetOptions{PlainHTTP: f.PlainHTTP, Mirrors: f.Mirror.Mirrors, HostsDir: f.Mirror.HostsDir,
+		MirrorsOnly: f.MirrorsOnly})
 }
 
 // mirrorFlags say where pulls may be served from besides the registry
@@ -146,7 +150,7 @@ func remoteResolver(e *env) func(digest string) (repo.RangeFetcher, int64, error
 			if strings.HasPrefix(o, "oci:") {
 				continue
 			}
-			t, err := openTarget(o+"@"+digest, &transferFlags{PlainHTTP: plain, Mirror: e.mirror})
+			t, err := openTarget(o+"@"+digest, &transferFlags{PlainHTTP: plain, Mirror: e.mirror, MirrorsOnly: e.mirrorsOnly})
 			if err != nil || t.Repo == nil {
 				openErr = err
 				continue
