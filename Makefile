@@ -90,7 +90,8 @@ bench: build
 # mirror, lazy with a prefetch list, and each background fill policy;
 # prints the origin's egress and p50/p99 time to ready and first read.
 # FLEET_MODES picks modes (e.g. FLEET_MODES=eager,lazy). Needs about
-# FLEET_N x half the golden of free disk. Then push and pull of a BIG_MIB
+# FLEET_N x half the golden of free disk. Then the cold lazy reads at
+# 100 ms (make bench-lazy's), then push and pull of a BIG_MIB
 # snapshot (default 8192; 0 skips it) as one blob and in parts of BIG_PART
 # (push --max-blob, when obdvol has it) side by side with skopeo copy.
 FLEET_N          ?= 32
@@ -99,7 +100,7 @@ BIG_MIB          ?= 8192
 BIG_PART         ?= 1G
 bench-fleet: build
 	@scripts/deps.sh bench
-	FLEET_N=$(FLEET_N) FLEET_GOLDEN_MIB=$(FLEET_GOLDEN_MIB) BIG_MIB=$(BIG_MIB) BIG_PART=$(BIG_PART) $(GO) run ./tests/bench -only fleet $(BENCH_FLAGS)
+	FLEET_N=$(FLEET_N) FLEET_GOLDEN_MIB=$(FLEET_GOLDEN_MIB) BIG_MIB=$(BIG_MIB) BIG_PART=$(BIG_PART) $(GO) run ./tests/bench -only fleet,lazylat,bigxfer $(BENCH_FLAGS)
 
 # One large layer pulled as one stream vs 4 range requests at once through
 # tests/faultproxy limiting each connection (tests/bench/ranges.go).

@@ -24,6 +24,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/obdvol/obdvol/metadata"
@@ -37,7 +39,7 @@ var (
 	readSecs  = flag.Float64("read-seconds", 1, "seconds per read measurement (one round)")
 	chunks    = flag.Bool("chunks", false, "print the chunk-size table instead")
 	dir       = flag.String("dir", "", "work directory (default: a temp dir)")
-	only      = flag.String("only", "", "run one part: depth, seal, transfer, upload, parts, lazy, lazylat, nbd, clones or ranges (or fleet, bigxfer: make bench-fleet, not in the default run)")
+	only      = flag.String("only", "", "run these parts (comma-separated): depth, seal, transfer, upload, parts, lazy, lazylat, nbd, clones; ranges, fleet and bigxfer are not in the default run (make bench-ranges, make bench-fleet: fleet,lazylat,bigxfer)")
 	cpuprof   = flag.String("cpuprofile", "", "write a CPU profile")
 	xferMiB   = flag.Int("transfer-size", 512, "snapshot size for the push/pull bench, MiB")
 	lazyMiB   = flag.Int("lazy-size", 4096, "snapshot size for the lazy-pull bench, MiB")
@@ -59,12 +61,31 @@ func main() {
 		check(err)
 		defer os.RemoveAll(work)
 	}
-	if *only == "fleet" || *only == "bigxfer" { // make bench-fleet (fleet.go, bigxfer.go): their own goldens
-		if *only == "fleet" {
-			fleetBench(work, *obdvolBin)
+	parts := map[string]bool{}
+	for _, p := range strings.Split(*only, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if !slices.Contains(benchParts, p) {
+				check(fmt.Errorf("-only %s: no such part (%s)", p, strings.Join(benchParts, ", ")))
+			}
+			parts[p] = true
 		}
-		bigTransferBench(work, *obdvolBin)
-		return
+	}
+	// run: a part of the default run, or one named by -only; named says
+	// whether it was named (the parts not in the default run).
+	run := func(part string) bool { return len(parts) == 0 || parts[part] }
+	named := func(part string) bool { return parts[part] }
+	if named("fleet") { // make bench-fleet (fleet.go): its own golden
+		fleetBench(work, *obdvolBin)
+	}
+	if named("fleet") || named("bigxfer") {
+		delete(parts, "fleet")
+		if named("bigxfer") {
+			defer bigTransferBench(work, *obdvolBin) // bigxfer.go: the longest, last
+			delete(parts, "bigxfer")
+		}
+		if len(parts) == 0 {
+			return
+		}
 	}
 	size := uint64(*sizeMiB) << 20
 	img := filepath.Join(work, "image.raw")
@@ -80,37 +101,40 @@ func main() {
 		check(pprof.StartCPUProfile(f))
 		defer pprof.StopCPUProfile()
 	}
-	if *only == "" || *only == "depth" {
+	if run("depth") {
 		depthBench(work, img, size)
 	}
-	if *only == "" || *only == "seal" {
+	if run("seal") {
 		sealBench(work, img, size)
 	}
-	if *only == "" || *only == "transfer" {
+	if run("transfer") {
 		transferBench(work, uint64(*xferMiB)<<20)
 	}
-	if *only == "" || *only == "upload" {
+	if run("upload") {
 		uploadBench(work, uint64(*uploadMiB)<<20) // tests/bench/upload.go
 	}
-	if *only == "" || *only == "parts" {
+	if run("parts") {
 		partsBench(work, uint64(*partsMiB)<<20) // tests/bench/parts.go
 	}
-	if *only == "" || *only == "lazy" {
+	if run("lazy") {
 		lazyBench(work, uint64(*lazyMiB)<<20)
 	}
-	if *only == "" || *only == "lazylat" {
+	if run("lazylat") {
 		lazyLatencyBench(work) // tests/bench/lazylat.go
 	}
-	if *only == "" || *only == "nbd" {
+	if run("nbd") {
 		nbdBench(work, uint64(*nbdMiB)<<20, *obdvolBin, *fioSecs)
 	}
-	if *only == "" || *only == "clones" {
+	if run("clones") {
 		clonesBench(work, *obdvolBin) // tests/bench/clones.go
 	}
-	if *only == "ranges" { // not in the default run (about a minute)
+	if named("ranges") { // not in the default run (about a minute)
 		rangesBench(work) // tests/bench/ranges.go
 	}
 }
+
+// benchParts are the parts -only may name.
+var benchParts = []string{"depth", "seal", "transfer", "upload", "parts", "lazy", "lazylat", "nbd", "clones", "ranges", "fleet", "bigxfer"}
 
 func check(err error) {
 	if err != nil {
