@@ -30,6 +30,11 @@ type layerInfo struct {
 	Extents     uint64 `json:"extents"`
 	State       string `json:"state"`
 	LocalBytes  uint64 `json:"local_bytes"` // how much of the blob is on this host
+	// Origins are the repositories the layer was pulled from (a remote
+	// layer's reads go there); Parts, how many blobs the layer is in
+	// there when it was pushed in parts (push --max-blob), else 0.
+	Origins []string `json:"origins,omitempty"`
+	Parts   int      `json:"parts,omitempty"`
 }
 
 type snapInfo struct {
@@ -87,7 +92,14 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 		for _, d := range v.Layers {
 			li := layerInfo{Digest: d, State: "missing"}
 			if l, err := tx.Layer(d); err == nil {
-				li = layerInfo{Digest: d, VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, StoredBytes: l.StoredBytes, Extents: l.Extents, State: l.State}
+				li = layerInfo{Digest: d, VirtualSize: l.VirtualSize, DataBytes: l.DataBytes, StoredBytes: l.StoredBytes, Extents: l.Extents, State: l.State,
+					Origins: l.Origins}
+				for _, o := range l.Origins {
+					if n := len(l.Parts[o]); n > 0 {
+						li.Parts = n
+						break
+					}
+				}
 			}
 			li.LocalBytes = uint64(e.store.LocalBytes(d))
 			vi.Chain = append(vi.Chain, li)
@@ -138,7 +150,11 @@ func runInfo(ctx context.Context, out io.Writer, g *globalOptions, ref string) e
 	t := newTable(out)
 	fmt.Fprintln(t, "  #\tDIGEST\tLOGICAL\tDATA\tSTORED\tLOCAL\tEXTENTS\tSTATE")
 	for i, l := range vi.Chain {
-		fmt.Fprintf(t, "  %d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i, l.Digest, formatSize(l.VirtualSize), formatSize(l.DataBytes), formatSize(l.StoredBytes), formatSize(l.LocalBytes), l.Extents, l.State)
+		state := l.State
+		if l.Parts > 0 {
+			state += fmt.Sprintf(" (%d parts)", l.Parts)
+		}
+		fmt.Fprintf(t, "  %d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", i, l.Digest, formatSize(l.VirtualSize), formatSize(l.DataBytes), formatSize(l.StoredBytes), formatSize(l.LocalBytes), l.Extents, state)
 	}
 	t.Flush()
 	fmt.Fprintf(out, "snapshots:  %d\n", len(vi.Snapshots))

@@ -150,6 +150,10 @@ func TestPushPullParts(t *testing.T) {
 	if n := int((stored + maxBlob - 1) / maxBlob); parts != n {
 		t.Fatalf("host C records %d parts of the remote layer, want %d", parts, n)
 	}
+	info := c.run(func(o *bytes.Buffer) error { return runInfo(ctx, o, c.g, "g") })
+	if chain, _ := info["volume"].(map[string]any)["chain"].([]any); len(chain) != 1 || num(chain[0].(map[string]any), "parts") != float64(parts) {
+		t.Fatalf("info on host C does not show the layer's %d parts: %v", parts, info)
+	}
 	// Host D, lazy too, pushes its snapshot to another repository of the
 	// registry: the recorded parts are mounted, nothing of the layer is
 	// read (it would be fetched to be hashed).
