@@ -228,11 +228,36 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 		return rc, nil
 	}
 	if d.MediaType == LayerMediaType || d.MediaType == PartMediaType {
-		mounted, err := mount(ctx, p.t, d, p.opts.MountFrom, content)
+		// A registry that answers the mount with an upload session gets
+		// the blob in one PUT there, unless this push uploads in chunks:
+		// then (and when that PUT is refused with 413) the session is
+		// left and upload sends the blob its own way.
+		var body *detachable
+		mountContent := func() (io.ReadCloser, error) {
+			if p.opts.ChunkSize > 0 || p.up.chunk.Load() != 0 {
+				return nil, errMountUpload
+			}
+			rc, err := content()
+			if err != nil {
+				return nil, err
+			}
+			body = &detachable{r: rc}
+			return io.NopCloser(body), nil
+		}
+		mounted, err := mount(ctx, p.t, d, p.opts.MountFrom, mountContent)
 		if mounted && opened == nil {
 			p.skipped.Add(d.Size)
 			p.nMounted.Add(1)
 			return nil
+		}
+		if opened != nil && isTooLarge(err) {
+			p.moved.Add(-body.detach()) // the registry took none of it
+			opened.Close()
+			if p.opts.Progress != nil {
+				p.opts.Progress.Done(name, errUploadRestart)
+			}
+			opened = nil
+			p.up.chunk.CompareAndSwap(0, DefaultChunkSize)
 		}
 		if opened == nil {
 			err = p.upload(ctx, d, content)
@@ -242,6 +267,10 @@ func (p *pusher) blob(ctx context.Context, d ocispec.Descriptor) error {
 	err = p.upload(ctx, d, content)
 	return p.done(name, d, opened, err)
 }
+
+// errMountUpload refuses a mount's upload session: the push uploads in
+// chunks, in a session of its own.
+var errMountUpload = errors.New("upload in chunks, not into the mount's session")
 
 // upload sends d's bytes, monolithically or in chunks (upload.go); a
 // monolithic upload answered 401 is sent once more, reopened (send).

@@ -124,6 +124,40 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 	sameBlobs(t, a, b, cfg)
 }
 
+// A registry that answers a cross-repository mount with an upload session
+// (no mount support) gets the blob in that session; when that upload is
+// refused with 413 the push falls back to chunks in a session of its own,
+// and later blobs go in chunks from the start (the mount's session is
+// refused). The copy pulls back byte-exact.
+func TestPushMountSession413FallsBackToChunks(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	px := faultproxy.Start(t, reg.Addr)
+	a := newStore(t)
+	cfg := chainOf(t, a, 43, 1<<20, 300<<10)
+	if _, err := Push(ctx, a, target(t, px.Addr+"/src:v1", nil), cfg, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	px.Set(faultproxy.Faults{NoMount: true, MaxRequestBody: 512 << 10})
+	prog := &recProgress{}
+	res, err := Push(ctx, a, target(t, px.Addr+"/dst:v1", nil), cfg, PushOptions{Concurrency: 1, Progress: prog, MountFrom: []string{"src"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog.check(t)
+	if res.BlobsMounted != 0 || res.BlobsChunked < 1 || px.Stats().TooLarge == 0 {
+		t.Fatalf("push: %+v, proxy %+v", res, px.Stats())
+	}
+	if res.BytesMoved < cfg.Layers[0].Size+cfg.Layers[1].Size || res.BytesMoved > cfg.Layers[0].Size+cfg.Layers[1].Size+4096 {
+		t.Fatalf("moved %d bytes for layers of %d", res.BytesMoved, cfg.Layers[0].Size+cfg.Layers[1].Size)
+	}
+	b := newStore(t)
+	if _, err := Pull(ctx, b, target(t, px.Addr+"/dst:v1", nil), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, a, b, cfg)
+}
+
 // A chunk size the user set is kept: a registry refusing it fails the
 // push with ErrChunkTooLarge and the session is cancelled.
 func TestPushChunkSizeRefused(t *testing.T) {

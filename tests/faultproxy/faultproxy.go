@@ -57,6 +57,10 @@ type Faults struct {
 	// ChunkMinLength, when > 0, is advertised as OCI-Chunk-Min-Length in
 	// the answers that open blob upload sessions.
 	ChunkMinLength int64
+	// NoMount drops the mount and from parameters of an upload POST, so
+	// that the registry answers a cross-repository mount with an upload
+	// session (202), as registries without mount support do.
+	NoMount bool
 	// CorruptBody flips the bits of the first byte of every blob GET's
 	// answer (200 or 206), headers unchanged: a mirror or cache serving
 	// wrong bytes.
@@ -271,6 +275,12 @@ func (p *Proxy) handler(next http.Handler) http.Handler {
 		}
 		if f.IgnoreRange && isBlobGet(r) {
 			r.Header.Del("Range")
+		}
+		if f.NoMount && r.Method == http.MethodPost && r.URL.Query().Has("mount") {
+			q := r.URL.Query()
+			q.Del("mount")
+			q.Del("from")
+			r.URL.RawQuery = q.Encode()
 		}
 		st := &reqState{faults: f, limit: limit}
 		ctx := r.Context()
