@@ -46,10 +46,10 @@ layer's trailer and index; reads then fetch the chunks they need by range
 requests (verified by their checksums). obdvol fill VOL (or --wait) completes it.
 
 --fill chooses what completes a lazy volume in the background (a detached
-obdvol fill, logging under --root/run/): mirror-only (the default) fills from the
-configured mirrors (OBDVOL_MIRRORS) once they have stored the layers, never from
-the origin, after --fill-delay/--fill-jitter when given, and does nothing
-without a mirror; none leaves it to reads and obdvol fill; now fills from the
+obdvol fill, logging under --root/run/): mirror-only (the default) fills from
+the configured mirrors (--mirror, OBDVOL_MIRRORS, else the registry's
+hosts.toml) once they have stored the layers, never from the origin, after
+--fill-delay/--fill-jitter when given, and does nothing without a mirror; none leaves it to reads and obdvol fill; now fills from the
 origin at once; delayed fills from the origin after --fill-delay plus a random
 part of --fill-jitter. Every host of a fleet filling from the origin multiplies
 its egress by the fleet's size (docs/fleet.md).`,
@@ -57,6 +57,9 @@ its egress by the fleet's size (docs/fleet.md).`,
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.fillTimesSet = cmd.Flags().Changed("fill-delay") || cmd.Flags().Changed("fill-jitter")
+			if !cmd.Flags().Changed("range-concurrency") {
+				o.RangeConcurrency = o.Concurrency // one large blob as parallel as many blobs
+			}
 			return runPull(cmd.Context(), cmd.OutOrStdout(), g, o, args[0], args[1])
 		},
 	}

@@ -31,7 +31,7 @@ type transferFlags struct {
 func (t *transferFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&t.PlainHTTP, "plain-http", false, "use plain HTTP (no TLS)")
 	f.IntVar(&t.Concurrency, "concurrency", 4, "blobs transferred in parallel")
-	f.IntVar(&t.RangeConcurrency, "range-concurrency", 4, "pull: range requests in parallel for one blob of 64 MiB or more (1: one stream)")
+	f.IntVar(&t.RangeConcurrency, "range-concurrency", 4, "pull: range requests in parallel for one blob of 64 MiB or more (1: one stream; default: --concurrency)")
 }
 
 // barProgress renders repo.Progress as one byte progress bar on stderr.
