@@ -26,6 +26,9 @@
 //     by the Location of each answer; a whole upload closes it with one
 //     PUT of the blob, a chunked upload (upload*.go) sends PATCHes of at
 //     most the chunk size in order, then a PUT with the digest.
+//   - upload record: Root/uploads/<sha256 of registry/repo@digest>.session,
+//     a chunked upload's last session Location (and its lock, flock), so
+//     that the next push of the blob there resumes it (upload_record.go).
 //   - part: a byte range of a layer larger than PushOptions.MaxBlob,
 //     pushed as a blob of its own (parts.go); parts exist only in
 //     registries: a pull writes them at their offsets in the layer's

@@ -54,13 +54,16 @@ type PushOptions struct {
 
 // TransferResult summarizes a push or pull.
 type TransferResult struct {
-	Manifest     string        `json:"manifest"`
-	BytesMoved   int64         `json:"bytes_moved"`
-	BytesSkipped int64         `json:"bytes_skipped"`
-	BlobsMoved   int           `json:"blobs_moved"`
-	BlobsSkipped int           `json:"blobs_skipped"`
-	BlobsMounted int           `json:"blobs_mounted"`
-	BlobsChunked int           `json:"blobs_chunked"` // of BlobsMoved, uploaded in chunks
+	Manifest     string `json:"manifest"`
+	BytesMoved   int64  `json:"bytes_moved"`
+	BytesSkipped int64  `json:"bytes_skipped"`
+	BlobsMoved   int    `json:"blobs_moved"`
+	BlobsSkipped int    `json:"blobs_skipped"`
+	BlobsMounted int    `json:"blobs_mounted"`
+	BlobsChunked int    `json:"blobs_chunked"` // of BlobsMoved, uploaded in chunks
+	// BytesResumed is how much of BytesSkipped chunked uploads a push
+	// left held already (resumed, not sent again).
+	BytesResumed int64         `json:"bytes_resumed,omitempty"`
 	Duration     time.Duration `json:"duration_ns"`
 	LayersSplit  int           `json:"layers_split,omitempty"` // layers pushed in parts
 	// Split are the parts of the layers pushed in parts, by layer digest.
@@ -72,7 +75,9 @@ type TransferResult struct {
 // the same registry when possible), then the manifest, tagged with the
 // reference (a digest reference must equal the manifest's digest). Blobs
 // already present are skipped, so an interrupted push resumes by running
-// it again (a blob cut mid-upload starts over). The target checks every
+// it again (a blob cut mid-way through a chunked upload goes on from what
+// its recorded session holds, upload_record.go; one cut mid-way through a
+// whole-blob upload starts over). The target checks every
 // blob against its digest as it receives it.
 func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushOptions) (*TransferResult, error) {
 	start := time.Now()
@@ -107,7 +112,7 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	if strings.HasPrefix(t.Ref.Reference, "sha256:") && mdesc.Digest.String() != t.Ref.Reference {
 		return nil, fmt.Errorf("the manifest of this snapshot is %s, the reference asks for %s", mdesc.Digest, t.Ref.Reference)
 	}
-	ps := &pusher{t: t, opts: opts, open: func(d ocispec.Descriptor) (io.ReadCloser, error) {
+	ps := &pusher{t: t, opts: opts, store: s, open: func(d ocispec.Descriptor) (io.ReadCloser, error) {
 		dg := d.Digest.String()
 		switch pr, ok := parts[d.Digest]; {
 		case d.Digest == cfgDesc.Digest:
@@ -142,7 +147,7 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	res := TransferResult{Manifest: mdesc.Digest.String(), Duration: time.Since(start),
 		BytesMoved: ps.moved.Load(), BytesSkipped: ps.skipped.Load(),
 		BlobsMoved: int(ps.nMoved.Load()), BlobsSkipped: int(ps.nSkipped.Load()), BlobsMounted: int(ps.nMounted.Load()),
-		BlobsChunked: int(ps.up.chunked.Load())}
+		BlobsChunked: int(ps.up.chunked.Load()), BytesResumed: ps.resumed.Load()}
 	for _, l := range cfg.Layers {
 		if len(l.Parts) > 0 && res.Split[l.Digest] == nil {
 			if res.Split == nil {
@@ -192,13 +197,15 @@ func putManifest(ctx context.Context, t *Target, mdesc ocispec.Descriptor, mb []
 
 // pusher uploads the blobs of one push; its methods run concurrently.
 type pusher struct {
-	t    *Target
-	opts PushOptions
-	open func(ocispec.Descriptor) (io.ReadCloser, error)
+	t     *Target
+	opts  PushOptions
+	store *Store // its UploadsDir records chunked uploads (upload_record.go)
+	open  func(ocispec.Descriptor) (io.ReadCloser, error)
 
 	moved, skipped             atomic.Int64
 	nMoved, nSkipped, nMounted atomic.Int32
-	up                         uploads // chunked or monolithic (upload.go)
+	resumed                    atomic.Int64 // bytes recorded sessions held
+	up                         uploads      // chunked or monolithic (upload.go)
 }
 
 // blob makes sure the target holds d: skipped if it has it, else

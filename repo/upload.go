@@ -89,7 +89,12 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 		}
 		started = true
 	}
-	if p.opts.ChunkSize <= 0 && p.up.chunk.Load() == 0 {
+	records := ""
+	if p.store != nil {
+		records = p.store.UploadsDir()
+	}
+	// A blob whose chunked upload a push left goes on in chunks.
+	if p.opts.ChunkSize <= 0 && p.up.chunk.Load() == 0 && !hasUploadRecord(records, recordKey(p.t.Repo, d)) {
 		rc, err := content()
 		if err != nil {
 			return err
@@ -129,7 +134,10 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 		if p.opts.ChunkSize > 0 {
 			return p.opts.ChunkSize
 		}
-		return p.up.chunk.Load()
+		if c := p.up.chunk.Load(); c > 0 {
+			return c
+		}
+		return DefaultChunkSize // a recorded upload resumed in a monolithic push
 	}
 	shrink := func(n int64) bool {
 		if p.opts.ChunkSize > 0 {
@@ -149,7 +157,12 @@ func (p *pusher) send(ctx context.Context, d ocispec.Descriptor, content func() 
 			}
 		}
 	}
-	if err := uploadChunked(ctx, p.t.Repo, d, open, size, shrink); err != nil {
+	resumed := func(n int64) { // read past in the source: not sent
+		p.moved.Add(-n)
+		p.skipped.Add(n)
+		p.resumed.Add(n)
+	}
+	if err := uploadChunked(ctx, p.t.Repo, d, open, size, shrink, records, resumed); err != nil {
 		return err
 	}
 	p.up.chunked.Add(1)

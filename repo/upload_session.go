@@ -40,19 +40,33 @@ type chunkUpload struct {
 
 	shrunk  bool // the last PATCH was refused with 413 and the size shrank
 	resyncs int  // 416s and failed requests recovered from (for tests)
+
+	records string        // where sessions are recorded (upload_record.go); "": not
+	rec     *uploadRecord // this upload's record, nil when not recorded
+	// resumed, when set, is told how many bytes a recorded session
+	// already held (read past in the source, not sent).
+	resumed func(n int64)
 	// skipOnce, when > 0, makes the next PATCH claim an offset this many
 	// bytes too far once (tests force an out-of-order PATCH with it).
 	skipOnce int64
 }
 
-// uploadChunked uploads blob d to repo r in chunks.
+// uploadChunked uploads blob d to repo r in chunks, its session recorded
+// under records ("": not) so that a later push resumes it, resumed told
+// the bytes a resumed session held.
 func uploadChunked(ctx context.Context, r *remote.Repository, d ocispec.Descriptor, open func() (io.ReadCloser, error),
-	size func() int64, shrink func(int64) bool) error {
+	size func() int64, shrink func(int64) bool, records string, resumed func(int64)) error {
 	u, err := newChunkUpload(r, d, open, size, shrink)
 	if err != nil {
 		return err
 	}
+	u.records, u.resumed = records, resumed
 	return u.run(ctx)
+}
+
+// recordKey names d's upload to r among the records.
+func recordKey(r *remote.Repository, d ocispec.Descriptor) string {
+	return r.Reference.Registry + "/" + r.Reference.Repository + "@" + d.Digest.String()
 }
 
 func newChunkUpload(r *remote.Repository, d ocispec.Descriptor, open func() (io.ReadCloser, error),
@@ -72,19 +86,64 @@ func newChunkUpload(r *remote.Repository, d ocispec.Descriptor, open func() (io.
 	return &chunkUpload{client: client, repo: r, d: d, open: open, size: size, shrink: shrink, reg: reg}, nil
 }
 
-// run opens a session, sends every chunk, and closes the session with
-// the digest; a failed upload's session is cancelled (best effort).
+// run opens a session (or resumes the recorded one), sends every chunk,
+// and closes the session with the digest. A failed upload's session is
+// cancelled (best effort) and its record removed, unless the upload ended
+// with its context: a recorded session then stays for the next push.
 func (u *chunkUpload) run(ctx context.Context) error {
 	ctx = auth.AppendRepositoryScope(ctx, u.repo.Reference, auth.ActionPull, auth.ActionPush)
 	defer u.closeSource()
-	if err := u.start(ctx); err != nil {
+	rec, saved, err := openUploadRecord(u.records, recordKey(u.repo, u.d))
+	if err != nil {
 		return err
+	}
+	u.rec = rec
+	defer u.rec.close()
+	if saved == "" || !u.resume(ctx, saved) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := u.start(ctx); err != nil {
+			return err
+		}
 	}
 	if err := u.sendAll(ctx); err != nil {
-		u.cancel(ctx)
+		if ctx.Err() == nil || u.rec == nil {
+			u.cancel(ctx)
+			u.rec.remove()
+		}
 		return err
 	}
+	u.rec.remove()
 	return nil
+}
+
+// resume continues the session recorded at loc: it asks the registry how
+// much the session holds and goes on from there. It reports false (start
+// a new session) when the location is not the registry's or the registry
+// no longer knows the session.
+func (u *chunkUpload) resume(ctx context.Context, loc string) bool {
+	l, err := resolveLocation(u.reg, u.reg, loc)
+	if err != nil {
+		return false
+	}
+	u.loc = l
+	if err := u.resync(ctx); err != nil {
+		u.loc = nil
+		return false
+	}
+	if u.resumed != nil && u.off > 0 {
+		u.resumed(u.off)
+	}
+	return true
+}
+
+// note records the session's current location (after it changed).
+func (u *chunkUpload) note() error {
+	if u.rec == nil {
+		return nil
+	}
+	return u.rec.save(recordKey(u.repo, u.d), u.loc.String())
 }
 
 // sendAll sends the chunks from u.off on, recovering from 416s, 413s
@@ -154,7 +213,7 @@ func (u *chunkUpload) start(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return u.note()
 }
 
 // patch sends the next chunk. It reports whether the registry took it;
@@ -207,6 +266,9 @@ func (u *chunkUpload) patch(ctx context.Context) (bool, error) {
 	if err := u.follow(req.URL, resp); err != nil {
 		return false, err
 	}
+	if err := u.note(); err != nil {
+		return false, err
+	}
 	last, err := parseUploadRange(resp.Header.Get("Range"))
 	if err != nil || last != first+n-1 {
 		// It took the chunk at another offset than we said: find out.
@@ -246,6 +308,9 @@ func (u *chunkUpload) resync(ctx context.Context) error {
 		return fmt.Errorf("chunked upload of %s: the registry holds %d bytes of a %d-byte blob", u.d.Digest, held, u.d.Size)
 	}
 	if err := u.follow(req.URL, resp); err != nil {
+		return err
+	}
+	if err := u.note(); err != nil {
 		return err
 	}
 	return u.seek(held)

@@ -245,3 +245,54 @@ func TestPushKilledMidPartsResumes(t *testing.T) {
 	b.ok("pull", "--plain-http", ref, "g")
 	b.wantDisk("g", want)
 }
+
+// A chunked push killed (SIGKILL) in the middle of its one blob resumes in
+// a new process: the session it recorded (--root/uploads) is asked where
+// it stands and only the rest is sent; the artifact pulls byte-exact.
+func TestChunkedPushKilledResumes(t *testing.T) {
+	reg := regtest.Start(t)
+	fp := faultproxy.Start(t, reg.Addr)
+	h := newCLI(t)
+	h.ok("create", "g", "--size", "8M", "--codec", "none")
+	h.ok("import", "g", writeImage(t, 8<<20, 32))
+	h.ok("snapshot", "g@v1")
+	want := h.exportFile("g@v1")
+	fp.Set(faultproxy.Faults{Latency: 50 * time.Millisecond})
+	ref := fp.Addr + "/disks/g:v1"
+	args := []string{"push", "--plain-http", "--max-blob", "0", "--chunk-size", "256K", "g@v1", ref}
+	cmd := h.command(context.Background(), args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := func() int64 {
+		m, _ := filepath.Glob(filepath.Join(reg.Dir, "storage", "docker", "registry", "v2", "repositories", "disks", "g", "_uploads", "*", "data"))
+		var n int64
+		for _, p := range m {
+			if fi, err := os.Stat(p); err == nil {
+				n = max(n, fi.Size())
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(time.Minute); held() < 2<<20; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the push's session held %d bytes after a minute", held())
+		}
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	before := held()
+	fp.Set(faultproxy.Faults{})
+	res := h.json(args...)
+	resumed, moved := jint(t, res, "result", "bytes_resumed"), jint(t, res, "result", "bytes_moved")
+	if resumed < 2<<20 || resumed > before || moved+resumed < 6<<20 {
+		t.Fatalf("push after a kill with %d bytes in the session: %v", before, res)
+	}
+	t.Logf("killed with %d bytes in the session; the second push resumed at %d and sent %d", before, resumed, moved)
+	b := newCLI(t)
+	b.ok("pull", "--plain-http", ref, "g")
+	b.wantDisk("g", want)
+}
