@@ -1,8 +1,11 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"testing"
 
@@ -106,4 +109,83 @@ func FuzzUploadRecord(f *testing.F) {
 			t.Fatalf("location %q from invalid JSON %q", loc, b)
 		}
 	})
+}
+
+// blockingReader serves data and, from offset at on, blocks (telling
+// blocked once) until ctx ends.
+type blockingReader struct {
+	data    []byte
+	off, at int64
+	ctx     context.Context
+	blocked chan struct{}
+}
+
+func (r *blockingReader) Read(p []byte) (int, error) {
+	if r.off >= r.at {
+		close(r.blocked)
+		<-r.ctx.Done()
+		return 0, r.ctx.Err()
+	}
+	n := copy(p, r.data[r.off:min(int64(len(r.data)), r.at)])
+	r.off += int64(n)
+	return n, nil
+}
+
+func (r *blockingReader) Close() error { return nil }
+
+// An upload stopped between chunks (its context ended while it read the
+// next chunk; on disk the same as a kill there) keeps its session and
+// record; the next upload of the blob asks the session where it stands
+// and sends only the rest, and the registry holds the exact blob.
+// (docker-registry 2.8 cancels a session asked at an older state token,
+// so a stop while a chunk was in flight costs a new session there: see
+// TestChunkedUploadStaleRecord.)
+func TestChunkedUploadResumesRecordedSession(t *testing.T) {
+	ctx := context.Background()
+	reg := regtest.Start(t)
+	a := newStore(t)
+	cfg := chainOf(t, a, 45, 3<<20)
+	tg := target(t, reg.Addr+"/resume:v1", nil)
+	d := layerDescriptors(cfg)[0]
+	data, err := os.ReadFile(mustPath(a, d.Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := func() int64 { return 256 << 10 }
+	never := func(int64) bool { return false }
+
+	cctx, cancel := context.WithCancel(ctx)
+	br := &blockingReader{data: data, at: 1 << 20, ctx: cctx, blocked: make(chan struct{})}
+	u, err := newChunkUpload(tg.Repo, d, func() (io.ReadCloser, error) { return br, nil }, chunk, never)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.records = a.UploadsDir()
+	done := make(chan error, 1)
+	go func() { done <- u.run(cctx) }()
+	<-br.blocked
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("stopped upload: %v", err)
+	}
+	if !hasUploadRecord(a.UploadsDir(), recordKey(tg.Repo, d)) {
+		t.Fatal("a stopped upload left no record")
+	}
+
+	var resumed int64
+	u, err = newChunkUpload(tg.Repo, d, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }, chunk, never)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.records, u.resumed = a.UploadsDir(), func(n int64) { resumed = n }
+	if err := u.run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if resumed != 1<<20 {
+		t.Fatalf("resumed at %d, want %d", resumed, 1<<20)
+	}
+	registryHolds(t, reg, d.Digest.String(), data)
+	if hasUploadRecord(a.UploadsDir(), recordKey(tg.Repo, d)) {
+		t.Fatal("the record outlived the upload")
+	}
 }
