@@ -9,6 +9,8 @@ import (
 	"os"
 	"testing"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/obdvol/obdvol/tests/regtest"
 )
 
@@ -56,16 +58,21 @@ func TestUploadRecord(t *testing.T) {
 	}
 }
 
+// oneLayerWorld is a registry, a store holding a chain of one layer of
+// about size bytes (seed), the target name:v1 and the layer.
+func oneLayerWorld(t *testing.T, seed int64, size int, name string) (*regtest.Registry, *Store, *ChainConfig, *Target, ocispec.Descriptor) {
+	reg := regtest.Start(t)
+	a := newStore(t)
+	cfg := chainOf(t, a, seed, size)
+	return reg, a, cfg, target(t, reg.Addr+"/"+name+":v1", nil), layerDescriptors(cfg)[0]
+}
+
 // A record whose session the registry does not know (purged, or of
 // another registry's run) costs nothing but a new session: the push
 // succeeds, resuming nothing, and the record is gone after it.
 func TestChunkedUploadStaleRecord(t *testing.T) {
 	ctx := context.Background()
-	reg := regtest.Start(t)
-	a := newStore(t)
-	cfg := chainOf(t, a, 44, 1<<20)
-	tg := target(t, reg.Addr+"/stale:v1", nil)
-	d := layerDescriptors(cfg)[0]
+	reg, a, cfg, tg, d := oneLayerWorld(t, 44, 1<<20, "stale")
 	r, _, err := openUploadRecord(a.UploadsDir(), recordKey(tg.Repo, d))
 	if err != nil || r == nil {
 		t.Fatal(r, err)
@@ -142,11 +149,7 @@ func (r *blockingReader) Close() error { return nil }
 // TestChunkedUploadStaleRecord.)
 func TestChunkedUploadResumesRecordedSession(t *testing.T) {
 	ctx := context.Background()
-	reg := regtest.Start(t)
-	a := newStore(t)
-	cfg := chainOf(t, a, 45, 3<<20)
-	tg := target(t, reg.Addr+"/resume:v1", nil)
-	d := layerDescriptors(cfg)[0]
+	reg, a, _, tg, d := oneLayerWorld(t, 45, 3<<20, "resume")
 	data, err := os.ReadFile(mustPath(a, d.Digest.String()))
 	if err != nil {
 		t.Fatal(err)
