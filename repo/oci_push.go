@@ -129,6 +129,13 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 		}
 		return s.Open(dg)
 	}}
+	// A registry that refused whole blobs before gets chunks at once, of
+	// the size it took (upload_record.go).
+	var learned int64
+	if t.Repo != nil && opts.ChunkSize <= 0 {
+		learned = loadChunkSize(s.UploadsDir(), t.Ref.Remote.Registry)
+		ps.up.chunk.Store(learned)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(opts.Concurrency)
 	seen := make(map[digest.Digest]bool) // a chain may hold one blob twice
@@ -138,7 +145,13 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 			g.Go(func() error { return ps.blob(gctx, d) })
 		}
 	}
-	if err := g.Wait(); err != nil {
+	err = g.Wait()
+	if c := ps.up.chunk.Load(); c > 0 && c != learned {
+		if serr := saveChunkSize(s.UploadsDir(), t.Ref.Remote.Registry, c); serr != nil && err == nil {
+			err = fmt.Errorf("keep the chunk size %d of %s: %w", c, t.Ref.Remote.Registry, serr)
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := putManifest(ctx, t, mdesc, mb); err != nil {

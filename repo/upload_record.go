@@ -148,3 +148,71 @@ func (r *uploadRecord) close() {
 	r.f.Close() // drops the flock
 	r.f = nil
 }
+
+// A registry's chunk size. The 413 fallback (upload.go) learns that a
+// registry, or a proxy in front of it, refuses whole blobs: the chunk size
+// it settled on is kept in <root>/uploads/<sha256 of the registry>.chunk
+// (JSON, written temp + fsync + rename), and later pushes to that
+// registry upload in chunks of that size from the start instead of
+// sending a whole blob to be refused again. --chunk-size overrides it;
+// removing the file forgets it.
+
+// learnedChunk is a .chunk file's content.
+type learnedChunk struct {
+	Registry  string `json:"registry"`
+	ChunkSize int64  `json:"chunk_size"`
+}
+
+func chunkPath(dir, registry string) string {
+	sum := sha256.Sum256([]byte(registry))
+	return filepath.Join(dir, hex.EncodeToString(sum[:])+".chunk")
+}
+
+// loadChunkSize returns the chunk size learned for registry, 0 for none
+// (or a file that is not one: it is ignored).
+func loadChunkSize(dir, registry string) int64 {
+	if dir == "" {
+		return 0
+	}
+	b, err := os.ReadFile(chunkPath(dir, registry))
+	if err != nil || len(b) > maxRecord {
+		return 0
+	}
+	var lc learnedChunk
+	if json.Unmarshal(b, &lc) != nil || lc.Registry != registry || lc.ChunkSize < MinChunkSize || lc.ChunkSize > maxChunkSize {
+		return 0
+	}
+	return lc.ChunkSize
+}
+
+// saveChunkSize keeps n as registry's chunk size.
+func saveChunkSize(dir, registry string, n int64) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(learnedChunk{Registry: registry, ChunkSize: n})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".chunk-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), chunkPath(dir, registry)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}

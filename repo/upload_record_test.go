@@ -192,3 +192,20 @@ func TestChunkedUploadResumesRecordedSession(t *testing.T) {
 		t.Fatal("the record outlived the upload")
 	}
 }
+
+// Whatever a .chunk file holds, loading it never panics and gives 0 or
+// a chunk size a push may use, for that registry only.
+func FuzzLearnedChunk(f *testing.F) {
+	f.Add([]byte(`{"registry":"r:5000","chunk_size":16777216}`))
+	f.Add([]byte(`{"registry":"r:5000","chunk_size":1}`))
+	f.Add([]byte(`{"registry":"other","chunk_size":16777216}`))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(chunkPath(dir, "r:5000"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if n := loadChunkSize(dir, "r:5000"); n != 0 && (n < MinChunkSize || n > maxChunkSize) {
+			t.Fatalf("chunk size %d from %q", n, b)
+		}
+	})
+}

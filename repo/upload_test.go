@@ -122,6 +122,21 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameBlobs(t, a, b, cfg)
+
+	// The next push from this store to the registry sends chunks of the
+	// size it learned (256 KiB) at once: nothing refused.
+	if got := loadChunkSize(a.UploadsDir(), px.Addr); got != MinChunkSize {
+		t.Fatalf("learned chunk size %d, want %d", got, MinChunkSize)
+	}
+	refused := px.Stats().TooLarge
+	cfg2 := chainOf(t, a, 46, 1<<20)
+	res, err = Push(ctx, a, target(t, px.Addr+"/fallback2:v1", nil), cfg2, PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BlobsChunked != 2 || px.Stats().TooLarge != refused {
+		t.Fatalf("second push: %+v, %d refused (first push: %d)", res, px.Stats().TooLarge, refused)
+	}
 }
 
 // A registry that answers a cross-repository mount with an upload session
