@@ -28,8 +28,10 @@ import (
 // that push to chunks of DefaultChunkSize and uploads the blob again; in
 // that mode a chunk answered 413 halves the chunk size (from the refused
 // chunk's size, not below MinChunkSize; a refused chunk of MinChunkSize
-// fails the push) for the rest of the push. A chunk size the user set is
-// kept: a 413 then fails the push with ErrChunkTooLarge.
+// fails the push) for the rest of the push. The size settled on is kept
+// for the registry, and later pushes start with it (upload_record.go). A
+// chunk size the user set is kept: a 413 then fails the push with
+// ErrChunkTooLarge.
 
 // DefaultChunkSize is the chunk size a push falls back to after a 413.
 const DefaultChunkSize = 16 << 20
