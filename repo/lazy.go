@@ -122,6 +122,7 @@ type LazyBlob struct {
 
 	sizeChecked atomic.Bool  // the remote stated the blob's size, and it is size
 	noMirrors   atomic.Bool  // bytes of this blob failed a check: fetch from the origin only
+	streamRate  atomic.Int64 // bytes a second a whole-blob stream may take, 0: any (a Fill's Rate)
 	filling     atomic.Int32 // Fills running on this LazyBlob (they hold the pin)
 	whole       wholeStream  // a whole-blob answer being streamed in (lazy_whole.go)
 

@@ -241,6 +241,10 @@ func (b *LazyBlob) Fill(ctx context.Context, s *Store, opts FillOptions) error {
 	}
 	b.filling.Add(1)
 	b.lk.mu.Unlock()
+	// A registry that ignores Range sends the blob as one stream
+	// (lazy_whole.go): the fill's rate bounds it too.
+	b.streamRate.Store(max(opts.Rate, 0))
+	defer b.streamRate.Store(0)
 	defer func() {
 		b.lk.mu.Lock()
 		if b.filling.Add(-1) == 0 && !b.lk.closed {

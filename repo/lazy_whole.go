@@ -246,6 +246,38 @@ func (s *stallReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// pacer keeps a whole-blob stream within the rate of a fill that runs
+// (LazyBlob.streamRate), counted from when the stream first saw it.
+type pacer struct {
+	since time.Time // zero: no rate seen (or no longer)
+	from  int64     // the stream's offset then
+}
+
+// pace waits until the stream, at offset off, is within the rate; it
+// fails when b is closed meanwhile.
+func (p *pacer) pace(b *LazyBlob, off int64) error {
+	rate := b.streamRate.Load()
+	if rate <= 0 {
+		p.since = time.Time{}
+		return nil
+	}
+	if p.since.IsZero() {
+		p.since, p.from = time.Now(), off
+	}
+	ahead := time.Duration(float64(off-p.from)/float64(rate)*float64(time.Second)) - time.Since(p.since)
+	if ahead <= 0 {
+		return nil
+	}
+	t := time.NewTimer(ahead)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-b.closing.Done():
+		return fmt.Errorf("lazy blob %s: %w", b.digest, errClosed)
+	}
+}
+
 // streamClaimed writes the whole blob from body into the .lazy file,
 // wholeSpan bytes at a time through commit (pages the map has are not
 // rewritten), and checks its size and sha256; a mismatch forgets every
@@ -259,8 +291,12 @@ func (b *LazyBlob) streamClaimed(body io.Reader, total int64) error {
 	span := max(pg, wholeSpan/pg*pg)
 	buf := make([]byte, min(span, b.size))
 	h := newHasher()
+	var p pacer
 	for off := int64(0); off < b.size; {
 		m := min(span, b.size-off)
+		if err := p.pace(b, off); err != nil {
+			return err
+		}
 		got, err := io.ReadFull(body, buf[:m])
 		if err != nil {
 			return fmt.Errorf("whole-blob answer (the registry ignores Range) cut after %d of %d bytes: %w", off+int64(got), b.size, err)

@@ -308,3 +308,31 @@ func TestLazyWholeStreamDetached(t *testing.T) {
 	}
 	readAll(t, b3, data[1])
 }
+
+// A fill with a rate bounds a whole-blob stream too (a registry ignoring
+// Range sends the blob in one answer): a 12 MiB blob filled at 8 MiB/s
+// takes at least the 8 MiB past its first span's second, costs about one
+// copy of the blob (the fill's two first requests go out together, before
+// the host is known to ignore Range: the second is dropped), and comes out
+// whole.
+func TestLazyWholeStreamFillRate(t *testing.T) {
+	data, dgs, _, p := brokenRangeFixture(t, 12<<20)
+	s := newStore(t)
+	p.Set(faultproxy.Faults{IgnoreRange: true})
+	b := openLazy(t, s, dgs[0], proxyRanges(t, p), len(data[0]))
+	const rate = 8 << 20
+	start := time.Now()
+	if err := b.Fill(context.Background(), s, FillOptions{Rate: rate}); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if min := time.Duration(float64(len(data[0])-wholeSpan) / rate * 0.8 * float64(time.Second)); took < min {
+		t.Fatalf("a %d-byte whole-blob stream at %d B/s took %v, want at least %v", len(data[0]), rate, took, min)
+	}
+	if got := fileDigest(t, mustPath(s, dgs[0])); got != dgs[0] || p.Stats().BytesOut > int64(len(data[0]))*3/2 {
+		t.Fatalf("paced whole-blob fill: %s, %+v", got, p.Stats())
+	}
+	if b.streamRate.Load() != 0 {
+		t.Fatal("the fill's rate outlived it")
+	}
+}

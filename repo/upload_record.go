@@ -202,7 +202,8 @@ func saveChunkSize(dir, registry string, n int64) error {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err == nil {
+	_, err = f.Write(b)
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
