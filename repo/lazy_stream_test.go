@@ -154,7 +154,10 @@ func TestLazyStreamReadAhead(t *testing.T) {
 	if maxEnd > stop+ra || maxEnd < stop+ra/2 {
 		t.Fatalf("reader stopped at %d: fetched up to %d, want within [%d, %d]", stop, maxEnd, stop+ra/2, stop+ra)
 	}
-	if n != maxEnd || calls > int(maxEnd/minPiece)+4 {
+	// At most two requests a span (a chunk read may claim its own pages
+	// before the hint's goroutine claims the rest, on a loaded machine),
+	// not one a chunk (16 a span).
+	if n != maxEnd || calls > 2*int(maxEnd/minPiece)+4 {
 		t.Fatalf("%d requests for %d bytes up to %d: want each byte once, in requests of about %d", calls, n, maxEnd, minPiece)
 	}
 	t.Logf("%d requests, %d bytes, up to %d", calls, n, maxEnd)
