@@ -147,9 +147,9 @@ func Push(ctx context.Context, s *Store, t *Target, cfg *ChainConfig, opts PushO
 	}
 	err = g.Wait()
 	if c := ps.up.chunk.Load(); c > 0 && c != learned {
-		if serr := saveChunkSize(s.UploadsDir(), t.Ref.Remote.Registry, c); serr != nil && err == nil {
-			err = fmt.Errorf("keep the chunk size %d of %s: %w", c, t.Ref.Remote.Registry, serr)
-		}
+		// Best effort: a size not kept costs the next push one refused
+		// whole blob, not this push.
+		saveChunkSize(s.UploadsDir(), t.Ref.Remote.Registry, c)
 	}
 	if err != nil {
 		return nil, err

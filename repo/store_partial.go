@@ -169,6 +169,9 @@ func removeIfUnlocked(path string, dryRun bool) (int64, bool, error) {
 //     ingest) whose flock is free;
 //   - partial/*.part downloads whose flock is free (an interrupted pull:
 //     the next pull of that blob starts over instead of resuming);
+//   - uploads/*.session records of chunked uploads no push holds (an
+//     interrupted push: the next push of that blob starts over instead of
+//     resuming; upload_record.go);
 //   - partial/*.map present-maps whose .lazy file is gone (they would
 //     claim pages of a fresh, empty lazy file), and *.segs segment maps
 //     whose .part file is gone.
@@ -208,6 +211,9 @@ func (s *Store) CleanLeftovers(dryRun bool) ([]string, int64, error) {
 		return paths, total, err
 	}
 	if err := sweep(s.PartialDir(), func(name string) bool { return strings.HasSuffix(name, ".part") }); err != nil {
+		return paths, total, err
+	}
+	if err := sweep(s.UploadsDir(), func(name string) bool { return strings.HasSuffix(name, ".session") }); err != nil {
 		return paths, total, err
 	}
 	// Orphan maps: the .lazy is gone.

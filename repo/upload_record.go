@@ -24,7 +24,8 @@ import (
 // registry where the session stands (GET: Range) and sends the rest; a
 // session the registry no longer knows starts over in a new one. The
 // record goes when the upload ends with 201, or fails other than by its
-// context ending (its session is then cancelled).
+// context ending (its session is then cancelled), or when gc finds no push
+// holding it (CleanLeftovers: the next push of that blob starts over).
 //
 // The record file is also the lock: an exclusive flock, taken without
 // waiting, held while the upload runs. A second process pushing the same

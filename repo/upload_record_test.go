@@ -209,3 +209,31 @@ func FuzzLearnedChunk(f *testing.F) {
 		}
 	})
 }
+
+// gc (CleanLeftovers) removes the records no push holds, and keeps a
+// held one.
+func TestUploadRecordLeftovers(t *testing.T) {
+	s := newStore(t)
+	held, _, err := openUploadRecord(s.UploadsDir(), "r/a@sha256:01")
+	if err != nil || held == nil {
+		t.Fatal(held, err)
+	}
+	defer held.close()
+	held.save("r/a@sha256:01", "http://r/v2/a/blobs/uploads/1")
+	left, _, err := openUploadRecord(s.UploadsDir(), "r/a@sha256:02")
+	if err != nil || left == nil {
+		t.Fatal(left, err)
+	}
+	left.save("r/a@sha256:02", "http://r/v2/a/blobs/uploads/2")
+	left.close()
+	paths, _, err := s.CleanLeftovers(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) != 1 || paths[0] != recordPath(s.UploadsDir(), "r/a@sha256:02") {
+		t.Fatalf("removed %v", paths)
+	}
+	if !hasUploadRecord(s.UploadsDir(), "r/a@sha256:01") {
+		t.Fatal("gc removed a held record")
+	}
+}

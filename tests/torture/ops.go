@@ -699,8 +699,17 @@ func (w *world) opPush() bool {
 	ref := fmt.Sprintf("%s/torture/r:%s", w.reg.Addr, t)
 	tg := &tag{data: append([]byte(nil), v.snaps[sn].alts[0].data...), bs: v.bs, snap: sn}
 	w.tags[t] = tg
-	w.logf("push %s@%s %s", v.name, sn, t)
-	w.background("push", func(p *proc) { tg.pushed = p.ok() }, "push", v.name+"@"+sn, ref, "--plain-http")
+	// Sometimes in chunks (a session recorded under --root/uploads, which
+	// a killed push leaves for the next one, and gc removes) or in parts.
+	args := []string{"push", v.name + "@" + sn, ref, "--plain-http"}
+	switch w.rng.Intn(4) {
+	case 0:
+		args = append(args, "--chunk-size", []string{"64K", "256K"}[w.rng.Intn(2)])
+	case 1:
+		args = append(args, "--max-blob", "64K")
+	}
+	w.logf("%s as %s", strings.Join(args, " "), t)
+	w.background("push", func(p *proc) { tg.pushed = p.ok() }, args...)
 	return true
 }
 
