@@ -18,7 +18,7 @@ import (
 // say so: the harness runs before and after that flag exists.
 
 var (
-	bigMiB  = flag.Int("big-size", envInt("BIG_MIB", 8192), "big transfer bench: snapshot size in MiB (0 skips it; default from $BIG_MIB)")
+	bigMiB  = flag.Int("big-size", envSize("BIG_MIB", 8192), "big transfer bench: snapshot size in MiB (0 skips it; default from $BIG_MIB)")
 	bigPart = flag.String("big-part", envStr("BIG_PART", "1G"), "big transfer bench: push --max-blob of the parts rows")
 )
 

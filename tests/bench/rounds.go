@@ -30,6 +30,14 @@ func envInt(name string, def int) int {
 	return def
 }
 
+// envSize is envInt where 0 is a value (a part to skip).
+func envSize(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n >= 0 {
+		return n
+	}
+	return def
+}
+
 // series is one configuration of a comparison: how to measure it once,
 // and what it measured, one value per round.
 type series struct {
