@@ -50,9 +50,17 @@ type Endpoint struct {
 	// prefix ending in /v2, or any path with OverridePath); no query.
 	URL          url.URL
 	Capabilities Capability
-	SkipVerify   bool        // TLS certificate not checked (test setups only)
-	CAs          []string    // PEM files of extra CAs trusted for this host
+	SkipVerify   bool     // TLS certificate not checked (test setups only)
+	CAs          []string // PEM files of extra CAs trusted for this host
+	Clients      []ClientCert
 	Header       http.Header // added to every request to this host
+}
+
+// ClientCert is a client certificate presented to a host that asks for
+// one (mutual TLS): PEM files of the certificate and its key (Key "": the
+// key is in Cert's file too).
+type ClientCert struct {
+	Cert, Key string
 }
 
 // Host is the endpoint's host[:port].
@@ -93,8 +101,9 @@ type hostEntry struct {
 // ParseHostsTOML parses a hosts.toml (containerd's format): server,
 // capabilities, skip_verify, ca (a path or a list, relative to dir when not
 // absolute), header, override_path, and [host."URL"] tables with the same
-// keys, kept in the file's order. client certificates are refused (not
-// supported). A host without capabilities gets pull and resolve, as in
+// keys, kept in the file's order; client is a path (certificate and key in
+// one PEM file), or a list of paths and [certificate, key] pairs, relative
+// to dir when not absolute. A host without capabilities gets pull and resolve, as in
 // containerd; a host entry for the server itself is dropped (the server is
 // always tried last).
 func ParseHostsTOML(data []byte, dir string) (*HostsConfig, error) {
@@ -197,11 +206,69 @@ func hostOrder(data []byte) ([]string, error) {
 	return order, p.Error()
 }
 
+// clientCerts reads a client setting: a path, or a list of paths and
+// [certificate, key] pairs (containerd's forms).
+func clientCerts(v any, dir string) ([]ClientCert, error) {
+	abs := func(p string) (string, error) {
+		if p == "" {
+			return "", errors.New("client: empty path")
+		}
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		return p, nil
+	}
+	bad := errors.New("client: want a path, or a list of paths and [certificate, key] pairs")
+	var out []ClientCert
+	add := func(cert, key string) error {
+		c, err := abs(cert)
+		if err != nil {
+			return err
+		}
+		var k string
+		if key != "" {
+			if k, err = abs(key); err != nil {
+				return err
+			}
+		}
+		out = append(out, ClientCert{Cert: c, Key: k})
+		return nil
+	}
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return out, add(v, "")
+	case []any:
+		for _, e := range v {
+			switch e := e.(type) {
+			case string:
+				if err := add(e, ""); err != nil {
+					return nil, err
+				}
+			case []any:
+				if len(e) != 2 {
+					return nil, bad
+				}
+				c, ok1 := e[0].(string)
+				k, ok2 := e[1].(string)
+				if !ok1 || !ok2 {
+					return nil, bad
+				}
+				if err := add(c, k); err != nil {
+					return nil, err
+				}
+			default:
+				return nil, bad
+			}
+		}
+		return out, nil
+	}
+	return nil, bad
+}
+
 // endpointOf builds an endpoint from a host URL and its settings.
 func endpointOf(raw string, he hostEntry, dir string) (*Endpoint, error) {
-	if he.Client != nil {
-		return nil, errors.New("client certificates are not supported")
-	}
 	u, err := ParseEndpointURL(raw, he.OverridePath)
 	if err != nil {
 		return nil, err
@@ -247,6 +314,9 @@ func endpointOf(raw string, he hostEntry, dir string) (*Endpoint, error) {
 		if !filepath.IsAbs(c) && dir != "" {
 			ep.CAs[i] = filepath.Join(dir, c)
 		}
+	}
+	if ep.Clients, err = clientCerts(he.Client, dir); err != nil {
+		return nil, err
 	}
 	if len(he.Header) > 0 {
 		ep.Header = http.Header{}

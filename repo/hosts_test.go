@@ -59,11 +59,32 @@ func TestParseHostsTOML(t *testing.T) {
 	}
 }
 
+// client takes containerd's forms: a path (certificate and key in one
+// file), or a list of paths and [certificate, key] pairs, relative paths
+// under the file's directory.
+func TestParseHostsTOMLClient(t *testing.T) {
+	doc := `[host."https://a"]` + "\nclient = \"both.pem\"\n" +
+		`[host."https://b"]` + "\nclient = [\"/x/one.pem\", [\"c.cert\", \"/k/c.key\"]]\n"
+	cfg, err := ParseHostsTOML([]byte(doc), "/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Hosts[0].Clients; !reflect.DeepEqual(got, []ClientCert{{Cert: "/d/both.pem"}}) {
+		t.Fatalf("a: %+v", got)
+	}
+	want := []ClientCert{{Cert: "/x/one.pem"}, {Cert: "/d/c.cert", Key: "/k/c.key"}}
+	if got := cfg.Hosts[1].Clients; !reflect.DeepEqual(got, want) {
+		t.Fatalf("b: %+v", got)
+	}
+}
+
 func TestParseHostsTOMLRefuses(t *testing.T) {
 	for name, doc := range map[string]string{
 		"unknown key":        `[host."https://m"]` + "\nmirror_of = 1\n",
 		"unknown capability": `[host."https://m"]` + "\ncapabilities = [\"fly\"]\n",
-		"client certs":       `[host."https://m"]` + "\nclient = [\"a.cert\", \"a.key\"]\n",
+		"client type":        `[host."https://m"]` + "\nclient = 3\n",
+		"client pair":        `[host."https://m"]` + "\nclient = [[\"a.cert\"]]\n",
+		"client empty":       `[host."https://m"]` + "\nclient = \"\"\n",
 		"bad scheme":         `[host."ftp://m"]` + "\n",
 		"credentials":        `[host."https://u:p@m"]` + "\n",
 		"query":              `[host."https://m/?x=1"]` + "\n",

@@ -203,7 +203,7 @@ func (m *mirror) markDown()  { m.downUntil.Store(time.Now().Add(mirrorCooldown).
 // credentials; tr, when set (tests), is every mirror's transport too.
 func newMirrorTransport(ref registry.Reference, cfg *mirrorConfig, base, tr http.RoundTripper, store credentials.Store) (*mirrorTransport, error) {
 	t := &mirrorTransport{registry: ref.Registry, apiHost: ref.Host(), server: cfg.server, base: base, stats: map[string]*hostCounters{}}
-	if t.server != nil && (t.server.SkipVerify || len(t.server.CAs) > 0) {
+	if t.server != nil && t.server.tlsSettings() {
 		st, err := endpointTransport(t.server, mirrorDialTimeout*10)
 		if err != nil {
 			return nil, fmt.Errorf("server %s: %w", t.server.URL.Host, err)
@@ -212,7 +212,7 @@ func newMirrorTransport(ref registry.Reference, cfg *mirrorConfig, base, tr http
 	}
 	for _, ep := range cfg.mirrors {
 		mtr := tr
-		if mtr == nil || ep.SkipVerify || len(ep.CAs) > 0 {
+		if mtr == nil || ep.tlsSettings() {
 			var err error
 			if mtr, err = endpointTransport(&ep, mirrorDialTimeout); err != nil {
 				return nil, fmt.Errorf("mirror %s: %w", ep.URL.Host, err)
@@ -228,6 +228,11 @@ func newMirrorTransport(ref registry.Reference, cfg *mirrorConfig, base, tr http
 	return t, nil
 }
 
+// tlsSettings reports whether ep needs TLS settings of its own.
+func (ep *Endpoint) tlsSettings() bool {
+	return ep.SkipVerify || len(ep.CAs) > 0 || len(ep.Clients) > 0
+}
+
 // endpointTransports are the transports made by endpointTransport, by
 // settings: every target of a process (the daemon opens one per lazy
 // layer) shares one connection pool per kind of endpoint.
@@ -237,7 +242,7 @@ var endpointTransports sync.Map // string -> *http.Transport
 // environment included) with the endpoint's TLS settings and a dial
 // timeout, shared by every endpoint with the same settings.
 func endpointTransport(ep *Endpoint, dial time.Duration) (*http.Transport, error) {
-	key := fmt.Sprintf("%v|%v|%q", dial, ep.SkipVerify, ep.CAs)
+	key := fmt.Sprintf("%v|%v|%q|%q", dial, ep.SkipVerify, ep.CAs, ep.Clients)
 	if tr, ok := endpointTransports.Load(key); ok {
 		return tr.(*http.Transport), nil
 	}
@@ -256,8 +261,19 @@ func newEndpointTransport(ep *Endpoint, dial time.Duration) (*http.Transport, er
 	}
 	tr := dt.Clone()
 	tr.DialContext = (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext
-	if ep.SkipVerify || len(ep.CAs) > 0 {
+	if ep.tlsSettings() {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: ep.SkipVerify}
+		for _, c := range ep.Clients {
+			key := c.Key
+			if key == "" {
+				key = c.Cert
+			}
+			pair, err := tls.LoadX509KeyPair(c.Cert, key)
+			if err != nil {
+				return nil, fmt.Errorf("client certificate %s: %w", c.Cert, err)
+			}
+			cfg.Certificates = append(cfg.Certificates, pair)
+		}
 		if len(ep.CAs) > 0 {
 			pool, err := x509.SystemCertPool()
 			if err != nil || pool == nil {

@@ -3,9 +3,17 @@ package repo
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -433,32 +441,44 @@ func TestProxyChild(t *testing.T) {
 	}
 }
 
-// A hosts.toml names mirrors per registry; the same file format containerd
-// reads.
-func TestMirrorFromHostsDir(t *testing.T) {
-	ctx := context.Background()
-	w := newMirrorWorld(t, 1<<20)
+// pullThroughHosts writes doc as the hosts.toml of the world's registry
+// in a new hosts directory (named by OBDVOL_HOSTS_DIR with env, else by
+// TargetOptions.HostsDir), pulls the chain on a new store through it,
+// checks it byte-exact and returns what each host served.
+func (w *mirrorWorld) pullThroughHosts(t *testing.T, doc string, env bool) map[string]HostStat {
+	t.Helper()
 	dir := t.TempDir()
 	hd := filepath.Join(dir, w.egress.Addr)
 	if err := os.MkdirAll(hd, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	doc := "server = \"http://" + w.egress.Addr + "\"\n[host.\"http://" + w.mirror.Addr + "\"]\n  capabilities = [\"pull\"]\n"
 	if err := os.WriteFile(filepath.Join(hd, "hosts.toml"), []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := ParseRef(w.ref)
-	t.Setenv(EnvHostsDir, dir)
-	tg, err := OpenTarget(r, TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(), Mirrors: []string{}})
+	opts := TargetOptions{PlainHTTP: true, Credentials: credentials.NewMemoryStore(), Mirrors: []string{}, HostsDir: dir}
+	if env {
+		t.Setenv(EnvHostsDir, dir)
+		opts.HostsDir = ""
+	}
+	tg, err := OpenTarget(r, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := newStore(t)
-	if _, err := Pull(ctx, a, tg, PullOptions{}); err != nil {
+	if _, err := Pull(context.Background(), a, tg, PullOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	sameBlobs(t, w.src, a, w.cfg)
-	if m := tg.HostStats()[w.mirror.Addr]; m.Bytes < w.stored {
+	return tg.HostStats()
+}
+
+// A hosts.toml names mirrors per registry; the same file format containerd
+// reads.
+func TestMirrorFromHostsDir(t *testing.T) {
+	w := newMirrorWorld(t, 1<<20)
+	doc := "server = \"http://" + w.egress.Addr + "\"\n[host.\"http://" + w.mirror.Addr + "\"]\n  capabilities = [\"pull\"]\n"
+	if m := w.pullThroughHosts(t, doc, true)[w.mirror.Addr]; m.Bytes < w.stored {
 		t.Fatalf("the hosts.toml mirror served %+v", m)
 	}
 }
@@ -794,5 +814,70 @@ func TestMirrorsOnlyNeverAsksOrigin(t *testing.T) {
 	}
 	if st := w.egress.Stats(); st.BlobGets != 0 {
 		t.Fatalf("mirrors only, mirror dead: the origin served %d blob GETs", st.BlobGets)
+	}
+}
+
+// writeCert signs a certificate for cn (and 127.0.0.1) with ca (nil: self-
+// signed, a CA) and writes it and its key as PEM files name.pem and
+// name.key under dir.
+func writeCert(t *testing.T, dir, name, cn string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, isCA bool) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IsCA:        isCA, BasicConstraintsValid: true,
+	}
+	parent, signer := tmpl, key
+	if ca != nil {
+		parent, signer = ca, caKey
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// A mirror that asks for a client certificate (docker-registry over TLS
+// with clientcas) serves a pull whose hosts.toml gives one (client =
+// [[cert, key]], ca for the mirror's own certificate); without it the
+// handshake fails and the pull falls back to the origin, byte-exact both
+// times.
+func TestMirrorClientCertificate(t *testing.T) {
+	w := newMirrorWorld(t, 1<<20)
+	pki := t.TempDir()
+	ca, caKey := writeCert(t, pki, "ca", "obdvol test CA", nil, nil, true)
+	writeCert(t, pki, "server", "127.0.0.1", ca, caKey, false)
+	writeCert(t, pki, "client", "obdvol host", ca, caKey, false)
+	mir := regtest.StartMirrorTLS(t, w.egress.Addr, filepath.Join(pki, "server.pem"), filepath.Join(pki, "server.key"), filepath.Join(pki, "ca.pem"))
+	pull := func(client string) map[string]HostStat {
+		return w.pullThroughHosts(t, fmt.Sprintf("server = \"http://%s\"\n[host.\"https://%s\"]\n  capabilities = [\"pull\"]\n  ca = %q\n%s",
+			w.egress.Addr, mir.Addr, filepath.Join(pki, "ca.pem"), client), false)
+	}
+	hs := pull(fmt.Sprintf("  client = [[%q, %q]]\n", filepath.Join(pki, "client.pem"), filepath.Join(pki, "client.key")))
+	if m := hs[mir.Addr]; m.Bytes < w.stored || m.Failures != 0 {
+		t.Fatalf("with a client certificate the mirror served %+v (hosts %+v)", m, hs)
+	}
+	mirrorHealth.Delete("https://" + mir.Addr + "/v2") // the next target asks it afresh
+	hs = pull("")
+	if m := hs[mir.Addr]; m.Bytes != 0 || m.Failures == 0 || hs[w.egress.Addr].Bytes < w.stored {
+		t.Fatalf("without a client certificate: mirror %+v, origin %+v", m, hs[w.egress.Addr])
 	}
 }

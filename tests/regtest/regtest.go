@@ -54,6 +54,24 @@ func StartMirrorIn(dir, origin string) (*Registry, error) {
 	return startIn(dir, fmt.Sprintf("proxy:\n  remoteurl: http://%s\n", origin))
 }
 
+// StartMirrorTLS starts a pull-through mirror of origin (plain HTTP) that
+// serves HTTPS with cert and key (PEM files) and, with clientCA set, asks
+// every client for a certificate signed by that CA (mutual TLS: a client
+// without one fails the handshake). It stops when the test ends.
+func StartMirrorTLS(t testing.TB, origin, cert, key, clientCA string) *Registry {
+	t.Helper()
+	extra := fmt.Sprintf("  tls:\n    certificate: %s\n    key: %s\n", cert, key)
+	if clientCA != "" {
+		extra += fmt.Sprintf("    clientcas:\n      - %s\n", clientCA)
+	}
+	r, err := startIn(t.TempDir(), extra+fmt.Sprintf("proxy:\n  remoteurl: http://%s\n", origin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
 // StartIn starts a registry with its storage and config under dir.
 func StartIn(dir string) (*Registry, error) { return startIn(dir, "") }
 
