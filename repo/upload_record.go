@@ -97,8 +97,8 @@ func openUploadRecord(dir, target string) (*uploadRecord, string, error) {
 // is none or the record is of something else or unreadable.
 func (r *uploadRecord) location(target string) string {
 	b := make([]byte, maxRecord)
-	n, err := r.f.ReadAt(b, 0)
-	if n == 0 || n == maxRecord || err != nil && n < 0 {
+	n, _ := r.f.ReadAt(b, 0) // a short read ends in io.EOF: n says what there is
+	if n == 0 || n == maxRecord {
 		return ""
 	}
 	var rs recordedSession

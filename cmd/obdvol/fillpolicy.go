@@ -165,16 +165,14 @@ type mirrorLayer struct {
 	repos  []*remote.Repository // one per mirror, in order
 }
 
-// useMirrorsOnly makes every lazy layer of vol's chain fetch from the
-// mirrors only in this process (a mirror-only fill): the repository is the
-// one the layer was pulled from, on the mirror's host. A layer with no
-// registry origin is an error. It returns the layers, for warmMirrors.
-func useMirrorsOnly(e *env, vol string, mirrors []string) ([]mirrorLayer, error) {
+// missingLayers are the catalogue records of the layers of vol's chain
+// that the store lacks (lazy: remote or partly fetched).
+func missingLayers(e *env, vol string) ([]*metadata.Layer, error) {
 	rec, err := volumeRecord(e, vol)
 	if err != nil {
 		return nil, err
 	}
-	var out []mirrorLayer
+	var out []*metadata.Layer
 	for _, d := range rec.Layers {
 		if e.store.Has(d) {
 			continue
@@ -183,6 +181,23 @@ func useMirrorsOnly(e *env, vol string, mirrors []string) ([]mirrorLayer, error)
 		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(d); return }); err != nil {
 			return nil, err
 		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// useMirrorsOnly makes every lazy layer of vol's chain fetch from the
+// mirrors only in this process (a mirror-only fill): the repository is the
+// one the layer was pulled from, on the mirror's host. A layer with no
+// registry origin is an error. It returns the layers, for warmMirrors.
+func useMirrorsOnly(e *env, vol string, mirrors []string) ([]mirrorLayer, error) {
+	layers, err := missingLayers(e, vol)
+	if err != nil {
+		return nil, err
+	}
+	var out []mirrorLayer
+	for _, l := range layers {
+		d := l.Digest
 		var fs mirrorRanges
 		ml := mirrorLayer{digest: d}
 		for _, o := range l.Origins {
@@ -260,19 +275,13 @@ func warmLog(out io.Writer, g *globalOptions, vol, d string) func(host string, s
 // warm-up (see warmMirrors). A layer with no registry origin, or whose
 // registry has no mirror, is an error: nothing would fill it.
 func warmConfiguredMirrors(ctx context.Context, out io.Writer, g *globalOptions, e *env, vol string, wait time.Duration) error {
-	rec, err := volumeRecord(e, vol)
+	layers, err := missingLayers(e, vol)
 	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(wait)
-	for _, d := range rec.Layers {
-		if e.store.Has(d) {
-			continue
-		}
-		var l *metadata.Layer
-		if err := e.cat.View(func(tx *metadata.Tx) (err error) { l, err = tx.Layer(d); return }); err != nil {
-			return err
-		}
+	for _, l := range layers {
+		d := l.Digest
 		var t *repo.Target
 		for _, org := range l.Origins {
 			if o := strings.TrimPrefix(org, "http://"); !strings.HasPrefix(o, "oci:") {
