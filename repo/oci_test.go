@@ -22,6 +22,17 @@ import (
 	"oras.land/oras-go/v2/registry/remote/credentials"
 )
 
+// pullsBack pulls ref onto a new store and checks that it holds cfg's
+// blobs exactly as store a does.
+func pullsBack(t *testing.T, a *Store, ref string, cfg *ChainConfig) {
+	t.Helper()
+	b := newStore(t)
+	if _, err := Pull(context.Background(), b, target(t, ref, nil), PullOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, a, b, cfg)
+}
+
 // chainOf stores one obdvol layer per size (random, incompressible data
 // of about that many bytes, stored uncompressed) and returns their
 // config, whose numbers are the layers' trailers'.

@@ -80,11 +80,7 @@ func TestPushChunkedUnderLimit(t *testing.T) {
 	want, _ := os.ReadFile(mustPath(a, cfg.Layers[0].Digest))
 	registryHolds(t, reg, cfg.Layers[0].Digest, want)
 	noUploadData(t, reg, "chunked")
-	b := newStore(t)
-	if _, err := Pull(ctx, b, target(t, px.Addr+"/chunked:v1", nil), PullOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	sameBlobs(t, a, b, cfg)
+	pullsBack(t, a, px.Addr+"/chunked:v1", cfg)
 }
 
 // Without a chunk size, a monolithic upload answered 413 switches the
@@ -117,11 +113,7 @@ func TestPush413FallsBackToChunks(t *testing.T) {
 		registryHolds(t, reg, l.Digest, want)
 	}
 	noUploadData(t, reg, "fallback")
-	b := newStore(t)
-	if _, err := Pull(ctx, b, target(t, px.Addr+"/fallback:v1", nil), PullOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	sameBlobs(t, a, b, cfg)
+	pullsBack(t, a, px.Addr+"/fallback:v1", cfg)
 
 	// The next push from this store to the registry sends chunks of the
 	// size it learned (256 KiB) at once: nothing refused.
@@ -166,11 +158,7 @@ func TestPushMountSession413FallsBackToChunks(t *testing.T) {
 	if res.BytesMoved < cfg.Layers[0].Size+cfg.Layers[1].Size || res.BytesMoved > cfg.Layers[0].Size+cfg.Layers[1].Size+4096 {
 		t.Fatalf("moved %d bytes for layers of %d", res.BytesMoved, cfg.Layers[0].Size+cfg.Layers[1].Size)
 	}
-	b := newStore(t)
-	if _, err := Pull(ctx, b, target(t, px.Addr+"/dst:v1", nil), PullOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	sameBlobs(t, a, b, cfg)
+	pullsBack(t, a, px.Addr+"/dst:v1", cfg)
 }
 
 // A chunk size the user set is kept: a registry refusing it fails the
