@@ -77,6 +77,11 @@ func (b *LazyBlob) readPiece(n int64) int64 {
 func (b *LazyBlob) readAhead(off, end int64) int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.noteRead(off, end)
+}
+
+// noteRead is readAhead with b.mu held.
+func (b *LazyBlob) noteRead(off, end int64) int64 {
 	if off >= b.hintStart && end <= b.hintEnd {
 		return end
 	}
@@ -194,8 +199,8 @@ func (b *LazyBlob) WillRead(ctx context.Context, off, end int64) {
 	if b.opts.Concurrency == 1 || off < 0 || off >= end || end > b.size {
 		return
 	}
-	b.readAhead(off, end)
 	b.mu.Lock()
+	b.noteRead(off, end)
 	b.hintStart, b.hintEnd = off, end
 	_, miss := b.present.firstMissing(off/b.page, (end-1)/b.page)
 	if !miss || b.complete || b.closed {
